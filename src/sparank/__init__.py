@@ -1,0 +1,35 @@
+"""sparank: does sparse or low-rank regularisation make a classifier easier to fool?
+
+The headline measure is :func:`fgsm_robustness` (PROTOCOL §2): per input, the
+first ε along the FGSM ray at which the model misclassifies, as a verified
+bracket.
+"""
+
+from sparank.attacks import Bounds, fgsm_direction, first_crossing, ray_points
+from sparank.data import Dataset, load_digits
+from sparank.models import build_model, parse_spec
+from sparank.robustness import CENSORED, CLEAN_WRONG, FOOLED, RobustnessResult, Status, Summary, fgsm_robustness
+from sparank.train import TrainConfig, train, train_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CENSORED",
+    "CLEAN_WRONG",
+    "FOOLED",
+    "Bounds",
+    "Dataset",
+    "RobustnessResult",
+    "Status",
+    "Summary",
+    "TrainConfig",
+    "build_model",
+    "fgsm_direction",
+    "fgsm_robustness",
+    "first_crossing",
+    "load_digits",
+    "parse_spec",
+    "ray_points",
+    "train",
+    "train_model",
+]

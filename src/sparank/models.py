@@ -1,0 +1,96 @@
+"""The classifiers sparank studies: linear, MLP and a small CNN, built from a short spec.
+
+A spec is a string: ``"linear"``, ``"mlp"`` (= ``"mlp:300,100"``, the classic
+FC-300-100 net), ``"mlp:64"``, ``"cnn"`` (= ``"cnn:16,32,128"``: two 3x3 conv
+layers with 16 and 32 filters, each followed by ReLU and 2x2 max-pooling, then
+FC-128 and the output layer). Every model takes a batch shaped
+``(N, *input_shape)`` with pixels in ``[0, 1]`` and returns logits ``(N, K)``.
+Layers are named (``fc1``, ``conv1``, ``out``...) so that per-layer metrics
+and state-dict keys read well.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from torch import nn
+
+ARCHS = ("linear", "mlp", "cnn")
+DEFAULT_WIDTHS = {"linear": (), "mlp": (300, 100), "cnn": (16, 32, 128)}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed architecture spec: the family and its widths."""
+
+    arch: str
+    widths: tuple[int, ...]
+
+    def __str__(self) -> str:
+        if not self.widths:
+            return self.arch
+        return f"{self.arch}:{','.join(str(w) for w in self.widths)}"
+
+
+def parse_spec(spec: str) -> ModelSpec:
+    """Parse ``"arch[:w1,w2,...]"``; raises ValueError naming the problem and the fix."""
+    arch, _, rest = spec.strip().partition(":")
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r} in spec {spec!r}; use one of {', '.join(ARCHS)} (e.g. 'mlp:300,100')")
+    if not rest:
+        return ModelSpec(arch, DEFAULT_WIDTHS[arch])
+    try:
+        widths = tuple(int(w) for w in rest.split(","))
+    except ValueError:
+        raise ValueError(f"bad widths {rest!r} in spec {spec!r}; give comma-separated positive integers, e.g. 'mlp:300,100'") from None
+    if any(w <= 0 for w in widths):
+        raise ValueError(f"widths in spec {spec!r} must be positive integers, e.g. 'mlp:300,100'")
+    if arch == "linear":
+        raise ValueError(f"'linear' takes no widths (got {spec!r}); use 'linear'")
+    if arch == "cnn" and len(widths) != 3:
+        raise ValueError(f"'cnn' takes exactly three widths: conv1 filters, conv2 filters, hidden units (got {spec!r}); e.g. 'cnn:16,32,128'")
+    return ModelSpec(arch, widths)
+
+
+def build_model(spec: str | ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
+    """Build the classifier for ``spec`` on inputs shaped ``input_shape`` (C, H, W) with ``num_classes`` outputs."""
+    if isinstance(spec, str):
+        spec = parse_spec(spec)
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    d = math.prod(input_shape)
+    if spec.arch in ("linear", "mlp"):
+        layers["flatten"] = nn.Flatten()
+        width = d
+        for i, w in enumerate(spec.widths, start=1):
+            layers[f"fc{i}"] = nn.Linear(width, w)
+            layers[f"relu{i}"] = nn.ReLU()
+            width = w
+        layers["out"] = nn.Linear(width, num_classes)
+        return nn.Sequential(layers)
+
+    if len(input_shape) != 3:
+        raise ValueError(f"'cnn' needs image inputs shaped (C, H, W), got input_shape={input_shape}")
+    channels, height, width_px = input_shape
+    c1, c2, hidden = spec.widths
+    if height < 4 or width_px < 4:
+        raise ValueError(f"'cnn' pools twice by 2 and needs images of at least 4x4, got {height}x{width_px}")
+    layers["conv1"] = nn.Conv2d(channels, c1, kernel_size=3, padding=1)
+    layers["relu1"] = nn.ReLU()
+    layers["pool1"] = nn.MaxPool2d(2)
+    layers["conv2"] = nn.Conv2d(c1, c2, kernel_size=3, padding=1)
+    layers["relu2"] = nn.ReLU()
+    layers["pool2"] = nn.MaxPool2d(2)
+    layers["flatten"] = nn.Flatten()
+    layers["fc1"] = nn.Linear(c2 * (height // 4) * (width_px // 4), hidden)
+    layers["relu3"] = nn.ReLU()
+    layers["out"] = nn.Linear(hidden, num_classes)
+    return nn.Sequential(layers)
+
+
+def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The layers that carry a weight matrix or conv kernel (Linear, Conv*), by qualified name."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))}

@@ -1,0 +1,29 @@
+"""Regularisers by name (PROTOCOL §5): ``get(name, strength)`` builds one.
+
+Each family lives in its own module (``sparse``, ``lowrank``, ``adversarial``)
+and lists its classes in ``METHODS``; the registry is their union, in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sparank.regularisers import adversarial, lowrank, sparse
+from sparank.regularisers.base import L2, Regulariser, check_strength
+
+REGISTRY: dict[str, type[Regulariser]] = {
+    cls.name: cls for cls in (Regulariser, L2, *sparse.METHODS, *lowrank.METHODS, *adversarial.METHODS)
+}
+
+
+def get(name: str, strength: float | None = None, *, layers: Sequence[str] | None = None, **options: Any) -> Regulariser:
+    """The regulariser registered as ``name`` at ``strength``; ValueError names the known ones."""
+    try:
+        cls = REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown regulariser {name!r}; choose from {', '.join(REGISTRY)} (see `sparank regularisers`)") from None
+    return cls(strength, layers=layers, **options)
+
+
+__all__ = ["L2", "REGISTRY", "Regulariser", "check_strength", "get"]

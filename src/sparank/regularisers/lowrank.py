@@ -1,0 +1,8 @@
+"""Regularisers of the lowrank family (PROTOCOL §5). Filled in by issue 3."""
+
+from __future__ import annotations
+
+from sparank.regularisers.base import Regulariser
+
+#: the classes this module registers, in the order `sparank regularisers` lists them
+METHODS: tuple[type[Regulariser], ...] = ()

@@ -1,0 +1,165 @@
+"""One training loop for every model and regulariser.
+
+The loop is plain mini-batch training (Adam or SGD with momentum) on
+cross-entropy; a :class:`~sparank.regularisers.Regulariser` plugs in through
+its hooks (inputs, penalty, after_step, finalise). For a given seed the result
+is deterministic: the same seed gives the same weights.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sparank.data import Dataset
+from sparank.models import ModelSpec, build_model
+from sparank.regularisers import Regulariser
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a model is trained. Every default is chosen for digits-sized data on a CPU."""
+
+    epochs: int = 20  # passes over the training set
+    batch_size: int = 64
+    lr: float = 1e-3  # Adam's default step; use ~0.05 for SGD
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = 0.9  # SGD only
+    seed: int = 0  # seeds initialisation, shuffling and any randomness in regularisers
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One epoch of training: mean loss (with penalty), the penalty alone, accuracies, time."""
+
+    epoch: int
+    phase: str  # "train" or "fine_tune"
+    loss: float
+    penalty: float
+    train_accuracy: float
+    test_accuracy: float | None
+    seconds: float
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, inputs: Tensor, labels: Tensor, *, batch_size: int = 1024) -> float:
+    """Fraction of ``inputs`` whose argmax logit equals ``labels`` (model in eval mode, restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        correct = 0
+        for start in range(0, len(inputs), batch_size):
+            logits = model(inputs[start : start + batch_size])
+            correct += int((logits.argmax(dim=1) == labels[start : start + batch_size]).sum())
+    finally:
+        model.train(was_training)
+    return correct / max(len(inputs), 1)
+
+
+def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
+
+
+def train(
+    model: nn.Module,
+    data: Dataset,
+    config: TrainConfig,
+    regulariser: Regulariser | None = None,
+    *,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> list[EpochRecord]:
+    """Train ``model`` in place on ``data.train_*``; returns the per-epoch history.
+
+    Calls the regulariser's hooks (see ``sparank.regularisers.base``) and, at
+    the end, its ``finalise`` with a ``fine_tune(epochs)`` callback that runs
+    more epochs of the same loop. ``on_epoch`` is called after every epoch
+    (progress display). Shuffling uses a generator seeded from ``config.seed``.
+    """
+    reg = regulariser if regulariser is not None else Regulariser()
+    generator = torch.Generator().manual_seed(config.seed)
+    history: list[EpochRecord] = []
+    reg.prepare(model)
+
+    def run_epochs(epochs: int, phase: str) -> None:
+        optimizer = _make_optimizer(model, config)
+        n = len(data.train_x)
+        steps_per_epoch = max(1, -(-n // config.batch_size))
+        total = epochs * steps_per_epoch
+        step = 0
+        for epoch in range(epochs):
+            start = time.perf_counter()
+            model.train()
+            order = torch.randperm(n, generator=generator)
+            loss_sum = penalty_sum = 0.0
+            correct = 0
+            for b in range(steps_per_epoch):
+                idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+                x, y = data.train_x[idx], data.train_y[idx]
+                x = reg.inputs(model, x, y)
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+                penalty = reg.penalty(model) if phase == "train" else None
+                total_loss = loss if penalty is None else loss + penalty
+                optimizer.zero_grad(set_to_none=True)
+                total_loss.backward()
+                optimizer.step()
+                step += 1
+                reg.after_step(model, step / total)
+                loss_sum += float(total_loss.detach()) * len(idx)
+                penalty_sum += 0.0 if penalty is None else float(penalty.detach()) * len(idx)
+                correct += int((logits.detach().argmax(1) == y).sum())
+            optimizer.zero_grad(set_to_none=True)  # leave no stale gradients on the model
+            record = EpochRecord(
+                epoch=len(history) + 1,
+                phase=phase,
+                loss=loss_sum / n,
+                penalty=penalty_sum / n,
+                train_accuracy=correct / n,
+                test_accuracy=accuracy(model, data.test_x, data.test_y),
+                seconds=time.perf_counter() - start,
+            )
+            history.append(record)
+            if on_epoch is not None:
+                on_epoch(record)
+
+    run_epochs(config.epochs, "train")
+    reg.finalise(model, lambda epochs: run_epochs(epochs, "fine_tune"))
+    model.eval()
+    return history
+
+
+def train_model(
+    spec: str | ModelSpec,
+    data: Dataset,
+    config: TrainConfig,
+    regulariser: Regulariser | None = None,
+    *,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> tuple[nn.Sequential, list[EpochRecord]]:
+    """Build ``spec`` for ``data`` with weights seeded from ``config.seed``, train it, return it with its history."""
+    torch.manual_seed(config.seed)
+    model = build_model(spec, data.input_shape, data.num_classes)
+    history = train(model, data, config, regulariser, on_epoch=on_epoch)
+    return model, history
