@@ -78,7 +78,7 @@ def fgsm_direction(
     labels: Tensor,
     *,
     norm: Norm = "linf",
-    batch_size: int = 1024,
+    batch_size: int = 256,
 ) -> Tensor:
     """The FGSM direction per input: ``sign(g)`` (L∞) or ``g/||g||_2`` (L2), ``g = ∇_x CE(f(x), y)``.
 
@@ -156,7 +156,7 @@ def first_crossing(
     eps_max: float = 0.5,
     resolution: float = 1e-2,
     tol: float = 1e-6,
-    batch_size: int = 1024,
+    batch_size: int = 256,
 ) -> Crossing:
     """The first ε in (0, eps_max] at which ``clip(x + ε·d)`` is misclassified, for every input at once.
 

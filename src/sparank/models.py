@@ -15,6 +15,7 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 ARCHS = ("linear", "mlp", "cnn")
@@ -94,3 +95,21 @@ def build_model(spec: str | ModelSpec, input_shape: tuple[int, ...], num_classes
 def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The layers that carry a weight matrix or conv kernel (Linear, Conv*), by qualified name."""
     return {name: m for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))}
+
+
+def load_state(model: nn.Module, state_dict: dict[str, torch.Tensor], *, source: str) -> None:
+    """Load ``state_dict`` into ``model`` exactly; ValueError in one line if the weights don't fit the architecture."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape]
+    problems = []
+    if missing:
+        problems.append(f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
+    if unexpected:
+        problems.append(f"unexpected {', '.join(unexpected[:4])}{' ...' if len(unexpected) > 4 else ''}")
+    if mismatched:
+        problems.append(f"shape (file vs model) {', '.join(mismatched[:3])}{' ...' if len(mismatched) > 3 else ''}")
+    if problems:
+        raise ValueError(f"weights in {source} do not fit the architecture: {'; '.join(problems)}; check --arch and --dataset")
+    model.load_state_dict(state_dict)

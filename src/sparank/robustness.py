@@ -161,7 +161,7 @@ def fgsm_robustness(
     eps_max: float = 0.5,
     resolution: float = 1e-2,
     tol: float = 1e-6,
-    batch_size: int = 1024,
+    batch_size: int = 256,
 ) -> RobustnessResult:
     """ε* along the FGSM ray for every input, as verified brackets (PROTOCOL §2).
 

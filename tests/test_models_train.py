@@ -1,0 +1,110 @@
+"""Model specs and the training loop: shapes, errors, determinism, regulariser hooks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from sparank.models import build_model, load_state, parse_spec, weight_layers
+from sparank.regularisers import Regulariser
+from sparank.train import TrainConfig, train, train_model
+
+
+@pytest.mark.parametrize(
+    ("spec", "shape", "n_weight_layers"),
+    [("linear", (1, 8, 8), 1), ("mlp", (1, 28, 28), 3), ("mlp:64", (1, 8, 8), 2), ("cnn", (1, 8, 8), 4), ("cnn:4,8,16", (1, 28, 28), 4)],
+)
+def test_models_map_images_to_logits(spec, shape, n_weight_layers):
+    model = build_model(spec, shape, 10)
+    assert model(torch.rand(3, *shape)).shape == (3, 10)
+    assert len(weight_layers(model)) == n_weight_layers
+
+
+def test_default_mlp_is_fc_300_100():
+    model = build_model("mlp", (1, 28, 28), 10)
+    shapes = [tuple(m.weight.shape) for m in weight_layers(model).values()]
+    assert shapes == [(300, 784), (100, 300), (10, 100)]
+
+
+@pytest.mark.parametrize(("spec", "message"), [("resnet", "unknown architecture"), ("mlp:3x", "bad widths"), ("mlp:0", "positive"), ("cnn:4,8", "three widths"), ("linear:5", "takes no widths")])
+def test_bad_specs_name_the_problem(spec, message):
+    with pytest.raises(ValueError, match=message):
+        parse_spec(spec)
+
+
+def test_weights_that_do_not_fit_are_refused_in_one_line():
+    small = build_model("mlp:16", (1, 8, 8), 10)
+    big = build_model("mlp:32", (1, 8, 8), 10)
+    with pytest.raises(ValueError, match=r"do not fit.*fc1.weight \(16, 64\) vs \(32, 64\)") as info:
+        load_state(big, small.state_dict(), source="x.safetensors")
+    assert "\n" not in str(info.value)
+
+
+def test_same_seed_same_weights_other_seed_other_weights(digits):
+    config = TrainConfig(epochs=2, seed=3)
+    a, _ = train_model("mlp:32", digits, config)
+    b, _ = train_model("mlp:32", digits, config)
+    c, _ = train_model("mlp:32", digits, TrainConfig(epochs=2, seed=4))
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    assert not torch.equal(a.state_dict()["fc1.weight"], c.state_dict()["fc1.weight"])
+
+
+def test_training_learns_digits(digits):
+    model, history = train_model("mlp:64", digits, TrainConfig(epochs=8, seed=0))
+    assert history[-1].test_accuracy > 0.9
+    assert history[-1].loss < history[0].loss
+    assert not model.training
+
+
+class Recording(Regulariser):
+    """Counts hook calls, penalises the first layer's weights hard, fine-tunes one epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: dict[str, int] = {"prepare": 0, "inputs": 0, "penalty": 0, "after_step": 0, "finalise": 0}
+        self.progress: list[float] = []
+
+    def prepare(self, model: nn.Module) -> None:
+        self.calls["prepare"] += 1
+
+    def inputs(self, model, x, y):
+        self.calls["inputs"] += 1
+        return x
+
+    def penalty(self, model):
+        self.calls["penalty"] += 1
+        return 10.0 * model.fc1.weight.abs().sum()
+
+    def after_step(self, model, progress):
+        self.calls["after_step"] += 1
+        self.progress.append(progress)
+
+    def finalise(self, model, fine_tune):
+        self.calls["finalise"] += 1
+        fine_tune(1)
+
+
+def test_loop_calls_every_hook_and_the_penalty_acts(digits):
+    reg = Recording()
+    torch.manual_seed(0)
+    model = build_model("mlp:32", digits.input_shape, 10)
+    history = train(model, digits, TrainConfig(epochs=2, batch_size=128, seed=0), reg)
+    steps = 2 * -(-len(digits.train_x) // 128)
+    assert reg.calls["prepare"] == 1 and reg.calls["finalise"] == 1
+    assert reg.calls["penalty"] == steps  # not during fine-tuning
+    assert reg.calls["inputs"] == reg.calls["after_step"] == steps + steps // 2
+    assert reg.progress[steps - 1] == pytest.approx(1.0)
+    assert [h.phase for h in history] == ["train", "train", "fine_tune"]
+    assert history[0].penalty > 0
+    plain, _ = train_model("mlp:32", digits, TrainConfig(epochs=2, batch_size=128, seed=0))
+    ratio = float(model.fc1.weight.detach().abs().sum() / plain.fc1.weight.detach().abs().sum())
+    assert ratio < 0.8, ratio
+
+
+def test_train_config_is_validated():
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="rmsprop")  # type: ignore[arg-type]
