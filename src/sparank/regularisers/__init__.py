@@ -6,6 +6,7 @@ and lists its classes in ``METHODS``; the registry is their union, in order.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +24,11 @@ def get(name: str, strength: float | None = None, *, layers: Sequence[str] | Non
         cls = REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown regulariser {name!r}; choose from {', '.join(REGISTRY)} (see `sparank regularisers`)") from None
+    params = inspect.signature(cls).parameters.values()
+    known = [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name != "layers"]
+    unknown = sorted(set(options) - set(known))
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in params):
+        raise ValueError(f"unknown option(s) {unknown} for regulariser {name!r}; it takes {known or 'no options'}")
     return cls(strength, layers=layers, **options)
 
 

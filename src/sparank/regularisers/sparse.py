@@ -1,8 +1,512 @@
-"""Regularisers of the sparse family (PROTOCOL §5). Filled in by issue 3."""
+"""Regularisers of the sparse family (PROTOCOL §5): L1, proximal L1, magnitude pruning, group lasso, L0 gates.
+
+Every method acts on the weight matrices and conv kernels that ``targets``
+selects (never on biases) and, once ``finalise`` has run, leaves a plain
+``nn.Module`` whose ``state_dict`` has the keys and shapes of
+``build_model(spec)``: masks and gates are baked into ``weight`` and their
+reparametrisations removed. Conv kernels ``(out, in, kh, kw)`` are viewed as
+matrices ``(out, in·kh·kw)``: a *row* is one output neuron or one filter.
+
+- ``l1``: loss + λ·Σ|w| (strength λ);
+- ``prox_l1``: soft-threshold every weight by λ·step_size after each step (λ);
+- ``magnitude``: after training, zero the fraction s of smallest |w| in each
+  layer, then fine-tune with the mask fixed (s);
+- ``magnitude_gradual``: prune to s gradually during training, on Zhu &
+  Gupta's cubic schedule (s);
+- ``group_lasso``: group soft-threshold of whole rows (neurons, filters) by
+  λ·step_size·√(row size) after each step (λ);
+- ``l0``: hard-concrete gates on every weight, loss + λ·(expected fraction of
+  non-zero weights) (λ).
+
+The proximal methods (``prox_l1``, ``group_lasso``) do not see the
+optimiser, so the per-step threshold is ``λ·step_size`` with ``step_size`` a
+keyword option (default 1e-3, the default Adam lr of ``TrainConfig``). With
+plain SGD at learning rate ``step_size`` this is exactly proximal gradient
+descent on ``loss + λ·Σ|w|`` (resp. the group-lasso term); with Adam it is
+the same shrinkage per step, applied after Adam's (normalised) step. Adam
+moves a weight by at most about its lr per step, so with Adam and
+``step_size`` = lr the useful range is λ < 1: at λ ≥ 1 the threshold beats
+every step and the layer collapses to zero.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import parametrize, prune
+
+from sparank.models import weight_layers
 from sparank.regularisers.base import Regulariser
 
+#: default per-step size of the proximal methods: TrainConfig's default Adam lr
+DEFAULT_STEP_SIZE = 1e-3
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_positive(name: str, value: float) -> float:
+    """``value`` as a float if finite and > 0, else ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _check_epochs(name: str, value: int) -> int:
+    """``value`` if it is an int >= 0, else ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def magnitude_mask(weight: Tensor, sparsity: float, *, pruned: Tensor | None = None) -> Tensor:
+    """A 0/1 mask shaped like ``weight`` with exactly ``round(sparsity·n)`` zeros at the smallest ``|w|``.
+
+    Args:
+        weight: any shape, ``n`` elements.
+        sparsity: fraction in ``[0, 1]`` of entries to zero.
+        pruned: an earlier mask (same shape); its zeros are chosen first, so
+            masks only grow (gradual pruning never revives a weight), as long
+            as ``round(sparsity·n)`` is at least its number of zeros.
+
+    Returns:
+        float mask, same shape, dtype and device as ``weight``. Ties in ``|w|``
+        (e.g. weights already exactly zero) are broken by ``torch.topk``, so the
+        count of zeros in the mask is exact whatever the ties.
+    """
+    n = weight.numel()
+    k = round(sparsity * n)
+    score = weight.detach().abs().flatten().clone()
+    if pruned is not None:
+        score[pruned.flatten() == 0] = -1.0  # below every |w|: pruned first
+    mask = torch.ones(n, dtype=weight.dtype, device=weight.device)
+    if k > 0:
+        mask[torch.topk(score, k, largest=False).indices] = 0.0
+    return mask.view_as(weight)
+
+
+def _fine_tune_with_masks(modules: dict[str, nn.Module], masks: dict[str, Tensor], fine_tune: Callable[[int], None], epochs: int) -> None:
+    """Zero ``weight`` where ``masks`` is 0 and keep it zero while ``fine_tune(epochs)`` runs; leaves plain weights.
+
+    The mask goes in through ``torch.nn.utils.prune.custom_from_mask`` (the
+    effective weight is ``weight_orig * weight_mask``, so gradients cannot
+    revive a pruned weight) and is baked in by ``prune.remove`` at the end.
+    """
+    for name, module in modules.items():
+        prune.custom_from_mask(module, "weight", masks[name])
+    if epochs > 0:
+        fine_tune(epochs)
+    for module in modules.values():
+        prune.remove(module, "weight")
+
+
+# --------------------------------------------------------------------------- l1
+
+
+class L1(Regulariser):
+    """Lasso penalty ``λ·Σ|w|`` over the touched weights, added to the batch loss (sub-gradient ``λ·sign(w)``).
+
+    Shrinks weights towards zero but, trained by (sub-)gradient steps, rarely
+    makes them exactly zero: measure its structure with the *effective*
+    sparsity of PROTOCOL §4. ``prox_l1`` is the variant with exact zeros.
+    Reference: Tibshirani 1996, https://doi.org/10.1111/j.2517-6161.1996.tb02080.x
+    """
+
+    name = "l1"
+    summary = "penalty λ·Σ|w| added to the loss (shrinks; few exact zeros)"
+    reference = "https://doi.org/10.1111/j.2517-6161.1996.tb02080.x"
+    strength_meaning = "λ, the weight of Σ|w| (a sum, not a mean) in the loss"
+    strength_range = (0.0, math.inf)
+    default_strength = 1e-4
+
+    def penalty(self, model: nn.Module) -> Tensor:
+        return self.strength * sum(m.weight.abs().sum() for m in self.targets(model).values())
+
+
+class ProxL1(Regulariser):
+    """Proximal L1: after each optimiser step, ``w ← sign(w)·max(|w| − λ·step_size, 0)`` (soft-thresholding).
+
+    The proximal operator of ``λ·step_size·Σ|w|``: weights whose step does not
+    carry them past the threshold become *exactly* zero. With SGD at learning
+    rate ``step_size`` this is proximal gradient descent (ISTA) on
+    ``loss + λ·Σ|w|``, the same objective as ``l1``; with Adam (the default)
+    the threshold per step is still ``λ·step_size``.
+    Reference: Parikh & Boyd 2014, Proximal Algorithms, §6.5.2, https://web.stanford.edu/~boyd/papers/prox_algs.html
+
+    Args:
+        strength: λ.
+        layers: qualified names of the touched layers (None: every weight layer).
+        step_size: the step the threshold is scaled by; set it to the training
+            lr when that is not the default 1e-3.
+    """
+
+    name = "prox_l1"
+    summary = "soft-threshold |w| by λ·step_size after each step (exact zeros)"
+    reference = "https://web.stanford.edu/~boyd/papers/prox_algs.html"
+    strength_meaning = "λ, the L1 weight: each step shrinks |w| by λ·step_size"
+    strength_range = (0.0, math.inf)
+    default_strength = 0.3
+
+    def __init__(self, strength: float | None = None, *, layers: Sequence[str] | None = None, step_size: float = DEFAULT_STEP_SIZE) -> None:
+        super().__init__(strength, layers=layers)
+        self.step_size = _check_positive("step_size", step_size)
+
+    def config(self, model: nn.Module | None = None) -> dict[str, Any]:
+        return {**super().config(model), "step_size": self.step_size}
+
+    @torch.no_grad()
+    def after_step(self, model: nn.Module, progress: float) -> None:
+        threshold = self.strength * self.step_size
+        for module in self.targets(model).values():
+            module.weight.copy_(F.softshrink(module.weight, threshold))
+
+
+# --------------------------------------------------------------------------- magnitude pruning
+
+
+class Magnitude(Regulariser):
+    """One-shot magnitude pruning after training, then fine-tuning with the mask fixed.
+
+    After the usual training, every touched layer loses its ``round(s·n)``
+    smallest-magnitude weights (``n`` the layer's weight count): pruning is
+    *per layer*, so every layer ends with the same sparsity s and no layer
+    can be wiped out by the scale of another. The model is then fine-tuned
+    for ``fine_tune_epochs`` with the pruned weights held at zero
+    (``torch.nn.utils.prune``), and the mask baked in. Each layer ends with
+    exactly ``round(s·n)`` zeros (more only if more were zero already).
+    Reference: Han et al. 2015, https://arxiv.org/abs/1506.02626
+
+    Args:
+        strength: target sparsity s in [0, 1).
+        layers: qualified names of the touched layers (None: every weight layer).
+        fine_tune_epochs: epochs of fine-tuning after pruning (0: none).
+    """
+
+    name = "magnitude"
+    summary = "after training, zero the fraction s of smallest |w| per layer, then fine-tune"
+    reference = "https://arxiv.org/abs/1506.02626"
+    strength_meaning = "s, the fraction of each layer's weights set to zero"
+    strength_range = (0.0, 0.999)
+    default_strength = 0.8
+
+    def __init__(self, strength: float | None = None, *, layers: Sequence[str] | None = None, fine_tune_epochs: int = 3) -> None:
+        super().__init__(strength, layers=layers)
+        self.fine_tune_epochs = _check_epochs("fine_tune_epochs", fine_tune_epochs)
+
+    def config(self, model: nn.Module | None = None) -> dict[str, Any]:
+        return {**super().config(model), "scope": "per_layer", "fine_tune_epochs": self.fine_tune_epochs}
+
+    def finalise(self, model: nn.Module, fine_tune: Callable[[int], None]) -> None:
+        modules = self.targets(model)
+        masks = {name: magnitude_mask(m.weight, self.strength) for name, m in modules.items()}
+        _fine_tune_with_masks(modules, masks, fine_tune, self.fine_tune_epochs)
+
+
+class MagnitudeGradual(Regulariser):
+    """Gradual magnitude pruning during training (Zhu & Gupta 2017), per layer, to final sparsity s.
+
+    With ``r = clip((progress − begin) / (end − begin), 0, 1)`` the fraction of
+    the pruning window done, the target sparsity is the cubic schedule
+    ``s_t = s·(1 − (1 − r)³)`` (Zhu & Gupta's ``s_f + (s_i − s_f)(1 − (t − t_0)/(nΔt))³``
+    with ``s_i = 0``): fast pruning early, slow near the end. Every
+    ``update_every`` optimiser steps (and at every step from ``end`` on) each
+    layer's mask is grown to ``round(s_t·n)`` zeros at the smallest ``|w|``;
+    a pruned weight stays pruned (the mask lives in ``torch.nn.utils.prune``,
+    so gradients cannot revive it). Training after ``end`` recovers with the
+    final mask; ``fine_tune_epochs`` more epochs are optional. Each layer
+    ends with exactly ``round(s·n)`` zeros, even if training stopped early.
+    Reference: https://arxiv.org/abs/1710.01878
+
+    Args:
+        strength: final sparsity s in [0, 1).
+        layers: qualified names of the touched layers (None: every weight layer).
+        begin: fraction of training at which pruning starts (t_0).
+        end: fraction of training at which sparsity s is reached (t_0 + nΔt).
+        update_every: optimiser steps between mask updates (Δt).
+        fine_tune_epochs: epochs of fine-tuning with the final mask (0: none).
+    """
+
+    name = "magnitude_gradual"
+    summary = "prune the smallest |w| per layer gradually during training (cubic schedule) to sparsity s"
+    reference = "https://arxiv.org/abs/1710.01878"
+    strength_meaning = "s, the final fraction of each layer's weights set to zero"
+    strength_range = (0.0, 0.999)
+    default_strength = 0.8
+
+    def __init__(
+        self,
+        strength: float | None = None,
+        *,
+        layers: Sequence[str] | None = None,
+        begin: float = 0.1,
+        end: float = 0.7,
+        update_every: int = 10,
+        fine_tune_epochs: int = 0,
+    ) -> None:
+        super().__init__(strength, layers=layers)
+        for label, value in (("begin", begin), ("end", end)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{label} must be a fraction of training in [0, 1], got {value!r}")
+        if not begin < end:
+            raise ValueError(f"begin must be < end (the pruning window), got begin={begin}, end={end}")
+        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
+            raise ValueError(f"update_every must be an integer >= 1 (optimiser steps), got {update_every!r}")
+        self.begin = float(begin)
+        self.end = float(end)
+        self.update_every = update_every
+        self.fine_tune_epochs = _check_epochs("fine_tune_epochs", fine_tune_epochs)
+        self._steps = 0
+        self._applied = 0.0  # the sparsity the masks have now
+        self._done = False  # set once training is over: fine-tuning steps leave the mask alone
+
+    def config(self, model: nn.Module | None = None) -> dict[str, Any]:
+        extra = {"scope": "per_layer", "begin": self.begin, "end": self.end, "update_every": self.update_every}
+        return {**super().config(model), **extra, "fine_tune_epochs": self.fine_tune_epochs}
+
+    def sparsity_at(self, progress: float) -> float:
+        """The scheduled sparsity when the fraction ``progress`` of training is done."""
+        r = min(max((progress - self.begin) / (self.end - self.begin), 0.0), 1.0)
+        return self.strength * (1.0 - (1.0 - r) ** 3)
+
+    def prepare(self, model: nn.Module) -> None:
+        self._steps = 0
+        self._applied = 0.0
+        self._done = False
+        for module in self.targets(model).values():
+            prune.custom_from_mask(module, "weight", torch.ones_like(module.weight))
+
+    @torch.no_grad()
+    def _update_masks(self, model: nn.Module, sparsity: float) -> None:
+        """Grow every layer's mask to ``round(sparsity·n)`` zeros (a no-op if the masks are there already)."""
+        if sparsity <= self._applied:
+            return
+        for module in self.targets(model).values():
+            mask = magnitude_mask(module.weight_orig, sparsity, pruned=module.weight_mask)
+            module.weight_mask.copy_(mask)
+        self._applied = sparsity
+
+    def after_step(self, model: nn.Module, progress: float) -> None:
+        if self._done:
+            return
+        self._steps += 1
+        if self._steps % self.update_every == 0 or progress >= self.end:
+            self._update_masks(model, self.sparsity_at(progress))
+
+    def finalise(self, model: nn.Module, fine_tune: Callable[[int], None]) -> None:
+        self._done = True
+        self._update_masks(model, self.strength)  # a no-op unless training ended before `end`
+        if self.fine_tune_epochs > 0:
+            fine_tune(self.fine_tune_epochs)
+        for module in self.targets(model).values():
+            prune.remove(module, "weight")
+
+
+# --------------------------------------------------------------------------- group lasso
+
+
+class GroupLasso(Regulariser):
+    """Group lasso on rows (output neurons of linear layers, filters of conv layers), by proximal steps.
+
+    The objective is ``loss + λ·Σ_g √size_g·‖w_g‖₂`` with one group ``g`` per
+    row of a weight matrix (a conv kernel ``(out, in, kh, kw)`` has one group
+    per filter, ``size_g = in·kh·kw``). The group term is handled by its
+    proximal operator after each optimiser step,
+    ``w_g ← w_g·max(0, 1 − λ·step_size·√size_g / ‖w_g‖₂)``,
+    which sets whole rows *exactly* to zero (a plain sub-gradient penalty
+    would only shrink them). No penalty is added to the loss: with SGD at
+    learning rate ``step_size`` this is exactly proximal gradient descent on
+    the objective above.
+
+    By default the output layer (the last weight layer) is left out: a zero
+    row there deletes a class. A model whose only weight layer is its output
+    layer (``linear``) raises ValueError unless ``layers`` names it explicitly.
+    Reference: Scardapane et al. 2017, https://arxiv.org/abs/1607.00485
+    (proximal form: Alvarez & Salzmann 2016, https://arxiv.org/abs/1611.06321)
+
+    Args:
+        strength: λ.
+        layers: qualified names of the touched layers (None: every weight
+            layer except the output layer).
+        step_size: the step the threshold is scaled by; set it to the training
+            lr when that is not the default 1e-3.
+    """
+
+    name = "group_lasso"
+    summary = "group soft-threshold of whole rows/filters after each step (structured zeros)"
+    reference = "https://arxiv.org/abs/1607.00485"
+    strength_meaning = "λ, the group-lasso weight: each step shrinks ‖row‖₂ by λ·step_size·√(row size)"
+    strength_range = (0.0, math.inf)
+    default_strength = 0.3
+
+    def __init__(self, strength: float | None = None, *, layers: Sequence[str] | None = None, step_size: float = DEFAULT_STEP_SIZE) -> None:
+        super().__init__(strength, layers=layers)
+        self.step_size = _check_positive("step_size", step_size)
+
+    def targets(self, model: nn.Module) -> dict[str, nn.Module]:
+        if self.layers is not None:
+            return super().targets(model)
+        found = weight_layers(model)
+        hidden = list(found)[:-1]  # the last weight layer is the output layer: its rows are classes
+        if not hidden:
+            raise ValueError(
+                f"group_lasso zeros whole rows and leaves the output layer out by default, but this model's only weight layer is "
+                f"its output layer; pass layers={list(found)} to group its rows (one per class) anyway"
+            )
+        return {name: found[name] for name in hidden}
+
+    def config(self, model: nn.Module | None = None) -> dict[str, Any]:
+        return {**super().config(model), "groups": "rows", "step_size": self.step_size}
+
+    @torch.no_grad()
+    def after_step(self, model: nn.Module, progress: float) -> None:
+        if self.strength == 0.0:
+            return
+        for module in self.targets(model).values():
+            rows = module.weight.flatten(1)  # (out, in·kh·kw), a view
+            threshold = self.strength * self.step_size * math.sqrt(rows.shape[1])
+            scale = (1.0 - threshold / rows.norm(dim=1)).clamp(min=0.0)  # a zero row: 1 − inf → 0
+            rows.mul_(scale[:, None])
+
+
+# --------------------------------------------------------------------------- L0 gates
+
+
+class HardConcreteGate(nn.Module):
+    """Parametrisation ``weight ↦ weight · z`` with a hard-concrete gate ``z ∈ [0, 1]`` per weight.
+
+    Louizos, Welling & Kingma 2018, https://arxiv.org/abs/1712.01312, with
+    β = 2/3, γ = −0.1, ζ = 1.1. In training mode each forward samples
+    ``u ~ U(0, 1)``, ``s = σ((log u − log(1 − u) + log α)/β)`` and
+    ``z = clamp(s·(ζ − γ) + γ, 0, 1)`` (exact 0 and 1 with positive
+    probability); in eval mode the gate is deterministic,
+    ``z = clamp(σ(log α)·(ζ − γ) + γ, 0, 1)``, exactly 0 when
+    ``σ(log α) ≤ −γ/(ζ − γ) = 1/12``.
+
+    ``log_alpha`` (same shape as the weight) is a plain tensor attribute, not
+    an ``nn.Parameter``: the training loop's optimiser does not see it and no
+    state-dict key is added; :class:`L0` trains it with its own optimiser.
+    """
+
+    beta = 2.0 / 3.0
+    gamma = -0.1
+    zeta = 1.1
+
+    def __init__(self, log_alpha: Tensor) -> None:
+        super().__init__()
+        self.log_alpha = log_alpha
+
+    def gate(self) -> Tensor:
+        """The gate z, shaped like the weight: sampled in training mode, deterministic in eval mode."""
+        if self.training:
+            u = torch.rand_like(self.log_alpha).clamp(1e-6, 1.0 - 1e-6)
+            s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + self.log_alpha) / self.beta)
+        else:
+            s = torch.sigmoid(self.log_alpha)
+        return (s * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return weight * self.gate()
+
+    def prob_nonzero(self) -> Tensor:
+        """P(z ≠ 0) per weight, ``σ(log α − β·log(−γ/ζ))``: the expected L0 norm is its sum."""
+        return torch.sigmoid(self.log_alpha - self.beta * math.log(-self.gamma / self.zeta))
+
+
+class L0(Regulariser):
+    """L0 regularisation with hard-concrete gates on every touched weight (Louizos, Welling & Kingma 2018).
+
+    ``prepare`` reparametrises each touched ``weight`` as ``weight · z``
+    (:class:`HardConcreteGate`, via ``torch.nn.utils.parametrize``), with
+    ``log α`` initialised to ``init_log_alpha`` (gates open: at the default 2.0
+    the deterministic gate is 0.96). The loss gets
+    ``λ · (Σ_j P(z_j ≠ 0)) / n``, λ times the expected fraction of non-zero
+    weights among the ``n`` touched ones; dividing by ``n`` (rather than by the
+    training-set size, as the paper does) makes λ mean the same on every
+    architecture: the share of loss (in nats) traded to close every gate.
+
+    The gates' ``log α`` are trained by this regulariser's own Adam at
+    ``gate_lr`` (after each of the loop's steps): with the loop's lr of 1e-3
+    and a few hundred steps on digits, ``log α`` could move by well under the
+    ~4 units that close a gate. ``finalise`` switches to the deterministic
+    gates, bakes ``weight · z`` into a plain ``weight`` (exact zeros where
+    ``z = 0``) and removes the parametrisation; ``fine_tune_epochs > 0`` then
+    fine-tunes with those zeros held fixed.
+
+    Args:
+        strength: λ.
+        layers: qualified names of the touched layers (None: every weight layer).
+        gate_lr: Adam learning rate of the gates' log α.
+        init_log_alpha: the initial log α of every gate.
+        fine_tune_epochs: epochs of fine-tuning with the zeros fixed (0: none).
+    """
+
+    name = "l0"
+    summary = "hard-concrete gates on every weight; penalty λ·(expected fraction of non-zero weights)"
+    reference = "https://arxiv.org/abs/1712.01312"
+    strength_meaning = "λ, the weight of the expected fraction of non-zero weights in the loss"
+    strength_range = (0.0, math.inf)
+    default_strength = 1.0
+
+    def __init__(
+        self,
+        strength: float | None = None,
+        *,
+        layers: Sequence[str] | None = None,
+        gate_lr: float = 0.05,
+        init_log_alpha: float = 2.0,
+        fine_tune_epochs: int = 0,
+    ) -> None:
+        super().__init__(strength, layers=layers)
+        self.gate_lr = _check_positive("gate_lr", gate_lr)
+        if isinstance(init_log_alpha, bool) or not isinstance(init_log_alpha, (int, float)) or not math.isfinite(init_log_alpha):
+            raise ValueError(f"init_log_alpha must be a finite number (e.g. 2.0: gates open), got {init_log_alpha!r}")
+        self.init_log_alpha = float(init_log_alpha)
+        self.fine_tune_epochs = _check_epochs("fine_tune_epochs", fine_tune_epochs)
+        self._gates: dict[str, HardConcreteGate] = {}
+        self._gate_optimizer: torch.optim.Optimizer | None = None
+
+    def config(self, model: nn.Module | None = None) -> dict[str, Any]:
+        extra = {"gate_lr": self.gate_lr, "init_log_alpha": self.init_log_alpha, "fine_tune_epochs": self.fine_tune_epochs}
+        return {**super().config(model), **extra}
+
+    def prepare(self, model: nn.Module) -> None:
+        self._gates = {}
+        for name, module in self.targets(model).items():
+            log_alpha = torch.full_like(module.weight, self.init_log_alpha, requires_grad=True)
+            self._gates[name] = HardConcreteGate(log_alpha)
+            parametrize.register_parametrization(module, "weight", self._gates[name])
+        self._gate_optimizer = torch.optim.Adam([g.log_alpha for g in self._gates.values()], lr=self.gate_lr)
+
+    def penalty(self, model: nn.Module) -> Tensor:
+        expected = sum(g.prob_nonzero().sum() for g in self._gates.values())
+        count = sum(g.log_alpha.numel() for g in self._gates.values())
+        return self.strength * expected / max(count, 1)
+
+    def after_step(self, model: nn.Module, progress: float) -> None:
+        if self._gate_optimizer is None:  # fine-tuning, after the gates are baked in
+            return
+        self._gate_optimizer.step()
+        self._gate_optimizer.zero_grad(set_to_none=True)
+
+    def finalise(self, model: nn.Module, fine_tune: Callable[[int], None]) -> None:
+        modules = self.targets(model)
+        for name, module in modules.items():
+            self._gates[name].eval()
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        self._gates = {}
+        self._gate_optimizer = None
+        if self.fine_tune_epochs > 0:
+            masks = {name: (m.weight.detach() != 0).to(m.weight.dtype) for name, m in modules.items()}
+            _fine_tune_with_masks(modules, masks, fine_tune, self.fine_tune_epochs)
+
+
 #: the classes this module registers, in the order `sparank regularisers` lists them
-METHODS: tuple[type[Regulariser], ...] = ()
+METHODS: tuple[type[Regulariser], ...] = (L1, ProxL1, Magnitude, MagnitudeGradual, GroupLasso, L0)
