@@ -6,9 +6,11 @@ bracket.
 """
 
 from sparank.attacks import Bounds, fgsm_direction, first_crossing, ray_points
-from sparank.data import Dataset, load_digits
+from sparank.data import DATASETS, Dataset, DatasetError, eval_subset, load_dataset, load_digits, read_idx
 from sparank.models import build_model, parse_spec
 from sparank.robustness import CENSORED, CLEAN_WRONG, FOOLED, RobustnessResult, Status, Summary, fgsm_robustness
+from sparank.store import Store, StoreError
+from sparank.structure import layer_structure, model_structure
 from sparank.train import TrainConfig, train, train_model
 
 __version__ = "0.1.0"
@@ -17,8 +19,12 @@ __all__ = [
     "CENSORED",
     "CLEAN_WRONG",
     "FOOLED",
+    "DATASETS",
     "Bounds",
     "Dataset",
+    "DatasetError",
+    "Store",
+    "StoreError",
     "RobustnessResult",
     "Status",
     "Summary",
@@ -27,7 +33,12 @@ __all__ = [
     "fgsm_direction",
     "fgsm_robustness",
     "first_crossing",
+    "eval_subset",
+    "layer_structure",
+    "load_dataset",
     "load_digits",
+    "model_structure",
+    "read_idx",
     "parse_spec",
     "ray_points",
     "train",
