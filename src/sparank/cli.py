@@ -430,6 +430,76 @@ def regularisers() -> None:
 
 
 @app.command()
+def linear(
+    dataset: Annotated[str, typer.Option(help="digits | fashion-mnist | mnist")] = "digits",
+    out_dir: Annotated[Path, typer.Option("--out", help="where l1_path_<dataset>.{png,svg,csv,md} are written")] = Path("sparank-results/linear"),
+    n: Annotated[int | None, typer.Option("--n", help="test inputs measured, the first N (default: all)")] = None,
+    lambdas: Annotated[str | None, typer.Option(help="comma-separated λ values (default: 12 log-spaced from 1e-4·λ_max to 0.9·λ_max)")] = None,
+    methods: Annotated[str, typer.Option(help="comma-separated subset of l1, prox_l1, sklearn")] = "l1,prox_l1,sklearn",
+    norm: Annotated[str, typer.Option(help="linf (FGSM) | l2")] = "linf",
+    eps_max: Annotated[float, typer.Option(help="largest ε considered; inputs still correct there are censored")] = 0.5,
+    epochs: Annotated[int | None, typer.Option(help="epochs of l1/prox_l1 training (default: 100 on digits, 10 above 10,000 training inputs)")] = None,
+    sklearn_max_train: Annotated[int | None, typer.Option(help="fit scikit-learn on the first N training inputs (default: all on digits, 10,000 above)")] = None,
+    sklearn_max_iter: Annotated[int | None, typer.Option(help="SAGA epochs per λ at most (default: 1000 on digits, 100 above)")] = None,
+    data_dir: DataDirOpt = None,
+    store: Annotated[Path | None, typer.Option("--store", help="also record every model and measurement in this results store")] = None,
+    threads: ThreadsOpt | None = None,
+) -> None:
+    """The L1 path of multinomial logistic regression with exact FGSM ε* at every λ (PROTOCOL §7).
+
+    Example: sparank linear --dataset digits --out sparank-results/linear
+    """
+    from dataclasses import replace
+
+    from sparank.data import load_dataset
+    from sparank.linear_path import default_sklearn_config, default_train_config, run_l1_path
+    from sparank.store import Store
+
+    with _user_errors():
+        _set_threads(threads)
+        data = load_dataset(dataset, data_dir=data_dir)
+        grid = None
+        if lambdas is not None:
+            try:
+                grid = [float(v) for v in lambdas.split(",") if v.strip()]
+            except ValueError:
+                raise ValueError(f"--lambdas must be comma-separated numbers, e.g. 1e-4,1e-3,1e-2; got {lambdas!r}") from None
+        train_config = default_train_config(data)
+        if epochs is not None:
+            train_config = replace(train_config, epochs=epochs)
+        sk_config = default_sklearn_config(data)
+        if sklearn_max_train is not None:
+            sk_config = replace(sk_config, max_train=sklearn_max_train)
+        if sklearn_max_iter is not None:
+            sk_config = replace(sk_config, max_iter=sklearn_max_iter)
+        store_ctx: Any = Store(store) if store is not None else contextlib.nullcontext()
+        progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err)
+        with store_ctx as opened, progress:
+            task = progress.add_task(f"L1 path on {data.name}", total=None)
+
+            def on_fit(done: int, total: int, message: str) -> None:
+                progress.update(task, completed=done, total=total, description=f"L1 path on {data.name}: {message}")
+
+            result = run_l1_path(
+                data, out_dir=out_dir, lambdas=grid, methods=[m.strip() for m in methods.split(",") if m.strip()],
+                store=opened, progress=on_fit, n_eval=n, norm=norm, eps_max=eps_max,  # type: ignore[arg-type]
+                train_config=train_config, sklearn_config=sk_config,
+            )  # fmt: skip
+        table = Table(title=f"L1 path on {data.name}: exact FGSM ε* ({norm}) over {result.n_eval} test inputs", header_style="bold")
+        for column in ("method", "λ", "accuracy", "sparsity", "‖W‖₁", "ε* AUC", "ε* median", "paired ε* ratio"):
+            table.add_column(column, justify="left" if column == "method" else "right")
+        for p in result.points:
+            median = "n/a" if p.median is None else ("censored" if p.median == float("inf") else f"{p.median:.4f}")
+            ratio = "n/a" if p.paired_ratio_median is None else f"{p.paired_ratio_median:.3f}"
+            table.add_row(p.method, f"{p.lam:.3g}", f"{p.clean_accuracy:.3f}", f"{p.sparsity:.3f}", f"{p.l1_norm:.4g}", f"{p.auc:.4f}", median, ratio)
+        out.print(table)
+        for kind, path in result.files.items():
+            out.print(f"{kind}: {path}")
+        if store is not None:
+            out.print(f"stored {len(result.points)} runs in {store.resolve()}")
+
+
+@app.command()
 def demo(
     store: StoreOpt = Path("sparank-results/demo"),
     threads: ThreadsOpt | None = None,

@@ -1,0 +1,523 @@
+"""Tests of the closed-form ε* of linear classifiers (sparank.linear) and the L1 path (sparank.linear_path).
+
+The closed form is checked against independent computations: a brute-force
+scan of the ray (its own direction by autograd, its own clipping, argmax by
+torch's first-index rule, refined by bisection), the general
+``fgsm_robustness``, PROTOCOL §7's binary formula, a linear program for the
+minimal perturbation, and the hand-worked example of ``docs/linear.md``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from sparank.linear import (
+    affine_fgsm_direction,
+    affine_parameters,
+    binary_as_multiclass,
+    binary_eps_star_unclipped,
+    linear_fgsm_robustness,
+    minimal_perturbation,
+    model_fgsm_robustness,
+)
+from sparank.robustness import CENSORED, CLEAN_WRONG, FOOLED, fgsm_robustness
+
+# --------------------------------------------------------------------------- brute force
+
+
+def _direction_autograd(w, b, x, y, norm):
+    """The FGSM direction by autograd on cross-entropy (float64), independent of the closed form."""
+    x = x.clone().requires_grad_(True)
+    loss = F.cross_entropy(x @ w.T + b, y, reduction="sum")
+    (g,) = torch.autograd.grad(loss, x)
+    if norm == "linf":
+        return g.sign()
+    length = g.norm(dim=1, keepdim=True)
+    return torch.where(length > 0, g / length.clamp_min(1e-300), 0.0)
+
+
+def _brute_force(w, b, x, y, d, *, eps_max, bounds=(0.0, 1.0), grid_points=4001):
+    """ε* per input by scanning ``clip(x + ε·d)`` and bisecting the first misclassified cell (float64).
+
+    The scan grid is a uniform grid plus every ε where a coordinate reaches the box
+    (the margins are affine in between, so a misclassified stretch cannot hide
+    between two scanned points). Returns (eps (N,), status (N,)).
+    """
+    lo, hi = bounds
+
+    def wrong(xi, di, yi, eps):  # eps (M,) -> (M,) bool, torch's first-index argmax
+        pts = (xi[None, :] + eps[:, None] * di[None, :]).clamp(lo, hi)
+        return (pts @ w.T + b).argmax(dim=1) != yi
+
+    eps_out, status = [], []
+    for xi, di, yi in zip(x, d, y):
+        with np.errstate(divide="ignore"):
+            to_hi = torch.where(di > 0, (hi - xi) / di, torch.inf)
+            to_lo = torch.where(di < 0, (lo - xi) / di, torch.inf)
+        kinks = torch.cat([to_hi, to_lo])
+        kinks = kinks[(kinks > 0) & (kinks <= eps_max)]
+        grid = torch.cat([torch.linspace(0.0, eps_max, grid_points, dtype=torch.float64), kinks]).unique()  # sorted
+        bad = wrong(xi, di, yi, grid)
+        if bad[0]:
+            eps_out.append(0.0)
+            status.append(int(CLEAN_WRONG))
+            continue
+        if not bad.any():
+            eps_out.append(math.inf)
+            status.append(int(CENSORED))
+            continue
+        i = int(bad.int().argmax())
+        a, c = float(grid[i - 1]), float(grid[i])
+        for _ in range(200):  # bisection: a correct, c misclassified
+            if c - a <= 1e-14:
+                break
+            mid = 0.5 * (a + c)
+            if wrong(xi, di, yi, torch.tensor([mid], dtype=torch.float64))[0]:
+                c = mid
+            else:
+                a = mid
+        eps_out.append(c)
+        status.append(int(FOOLED))
+    return torch.tensor(eps_out, dtype=torch.float64), torch.tensor(status)
+
+
+def _random_problem(seed, k, dim, n, *, face_fraction=0.5, correct_fraction=0.8):
+    """Random W, b and inputs with many coordinates on or within 1e-3 of the box faces."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(k, dim, generator=g, dtype=torch.float64)
+    b = 0.5 * torch.randn(k, generator=g, dtype=torch.float64)
+    x = torch.rand(n, dim, generator=g, dtype=torch.float64)
+    kind = torch.randint(0, 4, (n, dim), generator=g)
+    near = 1e-3 * torch.rand(n, dim, generator=g, dtype=torch.float64)
+    face = torch.rand(n, dim, generator=g) < face_fraction
+    x = torch.where(face & (kind == 0), 0.0, x)
+    x = torch.where(face & (kind == 1), 1.0, x)
+    x = torch.where(face & (kind == 2), near, x)
+    x = torch.where(face & (kind == 3), 1.0 - near, x)
+    predicted = (x @ w.T + b).argmax(1)
+    random_y = torch.randint(0, k, (n,), generator=g)
+    y = torch.where(torch.rand(n, generator=g) < correct_fraction, predicted, random_y)
+    return w, b, x, y
+
+
+# --------------------------------------------------------------------------- closed form vs brute force
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    k=st.integers(2, 6),
+    dim=st.integers(1, 12),
+    eps_max=st.sampled_from([0.05, 0.3, 1.0, 2.0]),
+    norm=st.sampled_from(["linf", "l2"]),
+    face_fraction=st.sampled_from([0.0, 0.5, 1.0]),
+)
+def test_breakpoint_walk_matches_brute_force(seed, k, dim, eps_max, norm, face_fraction):
+    w, b, x, y = _random_problem(seed, k, dim, 12, face_fraction=face_fraction)
+    result = linear_fgsm_robustness(w, b, x, y, norm=norm, eps_max=eps_max)
+    d = _direction_autograd(w, b, x, y, norm)
+    assert torch.allclose(result.directions.double(), d, atol=1e-6)
+    eps_bf, status_bf = _brute_force(w, b, x, y, d, eps_max=eps_max)
+    assert torch.equal(result.status, status_bf)
+    fooled = status_bf == int(FOOLED)
+    assert torch.allclose(result.eps_star[fooled], eps_bf[fooled], rtol=0, atol=1e-9)
+
+
+def test_brute_force_on_digits_shaped_problem():
+    """64 coordinates, most of them exactly 0 (digits' blank border): many breakpoints at 0."""
+    w, b, x, y = _random_problem(7, 10, 64, 20, face_fraction=0.9)
+    result = linear_fgsm_robustness(w, b, x, y, eps_max=1.0)
+    eps_bf, status_bf = _brute_force(w, b, x, y, _direction_autograd(w, b, x, y, "linf"), eps_max=1.0)
+    assert torch.equal(result.status, status_bf)
+    fooled = status_bf == int(FOOLED)
+    assert fooled.sum() >= 5
+    assert torch.allclose(result.eps_star[fooled], eps_bf[fooled], rtol=0, atol=1e-9)
+
+
+# --------------------------------------------------------------------------- edge cases, by hand
+
+
+def test_coordinate_on_its_bound_never_moves():
+    """A coordinate already at the bound it moves towards (breakpoint 0) contributes nothing."""
+    w, b, x, y = _random_problem(3, 4, 6, 30, face_fraction=0.0)
+    d = affine_fgsm_direction(w, b, x, y)
+    # put coordinate 0 on the face d pushes it to: it cannot move
+    x[:, 0] = torch.where(d[:, 0] > 0, 1.0, 0.0)
+    full = linear_fgsm_robustness(w, b, x, y, eps_max=2.0)
+    # the same ray with d_0 = 0 (also: no movement) must give the same ε*
+    d0 = affine_fgsm_direction(w, b, x, y)
+    d0[:, 0] = 0.0
+    frozen = linear_fgsm_robustness(w, b, x, y, eps_max=2.0, directions=d0)
+    assert torch.equal(full.status, frozen.status)
+    assert torch.allclose(full.eps_star, frozen.eps_star, rtol=0, atol=1e-12)
+    # and equal to the brute force
+    eps_bf, status_bf = _brute_force(w, b, x, y, affine_fgsm_direction(w, b, x, y), eps_max=2.0)
+    assert torch.equal(full.status, status_bf)
+    fooled = status_bf == int(FOOLED)
+    assert torch.allclose(full.eps_star[fooled], eps_bf[fooled], atol=1e-9)
+
+
+def test_zero_direction_is_censored():
+    """d = 0 (no movement): a correctly classified input stays correct: censored, eps_lo = eps_max, eps_hi = inf."""
+    w = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    b = torch.zeros(2, dtype=torch.float64)
+    x = torch.tensor([[0.8, 0.2]], dtype=torch.float64)
+    result = linear_fgsm_robustness(w, b, x, torch.tensor([0]), eps_max=0.5, directions=torch.zeros(1, 2))
+    assert result.status.tolist() == [int(CENSORED)]
+    assert result.eps_lo.tolist() == [0.5] and result.eps_hi.tolist() == [math.inf]
+
+
+def _touching_problem(label):
+    """Margin z_y − z_j along the ray: 1 − 2ε… reaches exactly 0 at ε = 0.5, then rises (a breakpoint).
+
+    x = (0.5, 0), d = (+1, +1), box [0, 1]: coordinate 0 stops at 1 when ε = 0.5.
+    m(x) = −2·x0 + x1 + 1.5 gives m(ε) = 0.5 − ε for ε ≤ 0.5 and ε − 0.5 after.
+    Every number is a binary fraction, so the tie at ε = 0.5 is exact in float64.
+    """
+    m = torch.tensor([-2.0, 1.0], dtype=torch.float64)
+    if label == 1:  # z_1 − z_0 = m: the competitor is class 0 < y
+        w, b = torch.stack([torch.zeros(2, dtype=torch.float64), m]), torch.tensor([0.0, 1.5], dtype=torch.float64)
+    else:  # z_0 − z_1 = m: the competitor is class 1 > y
+        w, b = torch.stack([m, torch.zeros(2, dtype=torch.float64)]), torch.tensor([1.5, 0.0], dtype=torch.float64)
+    x = torch.tensor([[0.5, 0.0]], dtype=torch.float64)
+    return w, b, x, torch.tensor([label]), torch.ones(1, 2, dtype=torch.float64)
+
+
+def test_tie_rule_touching_zero():
+    """A tie goes to the lowest class index (torch.argmax): touching a tie with a lower class misclassifies."""
+    w, b, x, y, d = _touching_problem(1)
+    lower = linear_fgsm_robustness(w, b, x, y, eps_max=1.0, directions=d)
+    assert lower.status.tolist() == [int(FOOLED)] and lower.eps_star.tolist() == [0.5]
+    # the tie itself, as torch.argmax sees it
+    assert int((torch.tensor([[1.0, 0.0]], dtype=torch.float64) @ w.T + b).argmax()) == 0
+    w, b, x, y, d = _touching_problem(0)
+    higher = linear_fgsm_robustness(w, b, x, y, eps_max=1.0, directions=d)
+    assert higher.status.tolist() == [int(CENSORED)]
+
+
+def test_tie_at_the_clean_point():
+    w = torch.zeros(3, 2, dtype=torch.float64)
+    w[1, 0] = 1.0
+    b = torch.zeros(3, dtype=torch.float64)
+    x = torch.tensor([[0.0, 0.5]] * 3, dtype=torch.float64)  # all logits 0: a three-way tie, argmax = 0
+    result = linear_fgsm_robustness(w, b, x, torch.tensor([0, 1, 2]), eps_max=0.5)
+    assert result.status.tolist()[1:] == [int(CLEAN_WRONG)] * 2
+    assert result.status[0] != int(CLEAN_WRONG)
+    assert minimal_perturbation(w, b, x, torch.tensor([0, 1, 2])).tolist()[1:] == [0.0, 0.0]
+
+
+def test_exact_result_fields():
+    w, b, x, y = _random_problem(11, 5, 8, 50)
+    result = linear_fgsm_robustness(w, b, x, y, eps_max=0.3)
+    assert result.tol == 0.0 and result.resolution == 0.0 and result.eps_max == 0.3
+    fooled, wrong, censored = (result.status == s for s in (int(FOOLED), int(CLEAN_WRONG), int(CENSORED)))
+    assert fooled.any() and wrong.any() and censored.any()
+    assert torch.equal(result.eps_lo[fooled], result.eps_hi[fooled])
+    assert bool((result.eps_hi[fooled] > 0).all() and (result.eps_hi[fooled] <= 0.3).all())
+    assert bool((result.eps_hi[wrong] == 0).all() and (result.eps_lo[wrong] == 0).all())
+    assert bool((result.eps_lo[censored] == 0.3).all() and torch.isinf(result.eps_hi[censored]).all())
+    assert result.directions.shape == x.shape and result.directions.dtype == torch.float32
+    assert result.summary().n == 50
+
+
+# --------------------------------------------------------------------------- against the general measure
+
+
+def _as_linear_module(w, b, dtype):
+    layer = nn.Linear(w.shape[1], w.shape[0]).to(dtype)
+    with torch.no_grad():
+        layer.weight.copy_(w)
+        layer.bias.copy_(b)
+    return layer
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_agrees_with_fgsm_robustness_float64(norm):
+    w, b, x, y = _random_problem(5, 6, 20, 150)
+    tol = 1e-8
+    general = fgsm_robustness(_as_linear_module(w, b, torch.float64), x, y, norm=norm, eps_max=1.0, resolution=1e-3, tol=tol)
+    exact = linear_fgsm_robustness(w, b, x, y, norm=norm, eps_max=1.0)
+    assert torch.equal(exact.status, general.status)
+    fooled = exact.status == int(FOOLED)
+    assert fooled.sum() >= 10
+    # the exact ε* lies in the general measure's verified bracket (to rounding)
+    assert bool((exact.eps_star[fooled] <= general.eps_hi[fooled] + 1e-12).all())
+    assert bool((exact.eps_star[fooled] >= general.eps_lo[fooled] - 1e-12).all())
+    assert torch.allclose(exact.eps_star[fooled], general.eps_star[fooled], rtol=0, atol=tol)
+
+
+def test_agrees_with_fgsm_robustness_trained_float32(digits):
+    """A float32 linear model trained on digits, measured both ways on 300 test inputs."""
+    from sparank.models import build_model
+    from sparank.train import TrainConfig, train
+
+    torch.manual_seed(0)
+    model = build_model("linear", digits.input_shape, digits.num_classes)
+    train(model, digits, TrainConfig(epochs=3, lr=1e-2, seed=0))
+    x, y = digits.test_x[:300], digits.test_y[:300]
+    tol = 1e-6
+    general = fgsm_robustness(model, x, y, eps_max=0.5, resolution=1e-2, tol=tol)
+    w, b = affine_parameters(model)
+    # the same rays (float32 directions from autograd); the closed form runs in float64
+    exact = linear_fgsm_robustness(w, b, x, y, eps_max=0.5, directions=general.directions)
+    same = exact.status == general.status
+    assert same.double().mean() >= 0.99  # float32 vs float64 logits can split an exact near-tie
+    fooled = same & (exact.status == int(FOOLED))
+    assert fooled.sum() >= 100
+    assert torch.allclose(exact.eps_star[fooled], general.eps_star[fooled], rtol=0, atol=tol + 1e-5)
+    # the closed-form direction is the float32 one, except where the gradient is ~0
+    closed = affine_fgsm_direction(w, b, x, y).view_as(general.directions).float()
+    assert (closed == general.directions).float().mean() >= 0.99
+
+
+# --------------------------------------------------------------------------- formulas and the optimal perturbation
+
+
+def test_binary_formula_unclipped():
+    g = torch.Generator().manual_seed(2)
+    dim, n = 7, 200
+    w = torch.randn(dim, generator=g, dtype=torch.float64)
+    b = 0.3
+    x = torch.randn(n, dim, generator=g, dtype=torch.float64)
+    y_pm = torch.where(torch.rand(n, generator=g) < 0.5, -1, 1)
+    formula = binary_eps_star_unclipped(w, b, x, y_pm)
+    weight, bias = binary_as_multiclass(w, b)
+    result = linear_fgsm_robustness(weight, bias, x, (y_pm + 1) // 2, bounds=None, eps_max=100.0)
+    correct = formula > 0
+    assert correct.any() and (~correct).any()
+    assert torch.allclose(result.eps_star[correct], formula[correct], rtol=1e-12, atol=0)
+    assert bool((result.status[~correct] == int(CLEAN_WRONG)).all())
+    # the direction is −y·sign(w)
+    expected = -y_pm[:, None].double() * w.sign()[None, :]
+    assert torch.equal(result.directions.double(), expected)
+    # and for a binary classifier FGSM is optimal
+    optimal = minimal_perturbation(weight, bias, x, (y_pm + 1) // 2)
+    assert torch.allclose(optimal[correct], formula[correct], rtol=1e-12)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_fgsm_never_beats_the_optimal_perturbation(norm):
+    w, b, x, y = _random_problem(9, 8, 15, 300)
+    result = linear_fgsm_robustness(w, b, x, y, bounds=None, norm=norm, eps_max=50.0)
+    optimal = minimal_perturbation(w, b, x, y, norm=norm)
+    fooled = result.status == int(FOOLED)
+    assert fooled.sum() >= 100
+    assert bool((result.eps_star[fooled] >= optimal[fooled] * (1 - 1e-12)).all())
+    # multiclass FGSM is usually strictly worse than optimal somewhere
+    assert bool((result.eps_star[fooled] > optimal[fooled] * 1.01).any())
+    # with the box too: a clipped step is still a perturbation of norm <= ε
+    boxed = linear_fgsm_robustness(w, b, x, y, bounds=(0.0, 1.0), norm=norm, eps_max=50.0)
+    fooled = boxed.status == int(FOOLED)
+    assert fooled.sum() >= 50
+    assert bool((boxed.eps_star[fooled] >= optimal[fooled] * (1 - 1e-12)).all())
+
+
+def test_minimal_perturbation_is_the_linear_program_optimum():
+    """min ||δ||_∞ s.t. some class k reaches z_y, solved per k by scipy's LP solver."""
+    from scipy.optimize import linprog
+
+    w, b, x, y = _random_problem(4, 4, 5, 15, correct_fraction=1.0)
+    ours = minimal_perturbation(w, b, x, y)
+    for i in range(len(x)):
+        best = math.inf
+        for k in range(w.shape[0]):
+            if k == y[i]:
+                continue
+            a = (w[y[i]] - w[k]).numpy()
+            margin = float(a @ x[i].numpy() + b[y[i]] - b[k])
+            dim = len(a)
+            # variables (δ, t): minimise t s.t. a·δ <= −margin, δ_j − t <= 0, −δ_j − t <= 0
+            a_ub = np.vstack([np.append(a, 0.0), np.hstack([np.eye(dim), -np.ones((dim, 1))]), np.hstack([-np.eye(dim), -np.ones((dim, 1))])])
+            b_ub = np.concatenate([[-margin], np.zeros(2 * dim)])
+            lp = linprog(np.append(np.zeros(dim), 1.0), A_ub=a_ub, b_ub=b_ub, bounds=[(None, None)] * (dim + 1))
+            assert lp.status == 0
+            best = min(best, lp.fun)
+        assert ours[i].item() == pytest.approx(best, rel=1e-7, abs=1e-9)
+
+
+# --------------------------------------------------------------------------- models and validation
+
+
+def test_affine_parameters_and_model_wrapper(digits):
+    from sparank.models import build_model
+
+    torch.manual_seed(1)
+    model = build_model("linear", digits.input_shape, digits.num_classes)
+    w, b = affine_parameters(model)
+    assert w.shape == (10, 64) and b.shape == (10,) and w.dtype == torch.float64
+    x, y = digits.test_x[:40], digits.test_y[:40]
+    assert torch.allclose(x.reshape(40, -1).double() @ w.T + b, model(x).double(), atol=1e-5)
+    direct = linear_fgsm_robustness(w, b, x, y)
+    wrapped = model_fgsm_robustness(model, x, y)
+    assert torch.equal(direct.eps_star, wrapped.eps_star)
+    with pytest.raises(ValueError, match="not affine"):
+        affine_parameters(build_model("mlp:8", digits.input_shape, digits.num_classes))
+    # a weight behind a parametrisation (a mask) is read as the model computes with it
+    from torch.nn.utils import parametrize
+
+    class Mask(nn.Module):
+        def forward(self, weight):
+            return weight * (weight.abs() > 0.05)
+
+    parametrize.register_parametrization(model.out, "weight", Mask())
+    masked, _ = affine_parameters(model)
+    assert bool((masked == 0).any()) and torch.equal(masked.float(), model.out.weight)
+
+
+def test_validation_errors():
+    w, b, x, y = _random_problem(0, 3, 4, 5)
+    with pytest.raises(ValueError, match="outside bounds"):
+        linear_fgsm_robustness(w, b, x + 2.0, y)
+    with pytest.raises(ValueError, match="norm"):
+        linear_fgsm_robustness(w, b, x, y, norm="l1")
+    with pytest.raises(ValueError, match="eps_max"):
+        linear_fgsm_robustness(w, b, x, y, eps_max=math.inf)
+    with pytest.raises(ValueError, match="values per input"):
+        linear_fgsm_robustness(w, b, x[:, :3], y)
+    with pytest.raises(ValueError, match="labels"):
+        linear_fgsm_robustness(w, b, x, y + 3)
+    with pytest.raises(ValueError, match="directions"):
+        linear_fgsm_robustness(w, b, x, y, directions=torch.zeros(5, 3))
+    with pytest.raises(ValueError, match="-1 or \\+1"):
+        binary_eps_star_unclipped(w[0], 0.0, x, y)
+
+
+# --------------------------------------------------------------------------- the worked example of docs/linear.md
+
+# The L1-regularised logistic regression of docs/linear.md: four training points,
+# mean logistic loss + λ(|w1| + |w2|), and its hand-derived solution.
+EXAMPLE_X = np.array([[2.0, 0.0], [-2.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+EXAMPLE_Y = np.array([1.0, -1.0, 1.0, -1.0])
+
+
+def _hand_solution(lam):
+    """w1 = ½·ln((1−λ)/λ) for λ < ½, w2 = ln((1−2λ)/(2λ)) for λ < ¼ (else 0), b = 0."""
+    w1 = 0.5 * math.log((1 - lam) / lam) if lam < 0.5 else 0.0
+    w2 = math.log((1 - 2 * lam) / (2 * lam)) if lam < 0.25 else 0.0
+    return np.array([w1, w2]), 0.0
+
+
+def _solve_numerically(lam):
+    """The same problem by L-BFGS-B on the split w = u − v, u, v >= 0 (smooth), independent of the derivation."""
+    from scipy.optimize import minimize
+
+    def objective(z):
+        u, v, b = z[:2], z[2:4], z[4]
+        s = EXAMPLE_Y * (EXAMPLE_X @ (u - v) + b)
+        loss = np.logaddexp(0.0, -s).mean() + lam * (u + v).sum()
+        r = -EXAMPLE_Y * (1.0 / (1.0 + np.exp(s))) / len(s)  # d loss / d f_n
+        grad_w = EXAMPLE_X.T @ r
+        return loss, np.concatenate([grad_w + lam, -grad_w + lam, [r.sum()]])
+
+    bounds = [(0, None)] * 4 + [(None, None)]
+    res = minimize(objective, np.full(5, 0.1), jac=True, method="L-BFGS-B", bounds=bounds, options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10000})
+    z = res.x
+    return z[:2] - z[2:4], z[4]
+
+
+@pytest.mark.parametrize("lam", [0.01, 0.2, 0.3])
+def test_worked_example_solution(lam):
+    w_hand, b_hand = _hand_solution(lam)
+    w_num, b_num = _solve_numerically(lam)
+    assert np.allclose(w_num, w_hand, atol=1e-5)
+    assert abs(b_num - b_hand) < 1e-5
+
+
+def test_worked_example_eps_star_numbers():
+    """The ε* values printed in docs/linear.md's table, from the closed form on the hand-derived models."""
+    test_inputs = torch.tensor([[0.2, 0.6], [0.6, 0.2]], dtype=torch.float64)
+    labels = torch.tensor([1, 1])  # y = +1 -> class 1
+    printed = {0.01: (0.4515, 0.3485), 0.2: (0.3476, 0.4524), 0.3: (0.2000, 0.6000)}
+    in_box = {0.01: (0.6, 0.6), 0.2: (0.6, 0.6), 0.3: (0.2, 0.6)}
+    for lam, expected in printed.items():
+        w, b = _hand_solution(lam)
+        weight, bias = binary_as_multiclass(torch.tensor(w), b)
+        result = linear_fgsm_robustness(weight, bias, test_inputs, labels, bounds=None, eps_max=10.0)
+        assert [round(v, 4) for v in result.eps_star.tolist()] == list(expected)
+        boxed = linear_fgsm_robustness(weight, bias, test_inputs, labels, bounds=(0.0, 1.0), eps_max=1.0)
+        assert [round(v, 4) for v in boxed.eps_star.tolist()] == list(in_box[lam])
+    # the printed weights and the share of ||w||_1 on feature 2
+    assert [round(v, 4) for v in _hand_solution(0.01)[0]] == [2.2976, 3.8918]
+    assert [round(v, 4) for v in _hand_solution(0.2)[0]] == [0.6931, 0.4055]
+    assert [round(v, 4) for v in _hand_solution(0.3)[0]] == [0.4236, 0.0]
+    assert [round(w[1] / w.sum(), 2) for w in (_hand_solution(lam)[0] for lam in (0.01, 0.2, 0.3))] == [0.63, 0.37, 0.0]
+    # the sparse model puts training point 3, (0, 1) with y = +1, on its boundary: the tie goes to class −1
+    w, b = _hand_solution(0.3)
+    weight, bias = binary_as_multiclass(torch.tensor(w), b)
+    point3 = linear_fgsm_robustness(weight, bias, torch.tensor([[0.0, 1.0]], dtype=torch.float64), torch.tensor([1]), bounds=None)
+    assert point3.status.tolist() == [int(CLEAN_WRONG)]
+    # scaling (w, b) does not change ε*
+    w, b = _hand_solution(0.01)
+    for scale in (0.1, 7.0):
+        weight, bias = binary_as_multiclass(torch.tensor(scale * w), scale * b)
+        scaled = linear_fgsm_robustness(weight, bias, test_inputs, labels, bounds=None, eps_max=10.0)
+        assert [round(v, 4) for v in scaled.eps_star.tolist()] == list(printed[0.01])
+
+
+# --------------------------------------------------------------------------- the L1 path
+
+
+def test_lambda_max_empties_the_model(digits):
+    """scikit-learn's L1 fit is all-zero just above λ_max and not at 0.8·λ_max."""
+    from sparank.linear_path import SklearnConfig, _sklearn_path, lambda_max
+
+    top = lambda_max(digits)
+    fits = _sklearn_path([1.02 * top, 0.8 * top], digits, SklearnConfig(tol=1e-6, max_iter=2000))
+    assert bool((fits[1.02 * top][0] == 0).all())
+    assert bool((fits[0.8 * top][0] != 0).any())
+
+
+@pytest.mark.slow
+def test_l1_path_on_digits(digits, tmp_path):
+    from sparank.linear_path import SklearnConfig, run_l1_path
+    from sparank.models import build_model
+    from sparank.store import Store
+    from sparank.train import TrainConfig
+
+    lambdas = [1e-4, 2e-3, 2e-2]
+    config = TrainConfig(epochs=5, batch_size=32, lr=0.2, optimizer="sgd", momentum=0.0, seed=0)
+    calls = []
+    with Store(tmp_path / "store") as store:
+        path = run_l1_path(
+            digits,
+            out_dir=tmp_path / "out",
+            lambdas=lambdas,
+            store=store,
+            n_eval=60,
+            train_config=config,
+            sklearn_config=SklearnConfig(tol=1e-3, max_iter=300),
+            progress=lambda done, total, message: calls.append((done, total)),
+        )
+        runs = store.runs(kind="linear")
+        assert len(runs) == 9 and len(store.measurements()) == 9
+        stored = store.load_weights(runs[0].id)
+        build_model("linear", digits.input_shape, digits.num_classes).load_state_dict(stored)
+    assert calls[-1] == (9, 9)
+    for key in ("png", "svg", "csv", "md"):
+        assert path.files[key].stat().st_size > 0
+    assert len(path.files["csv"].read_text().strip().splitlines()) == 1 + 9
+    for method in ("l1", "prox_l1", "sklearn"):
+        pts = [path.point(method, lam) for lam in lambdas]
+        norms = [p.l1_norm for p in pts]
+        assert norms[0] > norms[1] > norms[2], (method, norms)
+        assert pts[0].clean_accuracy > 0.85
+    for method in ("prox_l1", "sklearn"):  # the methods with exact zeros
+        sparsity = [path.point(method, lam).sparsity for lam in lambdas]
+        assert sparsity[0] <= sparsity[1] < sparsity[2], (method, sparsity)
+    # the path's exact ε* against the brute force, on a few inputs of each model
+    x = digits.test_x[path.eval_indices[:6]].reshape(6, -1).double()
+    y = digits.test_y[path.eval_indices[:6]]
+    for (method, lam), (w, b) in path.weights.items():
+        eps_bf, status_bf = _brute_force(w, b, x, y, _direction_autograd(w, b, x, y, "linf"), eps_max=path.eps_max)
+        eps = path.eps_star[(method, lam)][:6]
+        fooled = status_bf == int(FOOLED)
+        assert torch.allclose(eps[fooled], eps_bf[fooled], atol=1e-9)
+        assert bool(torch.isinf(eps[status_bf == int(CENSORED)]).all())
