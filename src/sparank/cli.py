@@ -487,7 +487,7 @@ def linear(
             )  # fmt: skip
         table = Table(title=f"L1 path on {data.name}: exact FGSM ε* ({norm}) over {result.n_eval} test inputs", header_style="bold")
         for column in ("method", "λ", "accuracy", "sparsity", "‖W‖₁", "ε* AUC", "ε* median", "paired ε* ratio"):
-            table.add_column(column, justify="left" if column == "method" else "right")
+            table.add_column(column, justify="left" if column == "method" else "right", no_wrap=True)
         for p in result.points:
             median = "n/a" if p.median is None else ("censored" if p.median == float("inf") else f"{p.median:.4f}")
             ratio = "n/a" if p.paired_ratio_median is None else f"{p.paired_ratio_median:.3f}"
