@@ -1,8 +1,137 @@
-"""Regularisers of the adversarial family (PROTOCOL §5). Filled in by issue 3."""
+"""Adversarial training (PROTOCOL §5, the reference family): what robust looks like.
+
+``adversarial`` replaces each training batch (or a part of it) by its FGSM
+(Goodfellow et al. 2015, https://arxiv.org/abs/1412.6572) or PGD (Madry et
+al. 2018, https://arxiv.org/abs/1706.06083) perturbation of L∞ radius
+``ε_train`` inside the pixel box ``[0, 1]``. It touches no layer: the model is
+an ordinary dense network trained on harder inputs.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sparank.attacks import fgsm_direction
 from sparank.regularisers.base import Regulariser
 
+ATTACKS = ("fgsm", "pgd")
+#: the pixel box every attack stays in (PROTOCOL §1)
+BOUNDS = (0.0, 1.0)
+
+
+def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> Tensor:
+    """FGSM: ``clip(x + ε · sign(∇_x CE(model(x), y)), 0, 1)``, detached; same shape as ``x``."""
+    return (x + eps * fgsm_direction(model, x, y)).clamp(*BOUNDS).detach()
+
+
+def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, steps: int, step_size: float, random_start: bool) -> Tensor:
+    """L∞ PGD: ``steps`` signed-gradient ascent steps of ``step_size``, each projected onto the ε-ball around ``x`` and ``[0, 1]``.
+
+    With ``random_start`` the first iterate is uniform in the ε-ball (global
+    torch RNG, so seeded runs repeat). Returns the detached adversarial batch.
+    """
+    x = x.detach()
+    x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)) if random_start else x.clone()
+    x_adv = x_adv.clamp(*BOUNDS)
+    for _ in range(steps):
+        x_adv = x_adv + step_size * fgsm_direction(model, x_adv, y)
+        x_adv = torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp(*BOUNDS)
+    return x_adv.detach()
+
+
+class Adversarial(Regulariser):
+    """FGSM or PGD adversarial training at L∞ radius ``ε_train`` (the strength).
+
+    Per batch, the first ``n − round(clean_fraction · n)`` inputs (batches
+    are shuffled) are replaced by their adversarial versions, the rest stay
+    clean; ``clean_fraction=0`` (default) trains on adversarial inputs only,
+    as Madry et al.; ``0.5`` is Goodfellow et al.'s equal mix of clean and
+    adversarial loss. The attack runs with the model in eval mode (train mode
+    restored), takes gradients with respect to the inputs only
+    (:func:`sparank.attacks.fgsm_direction` uses ``torch.autograd.grad``:
+    nothing leaks into the parameters' ``.grad``) and is detached.
+
+    Options: ``attack`` ``"fgsm"`` or ``"pgd"``; for PGD, ``steps`` (default
+    7), ``step_size`` (default ``2.5 · ε / steps``, Madry et al.'s choice) and
+    ``random_start`` (default True).
+    """
+
+    name = "adversarial"
+    summary = "FGSM or PGD adversarial training (L∞, radius ε_train): the robust reference"
+    reference = "https://arxiv.org/abs/1412.6572 (FGSM), https://arxiv.org/abs/1706.06083 (PGD)"
+    strength_meaning = "ε_train, the L∞ radius of the training attack in pixel units ([0, 1] images)"
+    strength_range = (0.0, 1.0)
+    default_strength = 0.1
+
+    def __init__(
+        self,
+        strength: float | None = None,
+        *,
+        layers: Sequence[str] | None = None,
+        attack: str = "fgsm",
+        steps: int = 7,
+        step_size: float | None = None,
+        random_start: bool = True,
+        clean_fraction: float = 0.0,
+    ) -> None:
+        if layers is not None:
+            raise ValueError("adversarial training touches no layers (it changes the inputs); leave layers out")
+        super().__init__(strength, layers=None)
+        if attack not in ATTACKS:
+            raise ValueError(f"attack must be one of {', '.join(ATTACKS)}, got {attack!r}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1 (PGD iterations, e.g. 7), got {steps!r}")
+        if step_size is not None and not (isinstance(step_size, (int, float)) and math.isfinite(step_size) and step_size > 0):
+            raise ValueError(f"step_size must be a number > 0, or None for 2.5·ε/steps, got {step_size!r}")
+        if not (isinstance(clean_fraction, (int, float)) and 0.0 <= clean_fraction <= 1.0):
+            raise ValueError(f"clean_fraction must be in [0, 1] (0 = all adversarial), got {clean_fraction!r}")
+        self.attack = attack
+        self.steps = steps
+        self.step_size = None if step_size is None else float(step_size)
+        self.random_start = bool(random_start)
+        self.clean_fraction = float(clean_fraction)
+
+    @property
+    def pgd_step_size(self) -> float:
+        """The PGD step: ``step_size`` if given, else ``2.5 · ε / steps``."""
+        assert self.strength is not None  # check_strength always sets it for a method with a strength
+        return self.step_size if self.step_size is not None else 2.5 * self.strength / self.steps
+
+    def targets(self, model: nn.Module) -> dict[str, nn.Module]:
+        """No layer: adversarial training changes the inputs, not the weights."""
+        return {}
+
+    def config(self, model: nn.Module | None = None) -> dict[str, Any]:
+        record = {**super().config(model), "attack": self.attack, "clean_fraction": self.clean_fraction}
+        if self.attack == "pgd":
+            record.update(steps=self.steps, step_size=self.pgd_step_size, random_start=self.random_start)
+        return record
+
+    def inputs(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """``x`` with its first ``n − round(clean_fraction·n)`` rows replaced by adversarial inputs, shape ``(N, ...)``."""
+        assert self.strength is not None  # check_strength always sets it for a method with a strength
+        n_adv = len(x) - round(self.clean_fraction * len(x))
+        if self.strength == 0.0 or n_adv == 0:
+            return x
+        was_training = model.training
+        model.eval()
+        try:
+            if self.attack == "fgsm":
+                x_adv = fgsm(model, x[:n_adv], y[:n_adv], self.strength)
+            else:
+                x_adv = pgd(
+                    model, x[:n_adv], y[:n_adv], self.strength,
+                    steps=self.steps, step_size=self.pgd_step_size, random_start=self.random_start,
+                )
+        finally:
+            model.train(was_training)
+        return torch.cat([x_adv, x[n_adv:]]) if n_adv < len(x) else x_adv
+
+
 #: the classes this module registers, in the order `sparank regularisers` lists them
-METHODS: tuple[type[Regulariser], ...] = ()
+METHODS: tuple[type[Regulariser], ...] = (Adversarial,)

@@ -104,7 +104,7 @@ class L2(Regulariser):
 
     def penalty(self, model: nn.Module) -> Tensor | None:
         assert self.strength is not None  # check_strength always sets it for a method with a strength
-        squares = [m.weight.pow(2).sum() for m in self.targets(model).values()]
+        squares = [m.weight.square().sum() for m in self.targets(model).values()]  # square(): pow(2) has a slow backward
         return 0.5 * self.strength * torch.stack(squares).sum() if squares else None
 
 
