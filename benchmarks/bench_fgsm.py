@@ -1,0 +1,155 @@
+"""Time sparank's ε* measure against ART and Foolbox on Fashion-MNIST, in one run.
+
+For an MLP 784-300-100-10 and the small CNN (trained here on first use, then
+loaded from benchmarks/results/), on the first N test inputs:
+
+- sparank ``fgsm_robustness`` at resolution 1e-3 (ART's own step) and 1e-2, tol 1e-6;
+- ART ``FastGradientMethod(norm=inf, eps=0.5, eps_step=1e-3, minimal=True)``;
+- Foolbox ``FGSM`` over 501 ε values in [0, 0.5];
+- one fixed-ε FGSM attack (direction + one forward pass) as the floor.
+
+It prints wall times, ratios and the agreement checks: the fooled sets are
+identical and ART's grid value minus sparank's ε* lies in [0, step] for every
+input. Needs the optional extra: ``pip install -e '.[bench]'``.
+
+Run: ``.venv/bin/python benchmarks/bench_fgsm.py [--n 1000] [--threads 2]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sparank.attacks import fgsm_direction
+from sparank.data import load_dataset
+from sparank.models import build_model
+from sparank.robustness import CENSORED, CLEAN_WRONG, FOOLED, fgsm_robustness
+from sparank.store import load_weights_file, save_weights
+from sparank.train import TrainConfig, train_model
+
+RESULTS = Path(__file__).parent / "results"
+EPS_MAX = 0.5
+STEP = 1e-3
+ARCHS = {"mlp": ("mlp:300,100", 3), "cnn": ("cnn:16,32,128", 2)}  # spec, training epochs
+
+
+def get_model(name: str, data):
+    spec, epochs = ARCHS[name]
+    path = RESULTS / f"fashion-{name}.safetensors"
+    model = build_model(spec, data.input_shape, data.num_classes)
+    if path.exists():
+        model.load_state_dict(load_weights_file(path))
+    else:
+        print(f"training {spec} on Fashion-MNIST for {epochs} epochs (cached in {path})...", flush=True)
+        model, _ = train_model(spec, data, TrainConfig(epochs=epochs, batch_size=128, seed=0))
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        save_weights(path, model.state_dict())
+    return model.eval()
+
+
+def timed(fn, repeat: int = 1):
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def fixed_eps_fgsm(model, x, y, eps: float, batch_size: int = 256) -> torch.Tensor:
+    """One FGSM attack at a fixed ε: the direction, then one forward pass (the floor for any ε* search)."""
+    d = fgsm_direction(model, x, y, batch_size=batch_size)
+    with torch.no_grad():
+        adv = (x + eps * d).clamp(0, 1)
+        return torch.cat([model(adv[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]) != y
+
+
+def art_minimal(model, x, y, num_classes: int) -> np.ndarray:
+    """ART's minimal FGSM; returns the grid ε per input (inf where not fooled, 0 where clean-wrong)."""
+    from art.attacks.evasion import FastGradientMethod
+    from art.estimators.classification import PyTorchClassifier
+
+    clf = PyTorchClassifier(
+        model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]), nb_classes=num_classes, clip_values=(0.0, 1.0)
+    )
+    attack = FastGradientMethod(clf, norm=np.inf, eps=EPS_MAX, eps_step=STEP, minimal=True)
+    xn, yn = x.numpy(), y.numpy()
+    adv = attack.generate(xn, yn)
+    fooled = clf.predict(adv).argmax(1) != yn
+    clean_wrong = clf.predict(xn).argmax(1) != yn
+    moved = np.abs(adv - xn).reshape(len(xn), -1).max(1)
+    eps = np.where(fooled, np.round(moved / STEP) * STEP, np.inf)
+    eps[clean_wrong] = 0.0
+    return eps
+
+
+def foolbox_sweep(model, x, y) -> np.ndarray:
+    """Foolbox FGSM over 501 ε; returns the first successful ε per input (inf if none)."""
+    import foolbox as fb
+
+    fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0))
+    epsilons = np.linspace(0.0, EPS_MAX, 501)
+    _, _, success = fb.attacks.FGSM()(fmodel, x, y, epsilons=epsilons.tolist())
+    success = success.numpy()
+    first = np.where(success.any(0), epsilons[success.argmax(0)], np.inf)
+    return first
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=1000, help="test inputs (the first N)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--models", default="mlp,cnn")
+    parser.add_argument("--skip-slow", action="store_true", help="skip ART and Foolbox (sparank timings only)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    data = load_dataset("fashion-mnist")
+    x, y = data.test_x[: args.n], data.test_y[: args.n]
+    report = {}
+    for name in args.models.split(","):
+        model = get_model(name, data)
+        row: dict[str, float | int | bool | str] = {}
+        t_fixed, _ = timed(lambda: fixed_eps_fgsm(model, x, y, 0.1), repeat=3)
+        t_fine, fine = timed(lambda: fgsm_robustness(model, x, y, eps_max=EPS_MAX, resolution=STEP, tol=1e-6), repeat=3)
+        t_coarse, coarse = timed(lambda: fgsm_robustness(model, x, y, eps_max=EPS_MAX, resolution=1e-2, tol=1e-6), repeat=3)
+        row.update(fixed_fgsm_s=t_fixed, sparank_1e3_s=t_fine, sparank_1e2_s=t_coarse)
+        row["sparank_1e2_over_fixed"] = t_coarse / t_fixed
+        row["coarse_vs_fine_same_eps"] = float((torch.abs(coarse.eps_hi - fine.eps_hi) <= 1e-6).double().mean())
+        s = fine.summary()
+        row.update(clean_accuracy=s.clean_accuracy, censored=s.censored_fraction, median_eps=s.median)
+        print(f"\n[{name}] fixed-eps FGSM {t_fixed:.3f}s | sparank h=1e-3 {t_fine:.3f}s | h=1e-2 {t_coarse:.3f}s", flush=True)
+        if not args.skip_slow:
+            t_art, art_eps = timed(lambda: art_minimal(model, x, y, data.num_classes))
+            t_fb, fb_eps = timed(lambda: foolbox_sweep(model, x, y))
+            row.update(art_s=t_art, foolbox_s=t_fb)
+            row["art_over_sparank_1e3"] = t_art / t_fine
+            row["art_over_sparank_1e2"] = t_art / t_coarse
+            row["foolbox_over_sparank_1e3"] = t_fb / t_fine
+            ours = fine.eps_hi.numpy()
+            st = fine.status.numpy()
+            for label, other in (("art", art_eps), ("foolbox", fb_eps)):
+                fooled_other = np.isfinite(other) & (other > 0)
+                row[f"{label}_same_fooled_set"] = bool(np.array_equal(fooled_other, st == int(FOOLED)))
+                row[f"{label}_fooled_set_differences"] = int((fooled_other != (st == int(FOOLED))).sum())
+                both = fooled_other & (st == int(FOOLED))
+                diff = other[both] - ours[both]
+                row[f"{label}_grid_minus_eps_in_0_step"] = float(((diff >= -1e-6) & (diff <= STEP + 1e-6)).mean())
+                row[f"{label}_grid_minus_eps_range"] = f"[{diff.min():.2e}, {diff.max():.2e}]"
+                row[f"{label}_clean_wrong_agree"] = bool(np.array_equal(other == 0, st == int(CLEAN_WRONG)))
+            row["censored_sparank"] = int((st == int(CENSORED)).sum())
+        report[name] = row
+        for k, v in row.items():
+            print(f"  {k:34s} {v:.4g}" if isinstance(v, float) else f"  {k:34s} {v}", flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "bench_fgsm.json").write_text(json.dumps(report, indent=2))
+    print(f"\nwritten {RESULTS / 'bench_fgsm.json'}")
+
+
+if __name__ == "__main__":
+    main()
