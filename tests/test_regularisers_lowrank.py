@@ -189,6 +189,49 @@ def test_lowrank_parametrisation_starts_at_the_best_rank_r_approximation() -> No
     assert int(torch.linalg.matrix_rank(layer.weight.detach())) == 4
 
 
+@pytest.mark.parametrize(
+    ("make", "input_shape"),
+    [
+        (lambda: nn.Linear(20, 12), (20,)),
+        (lambda: nn.Conv2d(3, 8, 3, stride=2, padding=1), (3, 9, 11)),
+        (lambda: nn.Conv2d(3, 8, (3, 2), padding="same", dilation=2, bias=False), (3, 9, 11)),
+        (lambda: nn.Conv2d(3, 8, 3, padding=1, padding_mode="reflect"), (3, 9, 11)),
+        (lambda: nn.Conv1d(4, 6, 5, stride=2), (4, 13)),
+        (lambda: nn.Conv2d(4, 6, 3, groups=2), (4, 9, 11)),  # grouped: falls back to the dense weight
+    ],
+)
+def test_factorised_forward_equals_the_dense_u_vt_layer(make: Callable[[], nn.Module], input_shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    layer = make().double()
+    factorise(layer, 3)
+    u, v = layer.parametrizations.weight.original0, layer.parametrizations.weight.original1
+    # independent reference: a fresh plain layer of the same class holding the dense U Vᵀ
+    dense = make().double()
+    with torch.no_grad():
+        dense.weight.copy_((u @ v.T).reshape(dense.weight.shape))
+        if dense.bias is not None:
+            dense.bias.copy_(layer.bias)
+    x = torch.randn(5, *input_shape, dtype=torch.float64)
+    calls = []
+    layer.parametrizations.weight[0].register_forward_hook(lambda *_: calls.append(1))
+    out = layer(x)
+    assert out.shape == dense(x).shape
+    assert torch.allclose(out, dense(x), atol=1e-12)
+    grouped = isinstance(layer, nn.Conv2d) and layer.groups != 1
+    assert len(calls) == (1 if grouped else 0)  # the fast path never forms U Vᵀ
+    # gradients reach U and V (the optimiser's parameters), equal to the chain rule through W = U Vᵀ
+    out.square().sum().backward()
+    dense(x).square().sum().backward()
+    g = dense.weight.grad.reshape(dense.weight.shape[0], -1)
+    assert torch.allclose(u.grad, g @ v.detach(), atol=1e-10)
+    assert torch.allclose(v.grad, g.T @ u.detach(), atol=1e-10)
+    assert {id(p) for p in layer.parameters()} >= {id(u), id(v)}
+
+    bake(layer)
+    assert "forward" not in vars(layer) and type(layer) is type(dense)
+    assert torch.allclose(layer(x), dense(x), atol=1e-12)
+
+
 def test_lowrank_rejects_an_impossible_rank() -> None:
     with pytest.raises(ValueError, match="rank"):
         LowRank((10, 64), 11)
