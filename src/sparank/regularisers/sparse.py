@@ -483,7 +483,8 @@ class L0(Regulariser):
             log_alpha = torch.full_like(module.weight, self.init_log_alpha, requires_grad=True)
             self._gates[name] = HardConcreteGate(log_alpha)
             parametrize.register_parametrization(module, "weight", self._gates[name])
-        self._gate_optimizer = torch.optim.Adam([g.log_alpha for g in self._gates.values()], lr=self.gate_lr)
+        # fused: one pass over the ~10⁵–10⁶ gates instead of a dozen (the same Adam update)
+        self._gate_optimizer = torch.optim.Adam([g.log_alpha for g in self._gates.values()], lr=self.gate_lr, fused=True)
 
     def penalty(self, model: nn.Module) -> Tensor:
         expected = sum(g.prob_nonzero().sum() for g in self._gates.values())
