@@ -9,7 +9,6 @@ an ordinary dense network trained on harder inputs.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from sparank.attacks import fgsm_direction
-from sparank.regularisers.base import Regulariser
+from sparank.regularisers.base import Regulariser, check_int, check_positive
 
 ATTACKS = ("fgsm", "pgd")
 #: the pixel box every attack stays in (PROTOCOL §1)
@@ -84,15 +83,11 @@ class Adversarial(Regulariser):
         super().__init__(strength, layers=None)
         if attack not in ATTACKS:
             raise ValueError(f"attack must be one of {', '.join(ATTACKS)}, got {attack!r}")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an integer >= 1 (PGD iterations, e.g. 7), got {steps!r}")
-        if step_size is not None and not (isinstance(step_size, (int, float)) and math.isfinite(step_size) and step_size > 0):
-            raise ValueError(f"step_size must be a number > 0, or None for 2.5·ε/steps, got {step_size!r}")
         if not (isinstance(clean_fraction, (int, float)) and 0.0 <= clean_fraction <= 1.0):
             raise ValueError(f"clean_fraction must be in [0, 1] (0 = all adversarial), got {clean_fraction!r}")
         self.attack = attack
-        self.steps = steps
-        self.step_size = None if step_size is None else float(step_size)
+        self.steps = check_int("steps", steps, low=1, hint="PGD iterations, e.g. 7")
+        self.step_size = None if step_size is None else check_positive("step_size", step_size, hint="or None for 2.5·ε/steps")
         self.random_start = bool(random_start)
         self.clean_fraction = float(clean_fraction)
 

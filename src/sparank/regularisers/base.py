@@ -122,3 +122,17 @@ def check_strength(cls: type[Regulariser], strength: float | None) -> float | No
     if not (isinstance(strength, (int, float)) and math.isfinite(strength) and low <= strength <= high):
         raise ValueError(f"strength {strength} is out of range for {cls.name!r}: {cls.strength_meaning}, in [{low}, {high}]")
     return float(strength)
+
+
+def check_positive(name: str, value: float, *, hint: str = "") -> float:
+    """``value`` as a float if it is a finite number > 0; else ValueError naming ``name`` (and ``hint``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0{f' ({hint})' if hint else ''}, got {value!r}")
+    return float(value)
+
+
+def check_int(name: str, value: int, *, low: int, hint: str = "") -> int:
+    """``value`` if it is an integer >= ``low``; else ValueError naming ``name`` (and ``hint``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}{f' ({hint})' if hint else ''}, got {value!r}")
+    return value

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from sparank.regularisers.base import Regulariser
+from sparank.regularisers.base import Regulariser, check_int, check_positive
 
 
 def as_matrix(weight: Tensor) -> Tensor:
@@ -170,12 +170,6 @@ def bake(module: nn.Module) -> nn.Module:
     return module
 
 
-def _check_int(name: str, value: int, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
-
-
 class Nuclear(Regulariser):
     """Nuclear-norm penalty ``λ · Σ_layers Σ_i σ_i(W)``, the convex surrogate of rank.
 
@@ -208,7 +202,7 @@ class Nuclear(Regulariser):
 
     def __init__(self, strength: float | None = None, *, layers: Sequence[str] | None = None, every: int = 32) -> None:
         super().__init__(strength, layers=layers)
-        self.every = _check_int("every", every, 1)
+        self.every = check_int("every", every, low=1)
         self._calls = 0
         self._subgradients: dict[str, Tensor] = {}
 
@@ -272,10 +266,8 @@ class SVT(Regulariser):
         every: int = 16,
     ) -> None:
         super().__init__(strength, layers=layers)
-        if not (isinstance(step_size, (int, float)) and math.isfinite(step_size) and step_size > 0):
-            raise ValueError(f"step_size must be a finite number > 0 (e.g. the learning rate 1e-3), got {step_size!r}")
-        self.step_size = float(step_size)
-        self.every = _check_int("every", every, 1)
+        self.step_size = check_positive("step_size", step_size, hint="e.g. the learning rate 1e-3")
+        self.every = check_int("every", every, low=1)
         self._since = 0
 
     def config(self, model: nn.Module | None = None) -> dict[str, Any]:
@@ -397,7 +389,7 @@ class SVDTruncate(_FixedRank):
         fine_tune_epochs: int = 5,
     ) -> None:
         super().__init__(strength, layers=layers, include_output=include_output)
-        self.fine_tune_epochs = _check_int("fine_tune_epochs", fine_tune_epochs, 0)
+        self.fine_tune_epochs = check_int("fine_tune_epochs", fine_tune_epochs, low=0)
 
     def config(self, model: nn.Module | None = None) -> dict[str, Any]:
         return {**super().config(model), "fine_tune_epochs": self.fine_tune_epochs}

@@ -41,27 +41,10 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize, prune
 
 from sparank.models import weight_layers
-from sparank.regularisers.base import Regulariser
+from sparank.regularisers.base import Regulariser, check_int, check_positive
 
 #: default per-step size of the proximal methods: TrainConfig's default Adam lr
 DEFAULT_STEP_SIZE = 1e-3
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def _check_positive(name: str, value: float) -> float:
-    """``value`` as a float if finite and > 0, else ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def _check_epochs(name: str, value: int) -> int:
-    """``value`` if it is an int >= 0, else ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    return value
 
 
 # --------------------------------------------------------------------------- masks
@@ -157,7 +140,7 @@ class ProxL1(Regulariser):
 
     def __init__(self, strength: float | None = None, *, layers: Sequence[str] | None = None, step_size: float = DEFAULT_STEP_SIZE) -> None:
         super().__init__(strength, layers=layers)
-        self.step_size = _check_positive("step_size", step_size)
+        self.step_size = check_positive("step_size", step_size)
 
     def config(self, model: nn.Module | None = None) -> dict[str, Any]:
         return {**super().config(model), "step_size": self.step_size}
@@ -199,7 +182,7 @@ class Magnitude(Regulariser):
 
     def __init__(self, strength: float | None = None, *, layers: Sequence[str] | None = None, fine_tune_epochs: int = 3) -> None:
         super().__init__(strength, layers=layers)
-        self.fine_tune_epochs = _check_epochs("fine_tune_epochs", fine_tune_epochs)
+        self.fine_tune_epochs = check_int("fine_tune_epochs", fine_tune_epochs, low=0)
 
     def config(self, model: nn.Module | None = None) -> dict[str, Any]:
         return {**super().config(model), "scope": "per_layer", "fine_tune_epochs": self.fine_tune_epochs}
@@ -257,12 +240,10 @@ class MagnitudeGradual(Regulariser):
                 raise ValueError(f"{label} must be a fraction of training in [0, 1], got {value!r}")
         if not begin < end:
             raise ValueError(f"begin must be < end (the pruning window), got begin={begin}, end={end}")
-        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
-            raise ValueError(f"update_every must be an integer >= 1 (optimiser steps), got {update_every!r}")
         self.begin = float(begin)
         self.end = float(end)
-        self.update_every = update_every
-        self.fine_tune_epochs = _check_epochs("fine_tune_epochs", fine_tune_epochs)
+        self.update_every = check_int("update_every", update_every, low=1, hint="optimiser steps")
+        self.fine_tune_epochs = check_int("fine_tune_epochs", fine_tune_epochs, low=0)
         self._steps = 0
         self._applied = 0.0  # the sparsity the masks have now
         self._done = False  # set once training is over: fine-tuning steps leave the mask alone
@@ -348,7 +329,7 @@ class GroupLasso(Regulariser):
 
     def __init__(self, strength: float | None = None, *, layers: Sequence[str] | None = None, step_size: float = DEFAULT_STEP_SIZE) -> None:
         super().__init__(strength, layers=layers)
-        self.step_size = _check_positive("step_size", step_size)
+        self.step_size = check_positive("step_size", step_size)
 
     def targets(self, model: nn.Module) -> dict[str, nn.Module]:
         if self.layers is not None:
@@ -465,11 +446,11 @@ class L0(Regulariser):
         fine_tune_epochs: int = 0,
     ) -> None:
         super().__init__(strength, layers=layers)
-        self.gate_lr = _check_positive("gate_lr", gate_lr)
+        self.gate_lr = check_positive("gate_lr", gate_lr)
         if isinstance(init_log_alpha, bool) or not isinstance(init_log_alpha, (int, float)) or not math.isfinite(init_log_alpha):
             raise ValueError(f"init_log_alpha must be a finite number (e.g. 2.0: gates open), got {init_log_alpha!r}")
         self.init_log_alpha = float(init_log_alpha)
-        self.fine_tune_epochs = _check_epochs("fine_tune_epochs", fine_tune_epochs)
+        self.fine_tune_epochs = check_int("fine_tune_epochs", fine_tune_epochs, low=0)
         self._gates: dict[str, HardConcreteGate] = {}
         self._gate_optimizer: torch.optim.Optimizer | None = None
 
