@@ -43,7 +43,6 @@ Example::
 from __future__ import annotations
 
 import json
-import math
 import os
 import sqlite3
 from dataclasses import dataclass
@@ -51,11 +50,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+
+from sparank.robustness import jsonable
 
 if TYPE_CHECKING:
     from sparank.robustness import RobustnessResult
@@ -202,26 +202,11 @@ def load_weights_file(path: str | Path) -> dict[str, Tensor]:
 # --------------------------------------------------------------------------- JSON columns
 
 
-def _plain(value: Any) -> Any:
-    """``value`` with tuples as lists, numpy/torch scalars as Python numbers and non-finite floats as strings."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic) or (isinstance(value, Tensor) and value.numel() == 1):
-        value = value.item()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return value
-
-
 def _to_json(field: str, value: Any) -> str | None:
     if value is None:
         return None
     try:
-        return json.dumps(_plain(value), allow_nan=False)
+        return json.dumps(jsonable(value), allow_nan=False)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{field} cannot be stored as JSON ({e}); give plain dicts, lists, strings and numbers") from None
 
