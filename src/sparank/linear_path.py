@@ -50,7 +50,7 @@ from sparank.data import Dataset, eval_subset
 from sparank.linear import affine_parameters, binary_as_multiclass, linear_fgsm_robustness, minimal_perturbation
 from sparank.regularisers import get as get_regulariser
 from sparank.robustness import CLEAN_WRONG, RobustnessResult
-from sparank.structure import TAU
+from sparank.structure import layer_structure
 from sparank.train import TrainConfig, train_model
 
 if TYPE_CHECKING:
@@ -340,7 +340,7 @@ def run_l1_path(
                 reference = result
             summary = result.summary()
             ratio, lower = paired_ratio(result, reference)
-            magnitude = w.abs()
+            structure = layer_structure(w, name=f"{method} λ={lam:g}")
             point = PathPoint(
                 method=method,
                 lam=lam,
@@ -348,9 +348,9 @@ def run_l1_path(
                 converged=info["converged"],
                 objective=_objective(w, b, x_train, y_train, lam),
                 clean_accuracy=summary.clean_accuracy,
-                sparsity=float((w == 0).double().mean()),
-                effective_sparsity=float((magnitude <= TAU * magnitude.max()).double().mean()) if magnitude.max() > 0 else 1.0,
-                l1_norm=float(magnitude.sum()),
+                sparsity=structure.sparsity,
+                effective_sparsity=structure.effective_sparsity,
+                l1_norm=structure.l1_norm,
                 auc=summary.auc,
                 auc_normalised=summary.auc_normalised,
                 quantiles=summary.quantiles,
