@@ -349,10 +349,7 @@ def show(
                 "structure": _structure_brief(run.structure),
                 "measurements": [{"id": m.id, "created": m.created, "config": m.config, "summary": _brief(m.summary)} for m in measurements],
             }  # fmt: skip
-            if as_json:
-                out.print_json(json.dumps(record, default=str))
-            else:
-                out.print_json(json.dumps(record, default=str, indent=2))
+            out.print_json(json.dumps(record, default=str))  # one run is shown as JSON either way
             return
         runs = st.runs()
         latest = _latest_summaries(st)
