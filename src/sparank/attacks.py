@@ -27,6 +27,12 @@ NORMS: tuple[str, ...] = ("linf", "l2")
 _FOOLED, _CLEAN_WRONG, _CENSORED = 0, 1, 2
 
 
+def check_norm(norm: str) -> None:
+    """ValueError naming the norms this package knows, if ``norm`` is not one of them."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+
+
 class Bounds(NamedTuple):
     """The input box ``[lo, hi]^d``."""
 
@@ -95,8 +101,7 @@ def fgsm_direction(
 
     Only the inputs get gradients: parameters' ``.grad`` are left untouched.
     """
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    check_norm(norm)
     out = torch.empty_like(inputs)
     for start in range(0, len(inputs), batch_size):
         x = inputs[start : start + batch_size].detach().clone().requires_grad_(True)

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sparank.attacks import NORMS, Norm, check_inputs
+from sparank.attacks import Norm, check_inputs, check_norm
 from sparank.robustness import CENSORED, CLEAN_WRONG, FOOLED, RobustnessResult
 
 
@@ -109,11 +109,6 @@ def _check_affine(weight: Tensor, bias: Tensor, inputs: Tensor, labels: Tensor) 
     return w, b, x, labels.detach().to(device="cpu", dtype=torch.int64)
 
 
-def _check_norm(norm: str) -> None:
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
-
-
 def affine_fgsm_direction(weight: Tensor, bias: Tensor, inputs: Tensor, labels: Tensor, *, norm: Norm = "linf") -> Tensor:
     """The FGSM direction of the affine classifier ``W x + b``, in closed form, float64.
 
@@ -129,7 +124,7 @@ def affine_fgsm_direction(weight: Tensor, bias: Tensor, inputs: Tensor, labels: 
     Returns:
         ``(N, D)`` float64 directions.
     """
-    _check_norm(norm)
+    check_norm(norm)
     w, b, x, y = _check_affine(weight, bias, inputs, labels)
     p = torch.softmax(x @ w.T + b, dim=1)
     p = p - F.one_hot(y, w.shape[0]).to(torch.float64)
@@ -226,7 +221,7 @@ def linear_fgsm_robustness(
         >>> result = linear_fgsm_robustness(W, b, x, y, eps_max=0.5)
         >>> result.summary().auc
     """
-    _check_norm(norm)
+    check_norm(norm)
     if not (isinstance(eps_max, (int, float)) and math.isfinite(eps_max) and eps_max > 0):
         raise ValueError(f"eps_max must be a positive finite number, got {eps_max}")
     if batch_size < 1:
@@ -301,7 +296,7 @@ def minimal_perturbation(weight: Tensor, bias: Tensor, inputs: Tensor, labels: T
         ``(N,)`` float64: 0 for clean-wrong inputs (argmax ties to the lowest index),
         ``inf`` where no class can overtake ``y`` (``w_k = w_y`` and a positive margin).
     """
-    _check_norm(norm)
+    check_norm(norm)
     w, b, x, y = _check_affine(weight, bias, inputs, labels)
     z = x @ w.T + b  # (N, K)
     margin = z.gather(1, y[:, None]) - z  # (N, K)

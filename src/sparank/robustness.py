@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sparank.attacks import NORMS, Bounds, Norm, model_device, check_inputs, fgsm_direction, first_crossing
+from sparank.attacks import Bounds, Norm, check_inputs, check_norm, fgsm_direction, first_crossing, model_device
 
 QUANTILES = (0.10, 0.25, 0.50, 0.75, 0.90)
 
@@ -146,8 +146,7 @@ class RobustnessResult:
 
 def check_measure_args(*, norm: str, eps_max: float, resolution: float, tol: float, batch_size: int) -> None:
     """Validate the settings of the measure; ValueError names the parameter and the fix."""
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    check_norm(norm)
     if not (math.isfinite(eps_max) and eps_max > 0):
         raise ValueError(f"eps_max must be a positive number, got {eps_max}")
     if not (resolution > 0 and resolution <= eps_max):
