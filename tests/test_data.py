@@ -281,9 +281,30 @@ def test_lookup_order(tmp_path: Path, isolated_lookup: Path, monkeypatch: pytest
     assert n_train_loaded() == 4
     assert n_train_loaded(data_dir=tmp_path / "explicit") == 3
     assert n_train_loaded(data_dir=str(tmp_path / "explicit")) == 3
-    # a data_dir without the dataset falls through to the next place
+    # a data_dir without the dataset is an error, never a silent fall-back to $SPARANK_DATA or the system copy
     (tmp_path / "empty").mkdir()
-    assert n_train_loaded(data_dir=tmp_path / "empty") == 4
+    with pytest.raises(DatasetError, match=r"data_dir is the only place looked"):
+        load_dataset("fashion-mnist", data_dir=tmp_path / "empty")
+    # and an empty $SPARANK_DATA does not fall back to the system copy either
+    (tmp_path / "empty-env").mkdir()
+    monkeypatch.setenv("SPARANK_DATA", str(tmp_path / "empty-env"))
+    with pytest.raises(DatasetError, match=r"\$SPARANK_DATA is the only place looked"):
+        load_dataset("fashion-mnist")
+
+
+def test_the_files_read_are_recorded(tmp_path: Path) -> None:
+    make_idx_dataset(tmp_path / "d", n_train=3)
+    ds = load_dataset("fashion-mnist", data_dir=tmp_path / "d")
+    assert len(ds.files) == 4 and all(Path(f).is_absolute() and Path(f).is_file() for f in ds.files)
+    assert {Path(f).parent for f in ds.files} == {Path(ds.source)}
+    digits = load_dataset("digits")
+    assert digits.source.startswith("scikit-learn ") and digits.files[0].endswith("digits.csv.gz") and Path(digits.files[0]).is_file()
+
+
+def test_a_relative_data_dir_is_recorded_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_idx_dataset(tmp_path / "d", n_train=3)
+    monkeypatch.chdir(tmp_path)
+    assert load_dataset("fashion-mnist", data_dir="d").source == str(tmp_path.resolve() / "d")
 
 
 def test_name_subdirectory_beats_files_in_the_root(tmp_path: Path) -> None:
@@ -307,15 +328,10 @@ def test_missing_dataset_lists_every_place(tmp_path: Path, isolated_lookup: Path
     with pytest.raises(DatasetError) as info:
         load_dataset("fashion-mnist", data_dir=tmp_path / "mine")
     message = str(info.value)
-    places = [
-        tmp_path / "mine" / "fashion-mnist",
-        tmp_path / "mine",
-        tmp_path / "env" / "fashion-mnist",
-        tmp_path / "env",
-        isolated_lookup / "fashion-mnist",
-    ]
+    places = [tmp_path / "mine" / "fashion-mnist", tmp_path / "mine"]
     positions = [message.index(f"{p} (") for p in places]
     assert positions == sorted(positions)  # in the order they are searched
+    assert f"{tmp_path / 'env'} (" not in message  # only the directory named is searched
     for fix in ("apt-get install dataset-fashion-mnist", "--data-dir", "SPARANK_DATA", "t10k-labels-idx1-ubyte.gz"):
         assert fix in message
     assert "\n" not in message
@@ -416,6 +432,12 @@ def test_eval_subset_seeded(digits: data.Dataset) -> None:
     # n equal to the test set with a seed is a permutation, sorted: every index once
     full, _, _ = eval_subset(digits, len(digits.test_y), seed=0)
     assert full.tolist() == list(range(len(digits.test_y)))
+
+
+@pytest.mark.parametrize("seed", [-1, 2.5, True, "0"])
+def test_eval_subset_bad_seed(digits: data.Dataset, seed: object) -> None:
+    with pytest.raises(DatasetError, match=r"seed must be a non-negative integer"):
+        eval_subset(digits, 10, seed=seed)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("n", [0, -1, 451, 2.5, True])

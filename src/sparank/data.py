@@ -101,7 +101,8 @@ class Dataset:
     test_x: Tensor  # (N_test, 1, H, W)
     test_y: Tensor  # (N_test,)
     classes: tuple[str, ...]
-    source: str = ""  # where the data came from: a directory, or "scikit-learn"
+    source: str = ""  # where the data came from: an absolute directory, or "scikit-learn <version>"
+    files: tuple[str, ...] = ()  # the absolute paths of the files read (stored with every run and measurement)
 
     @property
     def num_classes(self) -> int:
@@ -114,6 +115,7 @@ class Dataset:
 
 def load_digits() -> Dataset:
     """scikit-learn's 8x8 digits (1797 images), scaled to [0, 1], fixed stratified split."""
+    import sklearn
     from sklearn.datasets import load_digits as sk_digits
     from sklearn.model_selection import train_test_split
 
@@ -128,7 +130,8 @@ def load_digits() -> Dataset:
         test_x=torch.from_numpy(x_te),
         test_y=torch.from_numpy(y_te),
         classes=tuple(str(k) for k in range(10)),
-        source="scikit-learn",
+        source=f"scikit-learn {sklearn.__version__}",
+        files=(str(Path(sklearn.datasets.__file__).resolve().parent / "data" / "digits.csv.gz"),),
     )
 
 
@@ -160,20 +163,24 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None) -> Dataset:
 def find_dataset_dir(name: str, *, data_dir: str | Path | None = None) -> Path:
     """The directory holding the four IDX files of ``name``.
 
-    Looked for, in this order (the first that has them wins):
+    One place is looked in, the first of these that is named:
 
     1. ``data_dir``, if given: ``data_dir/<name>/``, then ``data_dir`` itself;
-    2. ``$SPARANK_DATA``, if set: ``$SPARANK_DATA/<name>/``, then ``$SPARANK_DATA`` itself;
-    3. :data:`SYSTEM_DATA_ROOT` ``/<name>/`` (where ``apt-get install dataset-fashion-mnist`` puts them).
+    2. else ``$SPARANK_DATA``, if set: ``$SPARANK_DATA/<name>/``, then ``$SPARANK_DATA`` itself;
+    3. else :data:`SYSTEM_DATA_ROOT` ``/<name>/`` (where ``apt-get install dataset-fashion-mnist`` puts them).
 
-    The ``<name>/`` subdirectory is tried first because MNIST and Fashion-MNIST
-    use the same file names: a directory holding the files directly must hold
-    only the dataset asked for.
+    A directory you name that lacks the files is an error, never a silent
+    fall-back to another copy. The ``<name>/`` subdirectory is tried first
+    because MNIST and Fashion-MNIST use the same file names: a directory
+    holding the files directly must hold only the dataset asked for.
+
+    Returns:
+        The directory, absolute.
 
     Raises:
         DatasetError: ``data_dir`` or ``$SPARANK_DATA`` is not a directory; a
-            directory holds some of the four files but not all; or none has them
-            (the message lists every place looked and how to get the files).
+            directory holds some of the four files but not all; or the place
+            looked in has none (the message says where and how to get the files).
     """
     if name not in _IDX_DATASETS:
         raise DatasetError(f"unknown IDX dataset {name!r}: choose one of {', '.join(_IDX_DATASETS)}")
@@ -189,13 +196,15 @@ def find_dataset_dir(name: str, *, data_dir: str | Path | None = None) -> Path:
         if not root.is_dir():
             raise DatasetError(f"{origin} {str(root)!r} is not a directory: {fix}")
         candidates += [(root / name, origin), (root, origin)]
-    candidates.append((SYSTEM_DATA_ROOT / name, "system"))
+        break  # the first place named is the only place looked
+    if not candidates:
+        candidates.append((SYSTEM_DATA_ROOT / name, "system"))
 
     for directory, origin in candidates:
         present = {key: _idx_file(directory, base) for key, base in IDX_FILES.items()}
         found = [key for key, path in present.items() if path is not None]
         if len(found) == len(IDX_FILES):
-            return directory
+            return directory.resolve()
         if found:
             missing = ", ".join(f"{IDX_FILES[k]}[.gz]" for k in IDX_FILES if k not in found)
             raise DatasetError(f"{directory} ({origin}) holds some {name} IDX files but lacks {missing}: add the missing files")
@@ -203,8 +212,15 @@ def find_dataset_dir(name: str, *, data_dir: str | Path | None = None) -> Path:
     looked = "; ".join(f"{d} ({origin})" for d, origin in candidates)
     files = ", ".join(f"{base}.gz" for base in IDX_FILES.values())
     how = str(_IDX_DATASETS[name]["how_to_get"])
+    origin = candidates[0][1]
+    other = (
+        f"; {origin} is the only place looked when given: put the files there, or leave it out to use "
+        f"${DATA_ENV_VAR} or {SYSTEM_DATA_ROOT / name}"
+        if origin != "system"
+        else ""
+    )
     raise DatasetError(
-        f"{name} not found; looked in: {looked}. To get it, {how} ({files}) into a directory "
+        f"{name} not found; looked in: {looked}{other}. To get it, {how} ({files}) into a directory "
         f"and pass --data-dir DIR (data_dir=DIR) or set {DATA_ENV_VAR}=DIR"
     )
 
@@ -275,13 +291,18 @@ def eval_subset(data: Dataset, n: int | None, *, seed: int | None = None) -> tup
         inputs ``(n, 1, H, W)`` and labels ``(n,)``.
 
     Raises:
-        DatasetError: ``n`` is not between 1 and the test-set size.
+        DatasetError: ``n`` is not between 1 and the test-set size, or ``seed``
+            is not a non-negative integer.
     """
     total = len(data.test_y)
     if n is None:
         n = total
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= total:
-        raise DatasetError(f"n must be an integer between 1 and {total} (the {data.name} test set size), got {n!r}: lower n or pass n=None for all")
+        raise DatasetError(
+            f"n must be an integer between 1 and {total} (the {data.name} test set size), got {n!r}; use a smaller n, or n=None for all"
+        )
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise DatasetError(f"seed must be a non-negative integer or None (the first n inputs), got {seed!r}")
     if seed is None:
         indices = np.arange(n, dtype=np.int64)
     else:
@@ -345,4 +366,5 @@ def _load_idx_dataset(name: str, directory: Path) -> Dataset:
         test_y=split["test"][1],
         classes=classes,
         source=str(directory),
+        files=tuple(str(_idx_file(directory, IDX_FILES[k]).resolve()) for k in IDX_FILES),  # type: ignore[union-attr]
     )
