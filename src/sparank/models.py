@@ -36,31 +36,78 @@ class ModelSpec:
 
 
 def parse_spec(spec: str) -> ModelSpec:
-    """Parse ``"arch[:w1,w2,...]"``; raises ValueError naming the problem and the fix."""
-    arch, _, rest = spec.strip().partition(":")
+    """Parse ``"arch[:w1,w2,...]"``; raises ValueError naming the problem and the fix.
+
+    A colon promises widths: ``"mlp:"`` (or ``"mlp:300,,100"``) is an error,
+    never a silent default; ``"mlp"`` alone means the default widths.
+    """
+    if not isinstance(spec, str):
+        raise ValueError(f"a model spec is a string such as 'mlp:300,100', got {type(spec).__name__}")
+    arch, colon, rest = spec.strip().partition(":")
+    arch = arch.strip()
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r} in spec {spec!r}; use one of {', '.join(ARCHS)} (e.g. 'mlp:300,100')")
-    if not rest:
+    if not colon:
         return ModelSpec(arch, DEFAULT_WIDTHS[arch])
-    try:
-        widths = tuple(int(w) for w in rest.split(","))
-    except ValueError:
-        raise ValueError(f"bad widths {rest!r} in spec {spec!r}; give comma-separated positive integers, e.g. 'mlp:300,100'") from None
-    if any(w <= 0 for w in widths):
-        raise ValueError(f"widths in spec {spec!r} must be positive integers, e.g. 'mlp:300,100'")
     if arch == "linear":
         raise ValueError(f"'linear' takes no widths (got {spec!r}); use 'linear'")
+    default = ",".join(str(w) for w in DEFAULT_WIDTHS[arch])
+    if not rest.strip():
+        raise ValueError(f"spec {spec!r} has a colon but no widths; give them (e.g. '{arch}:{default}') or write '{arch}' for the default {default}")
+    parts = [w.strip() for w in rest.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise ValueError(f"bad widths {rest!r} in spec {spec!r}; give comma-separated positive integers, e.g. '{arch}:{default}'")
+    widths = tuple(int(w) for w in parts)
+    if any(w <= 0 for w in widths):
+        raise ValueError(f"widths in spec {spec!r} must be positive integers, e.g. '{arch}:{default}'")
     if arch == "cnn" and len(widths) != 3:
         raise ValueError(f"'cnn' takes exactly three widths: conv1 filters, conv2 filters, hidden units (got {spec!r}); e.g. 'cnn:16,32,128'")
     return ModelSpec(arch, widths)
 
 
-def build_model(spec: str | ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
-    """Build the classifier for ``spec`` on inputs shaped ``input_shape`` (C, H, W) with ``num_classes`` outputs."""
+#: the largest model :func:`build_model` builds unless told otherwise: 10⁸ parameters, 400 MB of float32
+#: (the classic FC-300-100 on 28x28 images has 2.7·10⁵); larger requests are almost always a typo
+MAX_PARAMETERS = 100_000_000
+
+
+def count_parameters(spec: str | ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> int:
+    """The number of parameters (weights and biases) :func:`build_model` would allocate, computed without allocating."""
+    if isinstance(spec, str):
+        spec = parse_spec(spec)
+    if spec.arch in ("linear", "mlp"):
+        width, total = math.prod(input_shape), 0
+        for w in (*spec.widths, num_classes):
+            total += width * w + w
+            width = w
+        return total
+    channels, height, width_px = input_shape
+    c1, c2, hidden = spec.widths
+    flat = c2 * (height // 4) * (width_px // 4)
+    return (channels * 9 * c1 + c1) + (c1 * 9 * c2 + c2) + (flat * hidden + hidden) + (hidden * num_classes + num_classes)
+
+
+def build_model(
+    spec: str | ModelSpec, input_shape: tuple[int, ...], num_classes: int, *, max_parameters: int | None = MAX_PARAMETERS
+) -> nn.Sequential:
+    """Build the classifier for ``spec`` on inputs shaped ``input_shape`` (C, H, W) with ``num_classes`` outputs.
+
+    Raises:
+        ValueError: a bad spec, fewer than 2 classes, an input shape the
+            architecture cannot take, or more than ``max_parameters``
+            parameters (counted before anything is allocated; ``None``: no limit).
+    """
     if isinstance(spec, str):
         spec = parse_spec(spec)
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    if spec.arch == "cnn" and len(input_shape) != 3:
+        raise ValueError(f"'cnn' needs image inputs shaped (C, H, W), got input_shape={input_shape}")
+    count = count_parameters(spec, input_shape, num_classes)
+    if max_parameters is not None and count > max_parameters:
+        raise ValueError(
+            f"model {spec} on inputs {tuple(input_shape)} would have {count:,} parameters ({count * 4 / 1e9:.1f} GB of float32), "
+            f"over the limit of {max_parameters:,}; use smaller widths (e.g. 'mlp:300,100')"
+        )
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     d = math.prod(input_shape)
     if spec.arch in ("linear", "mlp"):
