@@ -24,9 +24,10 @@ from sparank.linear import (
     affine_parameters,
     binary_as_multiclass,
     binary_eps_star_unclipped,
+    boxed_minimal_perturbation,
     linear_fgsm_robustness,
-    minimal_perturbation,
     model_fgsm_robustness,
+    unboxed_minimal_perturbation,
 )
 from sparank.robustness import CENSORED, CLEAN_WRONG, FOOLED, fgsm_robustness
 
@@ -211,7 +212,7 @@ def test_tie_at_the_clean_point():
     result = linear_fgsm_robustness(w, b, x, torch.tensor([0, 1, 2]), eps_max=0.5)
     assert result.status.tolist()[1:] == [int(CLEAN_WRONG)] * 2
     assert result.status[0] != int(CLEAN_WRONG)
-    assert minimal_perturbation(w, b, x, torch.tensor([0, 1, 2])).tolist()[1:] == [0.0, 0.0]
+    assert unboxed_minimal_perturbation(w, b, x, torch.tensor([0, 1, 2])).tolist()[1:] == [0.0, 0.0]
 
 
 def test_exact_result_fields():
@@ -299,7 +300,7 @@ def test_binary_formula_unclipped():
     expected = -y_pm[:, None].double() * w.sign()[None, :]
     assert torch.equal(result.directions.double(), expected)
     # and for a binary classifier FGSM is optimal
-    optimal = minimal_perturbation(weight, bias, x, (y_pm + 1) // 2)
+    optimal = unboxed_minimal_perturbation(weight, bias, x, (y_pm + 1) // 2)
     assert torch.allclose(optimal[correct], formula[correct], rtol=1e-12)
 
 
@@ -307,7 +308,7 @@ def test_binary_formula_unclipped():
 def test_fgsm_never_beats_the_optimal_perturbation(norm):
     w, b, x, y = _random_problem(9, 8, 15, 300)
     result = linear_fgsm_robustness(w, b, x, y, bounds=None, norm=norm, eps_max=50.0)
-    optimal = minimal_perturbation(w, b, x, y, norm=norm)
+    optimal = unboxed_minimal_perturbation(w, b, x, y, norm=norm)
     fooled = result.status == int(FOOLED)
     assert fooled.sum() >= 100
     assert bool((result.eps_star[fooled] >= optimal[fooled] * (1 - 1e-12)).all())
@@ -325,7 +326,7 @@ def test_minimal_perturbation_is_the_linear_program_optimum():
     from scipy.optimize import linprog
 
     w, b, x, y = _random_problem(4, 4, 5, 15, correct_fraction=1.0)
-    ours = minimal_perturbation(w, b, x, y)
+    ours = unboxed_minimal_perturbation(w, b, x, y)
     for i in range(len(x)):
         best = math.inf
         for k in range(w.shape[0]):
@@ -341,6 +342,193 @@ def test_minimal_perturbation_is_the_linear_program_optimum():
             assert lp.status == 0
             best = min(best, lp.fun)
         assert ours[i].item() == pytest.approx(best, rel=1e-7, abs=1e-9)
+
+
+def _lp_boxed_minimum(w, b, x, y, lo=0.0, hi=1.0):
+    """min ||δ||_∞ s.t. some class k reaches z_y and lo <= x + δ <= hi: one scipy LP per input and class."""
+    from scipy.optimize import linprog
+
+    dim = w.shape[1]
+    out = []
+    for i in range(len(x)):
+        best = math.inf
+        for k in range(w.shape[0]):
+            if k == y[i]:
+                continue
+            a = (w[y[i]] - w[k]).numpy()
+            margin = float(a @ x[i].numpy() + b[y[i]] - b[k])
+            a_ub = np.vstack([np.append(a, 0.0), np.hstack([np.eye(dim), -np.ones((dim, 1))]), np.hstack([-np.eye(dim), -np.ones((dim, 1))])])
+            b_ub = np.concatenate([[-margin], np.zeros(2 * dim)])
+            box = [(lo - float(v), hi - float(v)) for v in x[i]] + [(0.0, None)]
+            lp = linprog(np.append(np.zeros(dim), 1.0), A_ub=a_ub, b_ub=b_ub, bounds=box)
+            assert lp.status in (0, 2)  # 2: infeasible, no point of the box reaches class k
+            if lp.status == 0:
+                best = min(best, lp.fun)
+        out.append(best)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_boxed_minimal_perturbation_is_the_box_constrained_lp_optimum(seed):
+    """The greedy walk against scipy's LP, with many coordinates on the faces (catches a wrong room, kink or class)."""
+    w, b, x, y = _random_problem(seed, 5, 7, 25, face_fraction=0.6, correct_fraction=1.0)
+    w = 3 * w  # larger margins: some inputs cannot be fooled inside the box at all
+    ours = boxed_minimal_perturbation(w, b, x, y)
+    lp = _lp_boxed_minimum(w, b, x, y)
+    assert torch.equal(torch.isinf(ours), torch.isinf(lp))
+    finite = torch.isfinite(lp)
+    assert finite.sum() >= 10
+    assert torch.allclose(ours[finite], lp[finite], rtol=1e-7, atol=1e-9)
+
+
+def test_boxed_minimum_sits_between_the_unboxed_minimum_and_fgsm():
+    """unboxed <= boxed <= clipped FGSM ε*, and the box binds somewhere (catches swapped names or a box that is ignored)."""
+    w, b, x, y = _random_problem(8, 6, 12, 300, face_fraction=0.5)
+    boxed = boxed_minimal_perturbation(w, b, x, y)
+    unboxed = unboxed_minimal_perturbation(w, b, x, y)
+    fgsm = linear_fgsm_robustness(w, b, x, y, eps_max=50.0)
+    assert bool((boxed >= unboxed * (1 - 1e-12)).all())
+    assert bool((boxed > unboxed * 1.05).sum() >= 20)
+    fooled = fgsm.status == int(FOOLED)
+    assert bool((fgsm.eps_star[fooled] >= boxed[fooled] * (1 - 1e-12)).all())
+    assert bool((boxed[fgsm.status == int(CLEAN_WRONG)] == 0).all())
+    # another box
+    boxed_wide = boxed_minimal_perturbation(w, b, x, y, bounds=(-1.0, 2.0))
+    assert bool((boxed_wide <= boxed * (1 + 1e-12)).all())
+    with pytest.raises(ValueError, match="outside bounds"):
+        boxed_minimal_perturbation(w, b, x + 3.0, y)
+
+
+# --------------------------------------------------------------------------- the direction at any margin and scale
+
+
+def _mp_direction(w, b, x, y, norm="linf"):
+    """The FGSM direction in (600 + margin/2.3)-digit arithmetic, by the textbook formula Wᵀ(softmax(z) − e_y) (mpmath)."""
+    import mpmath
+
+    z64 = x @ w.T + b
+    spread = float((z64.amax(1) - z64.amin(1)).max())
+    mpmath.mp.dps = 600 + int(spread / 2.3)  # enough digits that 1 − p_y ≈ exp(−margin) stays resolved
+    out = []
+    for xi, yi in zip(x.tolist(), y.tolist()):
+        z = [mpmath.fsum(mpmath.mpf(wkj) * mpmath.mpf(xj) for wkj, xj in zip(wk, xi)) + mpmath.mpf(bk) for wk, bk in zip(w.tolist(), b.tolist())]
+        top = max(z)
+        e = [mpmath.exp(zk - top) for zk in z]
+        total = mpmath.fsum(e)
+        coef = [ek / total - (1 if k == yi else 0) for k, ek in enumerate(e)]
+        g = [mpmath.fsum(c * mpmath.mpf(wk[j]) for c, wk in zip(coef, w.tolist())) for j in range(w.shape[1])]
+        if norm == "linf":
+            out.append([float(mpmath.sign(v)) for v in g])
+        else:
+            length = mpmath.sqrt(mpmath.fsum(v * v for v in g))
+            out.append([float(v / length) for v in g])
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def _naive_direction(w, b, x, y):
+    """The old closed form, softmax − onehot in float64: saturates once p_y rounds to 1."""
+    p = torch.softmax(x @ w.T + b, dim=1) - F.one_hot(y, w.shape[0]).double()
+    return (p @ w).sign()
+
+
+@pytest.mark.parametrize("margin", [1.0, 20.0, 50.0, 200.0, 1000.0])
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_direction_is_exact_at_any_margin(margin, norm):
+    """z_y − max_{j≠y} z_j = margin; the direction equals the high-precision one (catches the softmax − onehot saturation)."""
+    g = torch.Generator().manual_seed(int(margin))
+    k, dim, n = 4, 9, 12
+    w = torch.randn(k, dim, generator=g, dtype=torch.float64)
+    x = torch.rand(n, dim, generator=g, dtype=torch.float64)
+    y = torch.arange(n) % k
+    z = x @ w.T
+    # one bias per input would be needed to plant a margin exactly; plant it with one input at a time
+    directions, expected = [], []
+    for i in range(n):
+        b = -z[i].clone()  # all logits 0 at x_i ...
+        b[y[i]] += margin  # ... then y leads by `margin`, the others spread below the runner-up
+        b += torch.where(torch.arange(k) == y[i], 0.0, -torch.tensor([0.0, 0.7, 3.0, 9.0], dtype=torch.float64)[: k])
+        b[(y[i] + 1) % k] = -z[i, (y[i] + 1) % k]
+        xi, yi = x[i : i + 1], y[i : i + 1]
+        zi = xi @ w.T + b
+        others = zi.clone()
+        others[0, yi] = -math.inf
+        assert float(zi[0, yi] - others.max()) == pytest.approx(margin)
+        directions.append(affine_fgsm_direction(w, b, xi, yi, norm=norm))
+        expected.append(_mp_direction(w, b, xi, yi, norm))
+        if norm == "linf" and margin >= 50:  # the bug the fix removes: the old form is 0 or wrong here
+            assert not torch.equal(_naive_direction(w, b, xi, yi), expected[-1])
+    ours, truth = torch.cat(directions), torch.cat(expected)
+    if norm == "linf":
+        assert torch.equal(ours, truth)
+    else:
+        assert torch.allclose(ours, truth, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("scale", [10.0, 100.0, 1000.0])
+def test_binary_direction_and_eps_star_do_not_depend_on_scale(scale):
+    """A binary model scaled by c keeps the direction sign(w_k − w_y) and every ε* (boxed and unboxed) exactly."""
+    g = torch.Generator().manual_seed(3)
+    dim, n = 10, 200
+    w = torch.randn(dim, generator=g, dtype=torch.float64)
+    x = torch.rand(n, dim, generator=g, dtype=torch.float64)
+    f = x @ w - 0.2
+    y01 = (f > 0).long()
+    y01[:20] = 1 - y01[:20]  # some misclassified
+    weight, bias = binary_as_multiclass(w, -0.2)
+    big_w, big_b = binary_as_multiclass(scale * w, -0.2 * scale)
+    d1 = affine_fgsm_direction(weight, bias, x, y01)
+    dc = affine_fgsm_direction(big_w, big_b, x, y01)
+    assert torch.equal(d1, dc)
+    other = 1 - y01
+    assert torch.equal(dc, (weight[other] - weight[y01]).sign())  # sign(w_k − w_y) at every temperature
+    for bounds in (None, (0.0, 1.0)):
+        base = linear_fgsm_robustness(weight, bias, x, y01, bounds=bounds, eps_max=5.0)
+        scaled = linear_fgsm_robustness(big_w, big_b, x, y01, bounds=bounds, eps_max=5.0)
+        assert torch.equal(base.status, scaled.status)
+        assert torch.allclose(base.eps_star, scaled.eps_star, rtol=1e-9, atol=1e-12)  # rounding of small margins only
+        assert (base.status == int(FOOLED)).sum() >= 50
+
+
+@pytest.mark.parametrize("scale", [10.0, 100.0, 1000.0])
+def test_multiclass_direction_at_every_scale_is_the_high_precision_one(scale):
+    """K = 5 scaled by c: the direction is the high-precision one at that scale, and it differs from scale 1 (temperature)."""
+    g = torch.Generator().manual_seed(5)
+    k, dim, n = 5, 8, 20
+    w = torch.randn(k, dim, generator=g, dtype=torch.float64)
+    b = 0.3 * torch.randn(k, generator=g, dtype=torch.float64)
+    x = torch.rand(n, dim, generator=g, dtype=torch.float64)
+    y = (x @ w.T + b).argmax(1)
+    ours = affine_fgsm_direction(scale * w, scale * b, x, y)
+    assert torch.equal(ours, _mp_direction(scale * w, scale * b, x, y))
+    assert not torch.equal(ours, affine_fgsm_direction(w, b, x, y))
+
+
+def test_multiclass_eps_star_depends_on_scale():
+    """README's multiclass claim, by hand: scaling (W, b) changes the direction and so ε* (catches a scale-free claim).
+
+    Three classes, x = (0.5, 0.5), y = 0; logits (1, 0, −0.15) at scale 1, so q1 = 1 and
+    q2 = exp(−0.15c) at scale c. g ∝ q1 (w1 − w0) + q2 (w2 − w0) = (1 − 1.2 q2, −1 − 0.9 q2):
+    its first sign is −1 at c = 1 (q2 ≈ 0.86) and +1 at c = 10 (q2 ≈ 0.22). For each direction
+    the crossing is checked against min_j (z_y − z_j)/((w_j − w_y)·d), which is scale-free.
+    """
+    w = torch.tensor([[0.0, 0.0], [1.0, -1.0], [-1.2, -0.9]], dtype=torch.float64)
+    b = torch.tensor([1.0, 0.0, 0.9], dtype=torch.float64)
+    x = torch.tensor([[0.5, 0.5]], dtype=torch.float64)
+    y = torch.tensor([0])
+    # logits at scale 1: (1, 0, 0.9 − 1.05) = (1, 0, −0.15): q1 = 1, q2 = exp(−0.15) ≈ 0.86
+    # g ∝ q1 (1, −1) + q2 (−1.2, −0.9): first coordinate 1 − 1.2·0.86 < 0 at scale 1, > 0 at scale 10
+    results = {}
+    for c in (1.0, 10.0):
+        d = affine_fgsm_direction(c * w, c * b, x, y)
+        q2 = math.exp(c * (-0.15))
+        assert d.tolist() == [[math.copysign(1.0, 1 - 1.2 * q2), -1.0]]
+        results[c] = linear_fgsm_robustness(c * w, c * b, x, y, bounds=None, eps_max=10.0)
+        # for a fixed direction the crossing is scale-free: ε* = min_j (z_y − z_j)/((w_j − w_y)·d)
+        a = (w - w[0]) @ d[0]
+        margins = (x @ w.T + b)[0, 0] - (x @ w.T + b)[0]
+        expected = min(float(margins[j] / a[j]) for j in (1, 2) if a[j] > 0)
+        assert results[c].eps_star.item() == pytest.approx(expected, rel=1e-12)
+    assert results[1.0].eps_star.item() != pytest.approx(results[10.0].eps_star.item(), rel=1e-3)
 
 
 # --------------------------------------------------------------------------- models and validation

@@ -32,10 +32,20 @@ crossing itself, the point the general measure's brackets close on). In
 exact results the bracket collapses to that point: ``eps_lo = eps_hi = ε*``,
 ``tol = resolution = 0``.
 
-:func:`minimal_perturbation` gives, beside it, the true minimal L∞ (or L2)
-perturbation of an affine classifier without the box,
-``min_{k≠y} (z_y − z_k) / ||w_y − w_k||_1`` (``||·||_2`` for L2): the FGSM
-ε* can never be below it.
+Beside it, two optimal perturbations, each named for what it is:
+:func:`unboxed_minimal_perturbation`, the minimal L∞ (or L2) perturbation when
+the input may leave the box, ``min_{k≠y} (z_y − z_k) / ||w_y − w_k||_1``
+(``||·||_2`` for L2), and :func:`boxed_minimal_perturbation`, the minimal L∞
+perturbation that keeps the input in the box (a linear program per competing
+class, solved exactly by a greedy walk). The clipped FGSM ε* is never below
+the boxed one, which is never below the unboxed one.
+
+Scale. For a binary model (two logits) the FGSM direction is
+``sign(w_k − w_y)`` at every scale, so ε* is unchanged when ``(W, b)`` is
+multiplied by ``c > 0``. For ``K > 2`` the direction
+``sign(Σ_{j≠y} p_j (w_j − w_y))`` weighs the competitors by the softmax, whose
+temperature is the scale: scaling ``(W, b)`` changes the direction and so ε*
+(for a fixed direction the crossing itself is scale-free).
 """
 
 from __future__ import annotations
@@ -43,7 +53,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparank.attacks import Norm, check_inputs, check_norm
@@ -109,11 +118,38 @@ def _check_affine(weight: Tensor, bias: Tensor, inputs: Tensor, labels: Tensor) 
     return w, b, x, labels.detach().to(device="cpu", dtype=torch.int64)
 
 
-def affine_fgsm_direction(weight: Tensor, bias: Tensor, inputs: Tensor, labels: Tensor, *, norm: Norm = "linf") -> Tensor:
-    """The FGSM direction of the affine classifier ``W x + b``, in closed form, float64.
+def affine_gradient_direction(weight: Tensor, bias: Tensor, inputs: Tensor, labels: Tensor) -> Tensor:
+    """A positive multiple of the input-gradient of cross-entropy of ``W x + b``, exact at any margin; ``(N, D)`` float64.
 
-    ``g = Wᵀ(softmax(W x + b) − e_y)`` is the input-gradient of cross-entropy;
-    ``d = sign(g)`` (L∞) or ``g / ||g||_2`` (L2; ``d = 0`` where ``g = 0``).
+    ``∂CE/∂x = Wᵀ(softmax(z) − e_y) = Σ_{j≠y} p_j (w_j − w_y)`` (because ``1 − p_y = Σ_{j≠y} p_j``).
+    With ``q_j = exp(z_j − max_{k≠y} z_k)`` each ``p_j = q_j · exp(max_{k≠y} z_k − logsumexp z)``,
+    the same positive factor for every ``j``; this returns ``Σ_{j≠y} q_j (w_j − w_y)``, the
+    gradient divided by that factor. At least one ``q_j`` is 1, so nothing underflows
+    to zero however large the margin ``z_y − max_{k≠y} z_k`` is: ``1 − p_y`` is never formed (it
+    rounds to 0 in float64 once the margin is above about 37) and no ``p_j`` is needed (each
+    underflows to 0 above about 745). The sign and the L2-normalised vector are those of the
+    exact gradient. Zero only where the weighted sum itself is zero (e.g. every ``w_j = w_y``).
+    """
+    w, b, x, y = _check_affine(weight, bias, inputs, labels)
+    z = x @ w.T + b  # (N, K)
+    others = z.scatter(1, y[:, None], -math.inf)  # z_j for j ≠ y, −inf at y
+    top = others.amax(dim=1, keepdim=True)  # max_{k≠y} z_k: finite (K >= 2)
+    q = (others - top).exp()  # (N, K): q_y = 0, max_j q_j = 1
+    # Σ_j q_j (w_j − w_y) = q @ W − (Σ_j q_j) w_y
+    return q @ w - q.sum(dim=1, keepdim=True) * w[y]
+
+
+def affine_fgsm_direction(weight: Tensor, bias: Tensor, inputs: Tensor, labels: Tensor, *, norm: Norm = "linf") -> Tensor:
+    """The FGSM direction of the affine classifier ``W x + b``, in closed form, float64, exact at any margin.
+
+    ``g ∝ Wᵀ(softmax(W x + b) − e_y)``, the input-gradient of cross-entropy, computed as
+    :func:`affine_gradient_direction` does (no ``1 − p_y`` cancellation, no underflow);
+    ``d = sign(g)`` (L∞) or ``g / ||g||_2`` (L2); ``d = 0`` exactly where ``g = 0``
+    (reported as ``NO_DIRECTION`` by :func:`linear_fgsm_robustness`).
+
+    For a binary model (``K = 2``) ``g = w_k − w_y`` exactly, at every scale of ``(W, b)``;
+    for ``K > 2`` the weights ``q_j`` depend on the scale (the softmax temperature), and so
+    does the direction.
 
     Args:
         weight: ``(K, D)``; bias: ``(K,)``.
@@ -125,10 +161,7 @@ def affine_fgsm_direction(weight: Tensor, bias: Tensor, inputs: Tensor, labels: 
         ``(N, D)`` float64 directions.
     """
     check_norm(norm)
-    w, b, x, y = _check_affine(weight, bias, inputs, labels)
-    p = torch.softmax(x @ w.T + b, dim=1)
-    p = p - F.one_hot(y, w.shape[0]).to(torch.float64)
-    g = p @ w
+    g = affine_gradient_direction(weight, bias, inputs, labels)
     if norm == "linf":
         return g.sign()
     length = g.norm(dim=1, keepdim=True)
@@ -279,14 +312,17 @@ def model_fgsm_robustness(
     return linear_fgsm_robustness(weight, bias, inputs, labels, bounds=bounds, norm=norm, eps_max=eps_max, batch_size=batch_size)
 
 
-def minimal_perturbation(weight: Tensor, bias: Tensor, inputs: Tensor, labels: Tensor, *, norm: Norm = "linf") -> Tensor:
-    """The smallest perturbation (in L∞ or L2, ignoring the box) that changes the prediction of ``W x + b``.
+def unboxed_minimal_perturbation(weight: Tensor, bias: Tensor, inputs: Tensor, labels: Tensor, *, norm: Norm = "linf") -> Tensor:
+    """The smallest perturbation (in L∞ or L2) that changes the prediction of ``W x + b`` when the input may leave the box.
 
     ``min_{k≠y} (z_y − z_k) / ||w_y − w_k||_*`` with the dual norm ``||·||_1``
     for L∞ and ``||·||_2`` for L2: the distance from ``x`` to the nearest
     half-space ``{z_k ≥ z_y}``. It is reached by moving along
     ``−sign(w_y − w_k)`` (L∞), so FGSM's unclipped ε* can never be smaller,
-    and equals it for a binary classifier.
+    and equals it for a binary classifier. Inputs live in a box (pixels in
+    ``[0, 1]``), and the optimal step often leaves it: then the minimal
+    perturbation that stays a valid input is larger; see
+    :func:`boxed_minimal_perturbation`.
 
     Args:
         weight: ``(K, D)``; bias: ``(K,)``; inputs: ``(N, *shape)``; labels: ``(N,)``.
@@ -308,6 +344,77 @@ def minimal_perturbation(weight: Tensor, bias: Tensor, inputs: Tensor, labels: T
     result = dist.amin(dim=1).clamp_min(0.0)
     clean_wrong = z.argmax(dim=1) != y
     return torch.where(clean_wrong, 0.0, result)
+
+
+def _boxed_distance(a: Tensor, margin: Tensor, room: Tensor) -> Tensor:
+    """``min ε`` with ``Σ_i |a_i|·min(ε, room_i) >= margin`` (``inf`` if even ε = ∞ falls short); all float64.
+
+    ``a``, ``room``: ``(B, D)``; ``margin``: ``(B,)``. The left side is the most an L∞ step of size ε
+    can lower ``a·x`` inside the box: coordinate ``i`` moves against ``sign(a_i)`` by at most
+    ``min(ε, room_i)``. It is piecewise linear, concave and increasing in ε, with kinks at the
+    ``room_i``; the walk finds the kink interval where it reaches ``margin`` and solves there.
+    """
+    u = a.abs()
+    r, order = room.sort(dim=1)
+    u = u.gather(1, order)
+    cum_u = u.cumsum(1)  # Σ_{i <= j} u_i
+    total_u = cum_u[:, -1:]
+    reach = (u * r).cumsum(1) + r * (total_u - cum_u)  # the reduction at ε = r_(j)
+    hit = reach >= margin[:, None]
+    j = hit.int().argmax(dim=1, keepdim=True)  # first kink at which the margin is reached
+    found = hit.any(dim=1)
+    zero = torch.zeros_like(margin[:, None])
+    r_prev = torch.where(j > 0, r.gather(1, (j - 1).clamp_min(0)), zero)
+    reach_prev = torch.where(j > 0, reach.gather(1, (j - 1).clamp_min(0)), zero)
+    slope = total_u - torch.where(j > 0, cum_u.gather(1, (j - 1).clamp_min(0)), zero)  # Σ u_i over coordinates still free
+    eps = r_prev + (margin[:, None] - reach_prev) / slope.clamp_min(torch.finfo(torch.float64).tiny)
+    eps = torch.minimum(eps, r.gather(1, j)).squeeze(1)  # rounding must not leave the interval
+    eps = torch.where(margin <= 0, 0.0, eps)
+    return torch.where(found | (margin <= 0), eps, math.inf)
+
+
+def boxed_minimal_perturbation(
+    weight: Tensor, bias: Tensor, inputs: Tensor, labels: Tensor, *, bounds: tuple[float, float] = (0.0, 1.0), batch_size: int = 256
+) -> Tensor:
+    """The smallest L∞ perturbation ``δ`` with ``x + δ`` inside the box that changes the prediction of ``W x + b``.
+
+    For each competing class ``k`` the problem ``min ||δ||_∞`` subject to
+    ``(w_y − w_k)·(x + δ) + b_y − b_k <= 0`` and ``lo <= x + δ <= hi`` is a linear
+    program with a greedy solution: at budget ε coordinate ``i`` can lower the margin by
+    ``|a_i|·min(ε, room_i)`` (``a = w_y − w_k``; ``room_i = x_i − lo`` if ``a_i > 0``,
+    ``hi − x_i`` if ``a_i < 0``), so the smallest ε whose total reaches the margin is found
+    by sorting the rooms (a fractional-knapsack-like walk, :func:`_boxed_distance`). The
+    answer is the minimum over ``k``. It is at least :func:`unboxed_minimal_perturbation`,
+    and the clipped FGSM ε* (:func:`linear_fgsm_robustness` with the same box) is at least it.
+    It is the infimum: at a tie with a class ``k > y`` the prediction is still ``y``.
+
+    Args:
+        weight: ``(K, D)``; bias: ``(K,)``; inputs: ``(N, *shape)`` inside ``bounds``; labels: ``(N,)``.
+        bounds: the input box ``(lo, hi)``.
+        batch_size: inputs per step (memory about ``50·batch_size·K·D`` bytes).
+
+    Returns:
+        ``(N,)`` float64: 0 for clean-wrong inputs, ``inf`` where no point of the box changes the prediction.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    lo, hi = check_inputs(inputs, labels, bounds)
+    w, b, x, y = _check_affine(weight, bias, inputs, labels)
+    k = w.shape[0]
+    out = torch.empty(len(x), dtype=torch.float64)
+    for s in range(0, len(x), batch_size):
+        xb, yb = x[s : s + batch_size], y[s : s + batch_size]
+        n = len(xb)
+        a = (w[yb].unsqueeze(1) - w.unsqueeze(0)).reshape(n * k, -1)  # (n·K, D): w_y − w_k
+        xk = xb.repeat_interleave(k, dim=0)
+        room = torch.where(a > 0, xk - lo, torch.where(a < 0, hi - xk, 0.0))
+        z = xb @ w.T + b
+        margin = (z.gather(1, yb[:, None]) - z).reshape(-1)
+        dist = _boxed_distance(a, margin, room).reshape(n, k)
+        dist = dist.scatter(1, yb[:, None], math.inf)
+        out[s : s + n] = dist.amin(dim=1)
+    clean_wrong = (x @ w.T + b).argmax(dim=1) != y if len(x) else torch.zeros(0, dtype=torch.bool)
+    return torch.where(clean_wrong, 0.0, out)
 
 
 def binary_as_multiclass(w: Tensor, b: float | Tensor) -> tuple[Tensor, Tensor]:

@@ -47,7 +47,7 @@ from torch import Tensor
 
 from sparank.attacks import Norm
 from sparank.data import Dataset, eval_subset
-from sparank.linear import affine_parameters, binary_as_multiclass, linear_fgsm_robustness, minimal_perturbation
+from sparank.linear import affine_parameters, binary_as_multiclass, linear_fgsm_robustness, unboxed_minimal_perturbation
 from sparank.regularisers import get as get_regulariser
 from sparank.robustness import CLEAN_WRONG, RobustnessResult
 from sparank.structure import layer_structure
@@ -251,7 +251,7 @@ def paired_ratio(result: RobustnessResult, reference: RobustnessResult) -> tuple
 def _measure(w: Tensor, b: Tensor, x: Tensor, y: Tensor, *, norm: Norm, eps_max: float) -> tuple[RobustnessResult, float | None]:
     result = linear_fgsm_robustness(w, b, x, y, bounds=(0.0, 1.0), norm=norm, eps_max=eps_max)
     correct = result.status != CLEAN_WRONG
-    optimal = minimal_perturbation(w, b, x, y, norm=norm)[correct]
+    optimal = unboxed_minimal_perturbation(w, b, x, y, norm=norm)[correct]
     median = float(np.quantile(optimal.numpy(), 0.5, method="inverted_cdf")) if len(optimal) else None
     return result, median
 
