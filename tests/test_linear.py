@@ -665,12 +665,14 @@ def test_lambda_max_empties_the_model(digits):
 
 @pytest.mark.slow
 def test_l1_path_on_digits(digits, tmp_path):
-    from sparank.linear_path import SklearnConfig, run_l1_path
+    from sparank.linear_path import CONTROLS, SklearnConfig, run_l1_path
     from sparank.models import build_model
     from sparank.store import Store
     from sparank.train import TrainConfig
 
     lambdas = [1e-4, 2e-3, 2e-2]
+    l2_lambdas = [1e-4, 1e-2, 1.0]
+    seeds = [0, 1]
     config = TrainConfig(epochs=5, batch_size=32, lr=0.2, optimizer="sgd", momentum=0.0, seed=0)
     calls = []
     with Store(tmp_path / "store") as store:
@@ -678,34 +680,78 @@ def test_l1_path_on_digits(digits, tmp_path):
             digits,
             out_dir=tmp_path / "out",
             lambdas=lambdas,
+            l2_lambdas=l2_lambdas,
+            seeds=seeds,
             store=store,
             n_eval=60,
             train_config=config,
             sklearn_config=SklearnConfig(tol=1e-3, max_iter=300),
+            n_boot=100,
             progress=lambda done, total, message: calls.append((done, total)),
         )
+        n_models = len(seeds) * (3 * len(lambdas) + len(l2_lambdas))
         runs = store.runs(kind="linear")
-        assert len(runs) == 9 and len(store.measurements()) == 9
+        assert len(runs) == n_models and len(store.measurements()) == n_models
         stored = store.load_weights(runs[0].id)
         build_model("linear", digits.input_shape, digits.num_classes).load_state_dict(stored)
-    assert calls[-1] == (9, 9)
-    for key in ("png", "svg", "csv", "md"):
+    assert calls[-1] == (n_models, n_models)
+    for key in ("png", "svg", "csv", "md", "comparisons_csv"):
         assert path.files[key].stat().st_size > 0
-    assert len(path.files["csv"].read_text().strip().splitlines()) == 1 + 9
+    assert len(path.files["csv"].read_text().strip().splitlines()) == 1 + n_models
+    assert len(path.comparisons) == 3 * len(lambdas) * len(CONTROLS)
     for method in ("l1", "prox_l1", "sklearn"):
-        pts = [path.point(method, lam) for lam in lambdas]
-        norms = [p.l1_norm for p in pts]
-        assert norms[0] > norms[1] > norms[2], (method, norms)
-        assert pts[0].clean_accuracy > 0.85
+        for seed in seeds:
+            pts = [path.point(method, lam, seed) for lam in lambdas]
+            norms = [p.l1_norm for p in pts]
+            assert norms[0] > norms[1] > norms[2], (method, norms)
+            assert pts[0].clean_accuracy > 0.85
+        # the reference against itself is exactly 1; the rescaled control has the L1 model's norm
+        ref = path.comparison(method, lambdas[0], "reference")
+        assert (ref.ratio, ref.low, ref.high) == (1.0, 1.0, 1.0)
+        rescaled = path.comparison(method, lambdas[2], "rescaled")
+        assert rescaled.control_l1_norm == pytest.approx(np.mean([path.point(method, lambdas[2], s).l1_norm for s in seeds]))
+        assert rescaled.low <= rescaled.ratio <= rescaled.high
     for method in ("prox_l1", "sklearn"):  # the methods with exact zeros
         sparsity = [path.point(method, lam).sparsity for lam in lambdas]
         assert sparsity[0] <= sparsity[1] < sparsity[2], (method, sparsity)
+    # the matched-accuracy control is the L2 model of the same seed with the closest accuracy
+    c = path.comparison("prox_l1", lambdas[1], "l2_accuracy")
+    expected = np.mean([min((path.point("l2", v, s) for v in l2_lambdas), key=lambda p: abs(p.clean_accuracy - path.point("prox_l1", lambdas[1], s).clean_accuracy)).clean_accuracy for s in seeds])
+    assert c.control_accuracy == pytest.approx(expected)
     # the path's exact ε* against the brute force, on a few inputs of each model
     x = digits.test_x[path.eval_indices[:6]].reshape(6, -1).double()
     y = digits.test_y[path.eval_indices[:6]]
-    for (method, lam), (w, b) in path.weights.items():
+    for key, (w, b) in path.weights.items():
         eps_bf, status_bf = _brute_force(w, b, x, y, _direction_autograd(w, b, x, y, "linf"), eps_max=path.eps_max)
-        eps = path.eps_star[(method, lam)][:6]
+        eps = path.eps_star[key][:6]
         fooled = status_bf == int(FOOLED)
         assert torch.allclose(eps[fooled], eps_bf[fooled], atol=1e-9)
         assert bool(torch.isinf(eps[status_bf == int(CENSORED)]).all())
+
+
+def test_unconverged_reference_is_refused(digits, tmp_path):
+    """A SAGA reference stopped by its cap: its reference ratios are refused, not reported (catches a silent bad baseline)."""
+    from sparank.linear_path import SklearnConfig, run_l1_path
+    from sparank.train import TrainConfig
+
+    config = TrainConfig(epochs=1, batch_size=64, lr=0.2, optimizer="sgd", momentum=0.0, seed=0)
+    with pytest.warns(UserWarning, match="did not converge"):
+        path = run_l1_path(
+            digits, out_dir=tmp_path, lambdas=[1e-5, 1e-2], methods=["sklearn"], seeds=[0], l2_lambdas=[], n_eval=30,
+            train_config=config, sklearn_config=SklearnConfig(tol=1e-8, max_iter=2), n_boot=20,
+        )  # fmt: skip
+    assert path.point("sklearn", 1e-5).converged is False
+    refused = path.comparison("sklearn", 1e-2, "reference")
+    assert refused.ratio is None and refused.note.startswith("refused")
+    assert "refused" in path.files["md"].read_text()
+
+
+def test_kkt_violation_is_zero_at_the_optimum_only(digits):
+    """The optimality check: small for a tightly converged SAGA fit, large for W = 0 below λ_max."""
+    from sparank.linear_path import SklearnConfig, _sklearn_path, kkt_violation, lambda_max
+
+    x = digits.train_x.reshape(len(digits.train_x), -1).double()
+    lam = 0.3 * lambda_max(digits)
+    w, b, *_ = _sklearn_path([lam], digits, SklearnConfig(tol=1e-8, max_iter=5000))[lam]
+    assert kkt_violation(w, b, x, digits.train_y, lam) < 0.05
+    assert kkt_violation(torch.zeros_like(w), b, x, digits.train_y, lam) > 1.0

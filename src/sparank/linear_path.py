@@ -27,6 +27,22 @@ The default grid runs from ``1e-4·λ_max`` (no visible effect) to
 ``0.9·λ_max``, where ``λ_max = max |∂ mean CE / ∂W|`` at ``W = 0`` with the
 bias at its optimum (class log-frequencies) is the smallest λ for which
 ``W = 0`` is optimal: beyond it every weight is exactly zero.
+
+Controls (a rise of ε* along the path is attributed to sparsity only if it
+beats them). Every L1 model is compared, input by input, with
+
+- ``reference``: the same method's smallest-λ model (the dense starting point);
+- ``rescaled``: that reference multiplied by ``c = ||W_L1||_1 / ||W_ref||_1``
+  (weights and bias): the same norm, no sparsity, the same predictions;
+- ``l2_accuracy`` and ``l2_norm``: the model of an L2 path (``l2``, the same
+  training loop with ``(λ/2)·||W||_F²``) whose clean accuracy, resp. ``||W||_1``
+  (in log), is closest.
+
+Each comparison is the median over inputs of ``log(ε*_L1 / ε*_control)``
+pooled over seeds, with a hierarchical bootstrap interval (seeds, then inputs;
+:func:`sparank.compare.hierarchical_bootstrap`). Seeds change the data order and
+initialisation of the SGD fits and SAGA's sampling order. A reference that
+its solver did not converge on is refused: its comparisons are left empty.
 """
 
 from __future__ import annotations
@@ -47,7 +63,14 @@ from torch import Tensor
 
 from sparank.attacks import Norm
 from sparank.data import Dataset, eval_subset
-from sparank.linear import affine_parameters, binary_as_multiclass, linear_fgsm_robustness, unboxed_minimal_perturbation
+from sparank.compare import hierarchical_bootstrap, paired_log_ratios
+from sparank.linear import (
+    affine_parameters,
+    binary_as_multiclass,
+    boxed_minimal_perturbation,
+    linear_fgsm_robustness,
+    unboxed_minimal_perturbation,
+)
 from sparank.regularisers import get as get_regulariser
 from sparank.robustness import CLEAN_WRONG, RobustnessResult
 from sparank.structure import layer_structure
@@ -108,6 +131,7 @@ class SklearnConfig:
     tol: float = 1e-4  # SAGA's stopping tolerance on the change of the weights
     max_iter: int = 1000  # SAGA epochs per λ at most; the point is flagged not converged past it
     max_train: int | None = None  # fit on the first max_train training inputs only (None: all); speeds up Fashion-MNIST
+    reference_max_iter: int | None = None  # cap for the smallest λ (the reference every ratio divides by); None: max_iter
 
     def __post_init__(self) -> None:
         if not self.tol > 0:
@@ -116,6 +140,8 @@ class SklearnConfig:
             raise ValueError(f"sklearn max_iter must be >= 1, got {self.max_iter}")
         if self.max_train is not None and self.max_train < 2:
             raise ValueError(f"sklearn max_train must be >= 2 or None (all), got {self.max_train}")
+        if self.reference_max_iter is not None and self.reference_max_iter < 1:
+            raise ValueError(f"sklearn reference_max_iter must be >= 1 or None (max_iter), got {self.reference_max_iter}")
 
 
 def default_sklearn_config(data: Dataset) -> SklearnConfig:
@@ -131,15 +157,42 @@ def default_sklearn_config(data: Dataset) -> SklearnConfig:
     return SklearnConfig()
 
 
+#: seeds of the study by default: each changes the SGD fits' initialisation and data order and SAGA's sampling order
+DEFAULT_SEEDS = (0, 1, 2)
+#: the L2 control path: λ of mean CE + (λ/2)·||W||_F², log-spaced; the largest keeps lr·λ < 1 at lr 0.2
+DEFAULT_N_L2 = 12
+DEFAULT_L2_RANGE = (1e-5, 3.0)
+#: the controls every L1 model is compared with, in table order
+CONTROLS = ("reference", "rescaled", "l2_accuracy", "l2_norm")
+_CONTROL_TITLES = {
+    "reference": "same method, smallest λ",
+    "rescaled": "reference × ‖W‖₁ ratio",
+    "l2_accuracy": "L2 path, matched accuracy",
+    "l2_norm": "L2 path, matched ‖W‖₁",
+}
+
+
+def default_l2_lambdas(*, n: int = DEFAULT_N_L2, low: float = DEFAULT_L2_RANGE[0], high: float = DEFAULT_L2_RANGE[1]) -> list[float]:
+    """``n`` log-spaced λ of the L2 control path, ``low`` to ``high`` (absolute: L2 has no λ_max)."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if not 0 < low <= high:
+        raise ValueError(f"need 0 < low <= high for the L2 grid, got low={low}, high={high}")
+    return [float(v) for v in np.logspace(math.log10(low), math.log10(high), n)]
+
+
 @dataclass(frozen=True)
 class PathPoint:
-    """One model on the path: how it was fitted, its accuracy and structure, and its exact ε* summary."""
+    """One model (method, λ, seed): how it was fitted, its accuracy and structure, and its exact ε* summary."""
 
-    method: str  # "l1", "prox_l1" or "sklearn"
-    lam: float  # λ of mean CE + λ·||W||_1
+    method: str  # "l1", "prox_l1", "sklearn", or "l2" (the control path)
+    lam: float  # λ of mean CE + λ·||W||_1 (for "l2": of mean CE + (λ/2)·||W||_F²)
+    seed: int
     sklearn_c: float | None  # the C given to scikit-learn (1/(λ·n_fit)), None for the package's methods
     converged: bool | None  # sklearn: stopped before max_iter; None for the package's methods (a fixed number of epochs)
-    objective: float  # mean training CE + λ·||W||_1 reached (float64, full training set)
+    n_iter: int | None  # sklearn: SAGA epochs used
+    kkt_violation: float | None  # L1 methods: max over weights of the optimality-condition violation / λ (0 at the optimum)
+    objective: float  # the method's objective reached (float64, on the data it was fitted on)
     clean_accuracy: float  # on the evaluation inputs
     sparsity: float  # fraction of weights exactly 0
     effective_sparsity: float  # fraction with |w| <= 1e-3·max|w| (PROTOCOL §4)
@@ -148,11 +201,8 @@ class PathPoint:
     auc_normalised: float  # auc / eps_max
     quantiles: dict[str, float | None]  # 10/25/50/75/90 % quantiles of ε* over correct inputs
     censored_fraction: float
-    min_perturbation_median: float | None  # median optimal L∞/L2 perturbation (unclipped) over correct inputs
-    # exp(median log(ε*/ε*_ref)) over inputs that this model and the method's smallest-λ model both
-    # classify correctly, ε* capped at eps_max (PROTOCOL §6's paired statistic, without the bootstrap)
-    paired_ratio_median: float | None
-    paired_fraction_lower: float | None  # over the same inputs: the fraction whose ε* is strictly smaller than the reference's
+    unboxed_minimum_median: float | None  # median minimal perturbation without the box, over correct inputs
+    boxed_minimum_median: float | None  # median minimal L∞ perturbation inside [0, 1] over correct inputs (None for L2 norm)
     seconds: float  # fitting time
     run_id: str | None = None  # the store's run id, if stored
 
@@ -162,34 +212,77 @@ class PathPoint:
 
 
 @dataclass(frozen=True)
+class Comparison:
+    """ε* of one L1 model (method, λ) against one control, paired over inputs and pooled over seeds."""
+
+    method: str
+    lam: float
+    control: str  # one of CONTROLS
+    ratio: float | None  # exp(median log(ε*/ε*_control)); None if refused (unconverged reference) or no common correct input
+    low: float | None  # 95 % hierarchical bootstrap interval of the ratio
+    high: float | None
+    fraction_lower: float | None  # pooled fraction of inputs whose ε* is strictly below the control's
+    n_seeds: int
+    n_inputs: int  # paired inputs pooled over seeds
+    control_accuracy: float | None  # the control's clean accuracy, mean over seeds
+    control_l1_norm: float | None  # the control's ||W||_1, mean over seeds
+    note: str = ""  # why the ratio is missing, if it is
+
+
+@dataclass(frozen=True)
 class PathResult:
-    """The whole path: settings, one :class:`PathPoint` per (method, λ), the fitted weights and the files written."""
+    """The study: settings, one :class:`PathPoint` per (method, λ, seed), the comparisons, weights and files."""
 
     dataset: str
     norm: str
     eps_max: float
     n_eval: int
     lambdas: list[float]
+    l2_lambdas: list[float]
+    seeds: list[int]
     lambda_max: float
     points: list[PathPoint]
-    weights: dict[tuple[str, float], tuple[Tensor, Tensor]] = field(repr=False)  # (method, λ) -> (W (K, D), b (K,)) float64
-    eps_star: dict[tuple[str, float], Tensor] = field(repr=False)  # (method, λ) -> (n_eval,) exact ε*
+    comparisons: list[Comparison]
+    weights: dict[tuple[str, float, int], tuple[Tensor, Tensor]] = field(repr=False)  # (method, λ, seed) -> (W, b) float64
+    eps_star: dict[tuple[str, float, int], Tensor] = field(repr=False)  # (method, λ, seed) -> (n_eval,) exact ε*; "rescaled:<m>" too
     eval_indices: Tensor = field(repr=False)  # (n_eval,) indices into the test split
-    files: dict[str, Path] = field(default_factory=dict)  # "png", "svg", "csv", "md"
+    files: dict[str, Path] = field(default_factory=dict)  # "png", "svg", "csv", "md", "comparisons_csv"
 
-    def point(self, method: str, lam: float) -> PathPoint:
+    def point(self, method: str, lam: float, seed: int | None = None) -> PathPoint:
+        seed = self.seeds[0] if seed is None else seed
         for p in self.points:
-            if p.method == method and p.lam == lam:
+            if p.method == method and p.lam == lam and p.seed == seed:
                 return p
-        raise KeyError((method, lam))
+        raise KeyError((method, lam, seed))
+
+    def comparison(self, method: str, lam: float, control: str) -> Comparison:
+        for c in self.comparisons:
+            if c.method == method and c.lam == lam and c.control == control:
+                return c
+        raise KeyError((method, lam, control))
 
 
-def _objective(w: Tensor, b: Tensor, x: Tensor, y: Tensor, lam: float) -> float:
-    return float(F.cross_entropy(x @ w.T + b, y) + lam * w.abs().sum())
+def _objective(w: Tensor, b: Tensor, x: Tensor, y: Tensor, lam: float, method: str) -> float:
+    penalty = 0.5 * lam * float(w.square().sum()) if method == "l2" else lam * float(w.abs().sum())
+    return float(F.cross_entropy(x @ w.T + b, y)) + penalty
+
+
+def kkt_violation(w: Tensor, b: Tensor, x: Tensor, y: Tensor, lam: float) -> float:
+    """How far ``(W, b)`` is from optimal for ``mean CE + λ·||W||_1``, in units of λ (0 at the optimum).
+
+    With ``G = ∂ mean CE/∂W``: where ``W_ij ≠ 0`` optimality needs ``G_ij + λ·sign(W_ij) = 0``,
+    where ``W_ij = 0`` it needs ``|G_ij| <= λ``; the bias needs ``∂/∂b = 0``. Returns the largest
+    violation over all of them, divided by λ: a solver-independent check of convergence.
+    """
+    p = torch.softmax(x @ w.T + b, dim=1) - F.one_hot(y, w.shape[0]).double()
+    grad_w = p.T @ x / len(x)
+    grad_b = p.mean(0)
+    violation = torch.where(w != 0, (grad_w + lam * w.sign()).abs(), (grad_w.abs() - lam).clamp_min(0.0))
+    return float(torch.maximum(violation.max(), grad_b.abs().max()) / lam)
 
 
 def _fit_package(method: str, lam: float, data: Dataset, config: TrainConfig) -> tuple[Tensor, Tensor, dict[str, Any]]:
-    """Train ``build_model('linear')`` with the package's ``l1`` or ``prox_l1`` at λ; ``(W, b, regulariser config)``."""
+    """Train ``build_model('linear')`` with the package's ``l1``, ``prox_l1`` or ``l2`` at λ; ``(W, b, regulariser config)``."""
     options: dict[str, Any] = {"step_size": config.lr} if method == "prox_l1" else {}
     reg = get_regulariser(method, lam, **options)
     model, _history = train_model("linear", data, config, reg)
@@ -197,33 +290,41 @@ def _fit_package(method: str, lam: float, data: Dataset, config: TrainConfig) ->
     return w, b, reg.config(model)
 
 
-def _sklearn_path(
-    lambdas: Sequence[float], data: Dataset, config: SklearnConfig, progress: Callable[[float, float], None] | None = None
-) -> dict[float, tuple[Tensor, Tensor, float, bool, float]]:
-    """SAGA fits for every λ, largest first, each warm-started from the previous; λ -> (W, b, C, converged, seconds)."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-
+def _sklearn_data(data: Dataset, config: SklearnConfig) -> tuple[np.ndarray, np.ndarray]:
     x = data.train_x.reshape(len(data.train_x), -1).double().numpy()
     y = data.train_y.numpy()
     if config.max_train is not None:
         x, y = x[: config.max_train], y[: config.max_train]
+    return x, y
+
+
+def _sklearn_path(
+    lambdas: Sequence[float], data: Dataset, config: SklearnConfig, progress: Callable[[float, float], None] | None = None, *, seed: int = 0
+) -> dict[float, tuple[Tensor, Tensor, float, bool, float, int]]:
+    """SAGA fits for every λ, largest first, each warm-started from the previous; λ -> (W, b, C, converged, seconds, n_iter)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = _sklearn_data(data, config)
     n = len(x)
-    clf = LogisticRegression(C=1.0, l1_ratio=1.0, solver="saga", tol=config.tol, max_iter=config.max_iter, warm_start=True, random_state=0)
-    fits: dict[float, tuple[Tensor, Tensor, float, bool, float]] = {}
+    clf = LogisticRegression(C=1.0, l1_ratio=1.0, solver="saga", tol=config.tol, max_iter=config.max_iter, warm_start=True, random_state=seed)
+    fits: dict[float, tuple[Tensor, Tensor, float, bool, float, int]] = {}
+    smallest = min(lambdas)
     for lam in sorted(lambdas, reverse=True):
         c = 1.0 / (lam * n)
+        cap = config.reference_max_iter if (lam == smallest and config.reference_max_iter is not None) else config.max_iter
         start = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
-            clf.set_params(C=c)
+            clf.set_params(C=c, max_iter=cap)
             clf.fit(x, y)
-        converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+        n_iter = int(np.max(clf.n_iter_))
+        converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught) and n_iter < cap
         coef = torch.from_numpy(np.array(clf.coef_, dtype=np.float64))
         intercept = torch.from_numpy(np.array(clf.intercept_, dtype=np.float64))
         if coef.shape[0] == 1:  # binary problems: one weight vector for class 1 against class 0
             coef, intercept = binary_as_multiclass(coef[0], intercept[0])
-        fits[lam] = (coef, intercept, c, converged, time.perf_counter() - start)
+        fits[lam] = (coef, intercept, c, converged, time.perf_counter() - start, n_iter)
         if progress is not None:
             progress(lam, fits[lam][4])
     return fits
@@ -248,12 +349,23 @@ def paired_ratio(result: RobustnessResult, reference: RobustnessResult) -> tuple
     return float(np.exp(np.quantile(log_ratio, 0.5, method="inverted_cdf"))), float((ours < theirs).double().mean())
 
 
-def _measure(w: Tensor, b: Tensor, x: Tensor, y: Tensor, *, norm: Norm, eps_max: float) -> tuple[RobustnessResult, float | None]:
+def _median_or_none(values: Tensor) -> float | None:
+    return float(np.quantile(values.numpy(), 0.5, method="inverted_cdf")) if len(values) else None
+
+
+def _measure(w: Tensor, b: Tensor, x: Tensor, y: Tensor, *, norm: Norm, eps_max: float, minima: bool = True) -> tuple[RobustnessResult, float | None, float | None]:
+    """Exact ε* in [0, 1], and the medians of the unboxed and boxed minimal perturbations over correct inputs."""
     result = linear_fgsm_robustness(w, b, x, y, bounds=(0.0, 1.0), norm=norm, eps_max=eps_max)
+    if not minima:
+        return result, None, None
     correct = result.status != CLEAN_WRONG
-    optimal = unboxed_minimal_perturbation(w, b, x, y, norm=norm)[correct]
-    median = float(np.quantile(optimal.numpy(), 0.5, method="inverted_cdf")) if len(optimal) else None
-    return result, median
+    unboxed = _median_or_none(unboxed_minimal_perturbation(w, b, x, y, norm=norm)[correct])
+    boxed = _median_or_none(boxed_minimal_perturbation(w, b, x[correct], y[correct])) if norm == "linf" else None
+    return result, unboxed, boxed
+
+
+def _closest(candidates: Sequence[PathPoint], value: float, key: Callable[[PathPoint], float]) -> PathPoint:
+    return min(candidates, key=lambda p: (abs(key(p) - value), p.lam))
 
 
 def run_l1_path(
@@ -262,6 +374,8 @@ def run_l1_path(
     out_dir: Path | str,
     lambdas: Sequence[float] | None = None,
     methods: Sequence[str] = PATH_METHODS,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+    l2_lambdas: Sequence[float] | None = None,
     store: Store | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     n_eval: int | None = None,
@@ -269,23 +383,28 @@ def run_l1_path(
     eps_max: float = 0.5,
     train_config: TrainConfig | None = None,
     sklearn_config: SklearnConfig | None = None,
+    n_boot: int = 2000,
 ) -> PathResult:
-    """Fit the L1 path with each method, measure exact ε* at every point, write the figure and table.
+    """Fit the L1 path with each method and seed, the L2 control path, measure exact ε* everywhere, compare, write.
 
     Args:
         dataset: any :class:`~sparank.data.Dataset` (digits, Fashion-MNIST...).
-        out_dir: where ``l1_path_<dataset>.{png,svg,csv,md}`` are written (created if needed).
+        out_dir: where ``l1_path_<dataset>.{png,svg,csv,md}`` and ``l1_path_<dataset>_comparisons.csv`` are written.
         lambdas: the λ grid (positive); default :func:`default_lambdas` (12 values).
         methods: a subset of ``("l1", "prox_l1", "sklearn")``.
+        seeds: training seeds (at least one; three or more for intervals that mean something).
+        l2_lambdas: the L2 control path's grid; default :func:`default_l2_lambdas`; ``[]`` skips the L2 controls.
         store: if given, every model is stored as a run of kind ``"linear"`` with its
             weights, and its ε* as a measurement.
         progress: called as ``progress(done, total, message)`` after each fitted model.
         n_eval: measure the first ``n_eval`` test inputs (None: the whole test split).
         norm: ``"linf"`` (FGSM) or ``"l2"``.
         eps_max: the largest ε considered (inputs in [0, 1]).
-        train_config: training of ``l1``/``prox_l1``; default :func:`default_train_config`.
-        sklearn_config: tolerance, iteration cap and training subsample of SAGA; default
+        train_config: training of ``l1``/``prox_l1``/``l2`` (its seed is replaced by each of
+            ``seeds``); default :func:`default_train_config`.
+        sklearn_config: tolerance, iteration caps and training subsample of SAGA; default
             :func:`default_sklearn_config`.
+        n_boot: bootstrap replicates per comparison.
 
     Returns:
         :class:`PathResult`; ``files`` holds the paths written.
@@ -293,18 +412,27 @@ def run_l1_path(
     unknown = [m for m in methods if m not in PATH_METHODS]
     if unknown or not methods:
         raise ValueError(f"methods must be a non-empty subset of {', '.join(PATH_METHODS)}, got {list(methods)}")
+    seed_list = [int(s) for s in seeds]
+    if not seed_list or len(set(seed_list)) != len(seed_list):
+        raise ValueError(f"seeds must be distinct integers, at least one, got {list(seeds)}; e.g. --seeds 0,1,2")
     grid = default_lambdas(dataset) if lambdas is None else [float(v) for v in lambdas]
     if not grid or any(not (math.isfinite(v) and v > 0) for v in grid):
         raise ValueError(f"lambdas must be positive finite numbers, got {grid}; use --lambdas 1e-4,1e-3,1e-2")
     grid = sorted(set(grid))
+    l2_grid = sorted(set(default_l2_lambdas() if l2_lambdas is None else [float(v) for v in l2_lambdas]))
+    if any(not (math.isfinite(v) and v > 0) for v in l2_grid):
+        raise ValueError(f"l2_lambdas must be positive finite numbers, got {l2_grid}")
     config = train_config or default_train_config(dataset)
+    if l2_grid and max(l2_grid) * config.lr >= 2:
+        raise ValueError(f"l2_lambdas up to {max(l2_grid)} with lr {config.lr}: SGD on (λ/2)·||W||² diverges for lr·λ >= 2; lower the L2 grid")
     sk_config = sklearn_config or default_sklearn_config(dataset)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     indices, x_eval, y_eval = eval_subset(dataset, n_eval)
     x_train = dataset.train_x.reshape(len(dataset.train_x), -1).double()
     y_train = dataset.train_y
-    total = len(methods) * len(grid)
+    all_methods = [*methods, *(["l2"] if l2_grid else [])]
+    total = len(seed_list) * (len(methods) * len(grid) + len(l2_grid))
     done = 0
 
     def tick(message: str) -> None:
@@ -313,67 +441,86 @@ def run_l1_path(
         if progress is not None:
             progress(done, total, message)
 
-    fitted: dict[tuple[str, float], tuple[Tensor, Tensor, dict[str, Any]]] = {}
-    for method in methods:
-        if method == "sklearn":
-            fits = _sklearn_path(grid, dataset, sk_config, lambda lam, s: tick(f"sklearn λ={lam:.3g} ({s:.1f} s)"))
-            for lam, (w, b, c, converged, seconds) in fits.items():
-                info = {"C": c, "converged": converged, "seconds": seconds, "tol": sk_config.tol, "max_iter": sk_config.max_iter}
-                fitted[(method, lam)] = (w, b, {**info, "max_train": sk_config.max_train})
-            continue
-        for lam in grid:
-            start = time.perf_counter()
-            w, b, reg_config = _fit_package(method, lam, dataset, config)
-            seconds = time.perf_counter() - start
-            fitted[(method, lam)] = (w, b, {"regulariser": reg_config, "converged": None, "seconds": seconds})
-            tick(f"{method} λ={lam:.3g} ({seconds:.1f} s)")
+    fitted: dict[tuple[str, float, int], tuple[Tensor, Tensor, dict[str, Any]]] = {}
+    for seed in seed_list:
+        seeded = replace(config, seed=seed)
+        for method in all_methods:
+            if method == "sklearn":
+                fits = _sklearn_path(grid, dataset, sk_config, lambda lam, s, seed=seed: tick(f"seed {seed} sklearn λ={lam:.3g} ({s:.1f} s)"), seed=seed)
+                for lam, (w, b, c, converged, seconds, n_iter) in fits.items():
+                    info = {"C": c, "converged": converged, "seconds": seconds, "n_iter": n_iter, "tol": sk_config.tol}
+                    fitted[(method, lam, seed)] = (w, b, {**info, "max_iter": sk_config.max_iter, "max_train": sk_config.max_train})
+                continue
+            for lam in grid if method != "l2" else l2_grid:
+                start = time.perf_counter()
+                w, b, reg_config = _fit_package(method, lam, dataset, seeded)
+                seconds = time.perf_counter() - start
+                fitted[(method, lam, seed)] = (w, b, {"regulariser": reg_config, "converged": None, "seconds": seconds})
+                tick(f"seed {seed} {method} λ={lam:.3g} ({seconds:.1f} s)")
 
+    sk_x, sk_y = (torch.from_numpy(a) for a in _sklearn_data(dataset, sk_config)) if "sklearn" in methods else (x_train, y_train)
     points: list[PathPoint] = []
-    weights: dict[tuple[str, float], tuple[Tensor, Tensor]] = {}
-    eps_star: dict[tuple[str, float], Tensor] = {}
-    for method in methods:
-        reference: RobustnessResult | None = None  # the method's smallest λ
-        for lam in grid:
-            w, b, info = fitted[(method, lam)]
-            result, min_median = _measure(w, b, x_eval, y_eval, norm=norm, eps_max=eps_max)
-            if reference is None:
-                reference = result
-            summary = result.summary()
-            ratio, lower = paired_ratio(result, reference)
-            structure = layer_structure(w, name=f"{method} λ={lam:g}")
-            point = PathPoint(
-                method=method,
-                lam=lam,
-                sklearn_c=info.get("C"),
-                converged=info["converged"],
-                objective=_objective(w, b, x_train, y_train, lam),
-                clean_accuracy=summary.clean_accuracy,
-                sparsity=structure.sparsity,
-                effective_sparsity=structure.effective_sparsity,
-                l1_norm=structure.l1_norm,
-                auc=summary.auc,
-                auc_normalised=summary.auc_normalised,
-                quantiles=summary.quantiles,
-                censored_fraction=summary.censored_fraction,
-                min_perturbation_median=min_median,
-                paired_ratio_median=ratio,
-                paired_fraction_lower=lower,
-                seconds=float(info["seconds"]),
-            )
-            if store is not None:
-                point = replace(point, run_id=_store_point(store, dataset, point, w, b, info, result, indices, config))
-            points.append(point)
-            weights[(method, lam)] = (w, b)
-            eps_star[(method, lam)] = result.eps_star.clone()
+    weights: dict[tuple[str, float, int], tuple[Tensor, Tensor]] = {}
+    eps_star: dict[tuple[str, float, int], Tensor] = {}
+    results: dict[tuple[str, float, int], RobustnessResult] = {}
+    for (method, lam, seed), (w, b, info) in fitted.items():
+        result, unboxed, boxed = _measure(w, b, x_eval, y_eval, norm=norm, eps_max=eps_max)
+        summary = result.summary()
+        structure = layer_structure(w, name=f"{method} λ={lam:g}")
+        fit_x, fit_y = (sk_x, sk_y) if method == "sklearn" else (x_train, y_train)
+        point = PathPoint(
+            method=method,
+            lam=lam,
+            seed=seed,
+            sklearn_c=info.get("C"),
+            converged=info["converged"],
+            n_iter=info.get("n_iter"),
+            kkt_violation=None if method == "l2" else kkt_violation(w, b, fit_x, fit_y, lam),
+            objective=_objective(w, b, fit_x, fit_y, lam, method),
+            clean_accuracy=summary.clean_accuracy,
+            sparsity=structure.sparsity,
+            effective_sparsity=structure.effective_sparsity,
+            l1_norm=structure.l1_norm,
+            auc=summary.auc,
+            auc_normalised=summary.auc_normalised,
+            quantiles=summary.quantiles,
+            censored_fraction=summary.censored_fraction,
+            unboxed_minimum_median=unboxed,
+            boxed_minimum_median=boxed,
+            seconds=float(info["seconds"]),
+        )
+        if store is not None:
+            point = replace(point, run_id=_store_point(store, dataset, point, w, b, info, result, indices, replace(config, seed=seed)))
+        points.append(point)
+        weights[(method, lam, seed)] = (w, b)
+        eps_star[(method, lam, seed)] = result.eps_star.clone()
+        results[(method, lam, seed)] = result
 
+    # the rescaled references: the smallest-λ model times ||W_L1||_1 / ||W_ref||_1, measured exactly
+    by_key = {(p.method, p.lam, p.seed): p for p in points}
+    smallest = grid[0]
+    for method in methods:
+        for seed in seed_list:
+            w_ref, b_ref = weights[(method, smallest, seed)]
+            ref_norm = float(w_ref.abs().sum())
+            for lam in grid:
+                c = by_key[(method, lam, seed)].l1_norm / ref_norm if ref_norm > 0 else 1.0
+                result, _, _ = _measure(c * w_ref, c * b_ref, x_eval, y_eval, norm=norm, eps_max=eps_max, minima=False)
+                results[(f"rescaled:{method}", lam, seed)] = result
+                eps_star[(f"rescaled:{method}", lam, seed)] = result.eps_star.clone()
+
+    comparisons = _compare_all(methods, grid, l2_grid, seed_list, by_key, results, eps_max=float(eps_max), n_boot=n_boot)
     result_path = PathResult(
         dataset=dataset.name,
         norm=norm,
         eps_max=float(eps_max),
         n_eval=len(indices),
         lambdas=grid,
+        l2_lambdas=l2_grid,
+        seeds=seed_list,
         lambda_max=lambda_max(dataset),
         points=points,
+        comparisons=comparisons,
         weights=weights,
         eps_star=eps_star,
         eval_indices=indices,
@@ -382,6 +529,78 @@ def run_l1_path(
     files = write_path_table(result_path, stem)
     files.update(plot_path(result_path, stem))
     return replace(result_path, files=files)
+
+
+def _compare_all(
+    methods: Sequence[str],
+    grid: Sequence[float],
+    l2_grid: Sequence[float],
+    seeds: Sequence[int],
+    by_key: dict[tuple[str, float, int], PathPoint],
+    results: dict[tuple[str, float, int], RobustnessResult],
+    *,
+    eps_max: float,
+    n_boot: int,
+) -> list[Comparison]:
+    """Every L1 model against each control of :data:`CONTROLS`, paired per seed, pooled with a hierarchical bootstrap."""
+    comparisons: list[Comparison] = []
+    rng = np.random.default_rng(0)
+    for method in methods:
+        unconverged = [s for s in seeds if by_key[(method, grid[0], s)].converged is False]
+        for lam in grid:
+            for control in CONTROLS:
+                if control.startswith("l2") and not l2_grid:
+                    continue
+                groups, lower, matched = [], [], []
+                for seed in seeds:
+                    point = by_key[(method, lam, seed)]
+                    if control == "reference":
+                        key = (method, grid[0], seed)
+                    elif control == "rescaled":
+                        key = (f"rescaled:{method}", lam, seed)
+                    else:
+                        l2_points = [by_key[("l2", v, seed)] for v in l2_grid]
+                        if control == "l2_accuracy":
+                            best = _closest(l2_points, point.clean_accuracy, lambda p: p.clean_accuracy)
+                        else:
+                            best = _closest(l2_points, math.log(point.l1_norm), lambda p: math.log(max(p.l1_norm, 1e-300)))
+                        key = ("l2", best.lam, seed)
+                    ours, theirs = results[(method, lam, seed)], results[key]
+                    log_ratio = paired_log_ratios(ours.eps_star.numpy(), theirs.eps_star.numpy(), cap=eps_max)
+                    both = (ours.status != CLEAN_WRONG) & (theirs.status != CLEAN_WRONG)
+                    groups.append(log_ratio)
+                    lower.append((ours.eps_star[both].clamp(max=eps_max) < theirs.eps_star[both].clamp(max=eps_max)).numpy())
+                    if control == "rescaled":  # same predictions as the reference, the L1 model's norm
+                        ref = by_key[(method, grid[0], seed)]
+                        matched.append((ref.clean_accuracy, point.l1_norm))
+                    else:
+                        matched.append((by_key[key].clean_accuracy, by_key[key].l1_norm))
+                n_inputs = int(sum(len(g) for g in groups))
+                acc = float(np.mean([m[0] for m in matched]))
+                norm_ = float(np.mean([m[1] for m in matched]))
+                base = {"method": method, "lam": lam, "control": control, "n_seeds": len(seeds), "n_inputs": n_inputs}
+                if unconverged and control in ("reference", "rescaled"):
+                    note = f"refused: the reference (λ = {grid[0]:.3g}) did not converge for seed(s) {unconverged}"
+                    comparisons.append(Comparison(**base, ratio=None, low=None, high=None, fraction_lower=None, control_accuracy=acc, control_l1_norm=norm_, note=note))
+                    continue
+                if n_inputs == 0:
+                    comparisons.append(Comparison(**base, ratio=None, low=None, high=None, fraction_lower=None, control_accuracy=acc, control_l1_norm=norm_, note="no input correct under both"))
+                    continue
+                interval = hierarchical_bootstrap(groups, rng=rng, n_boot=n_boot).exp()
+                comparisons.append(
+                    Comparison(
+                        **base,
+                        ratio=interval.estimate,
+                        low=interval.low,
+                        high=interval.high,
+                        fraction_lower=float(np.concatenate(lower).mean()),
+                        control_accuracy=acc,
+                        control_l1_norm=norm_,
+                    )
+                )
+    if any(c.note.startswith("refused") for c in comparisons):
+        warnings.warn("an L1 path's reference fit did not converge: its reference comparisons are not reported; raise max_iter", stacklevel=3)
+    return comparisons
 
 
 def _store_point(
@@ -409,10 +628,13 @@ def _store_point(
         "arch": "linear",
         "path_method": point.method,
         "lambda": point.lam,
-        "objective": "mean cross-entropy + lambda * ||W||_1 (bias not penalised)",
+        "seed": point.seed,
+        "objective": "mean cross-entropy + lambda/2 * ||W||_F^2 (bias not penalised)"
+        if point.method == "l2"
+        else "mean cross-entropy + lambda * ||W||_1 (bias not penalised)",
     }
     if point.method == "sklearn":
-        config["sklearn"] = {k: info[k] for k in ("C", "tol", "max_iter", "max_train")} | {"solver": "saga", "l1_ratio": 1.0}
+        config["sklearn"] = {k: info[k] for k in ("C", "tol", "max_iter", "max_train", "n_iter")} | {"solver": "saga", "l1_ratio": 1.0}
     else:
         config["regulariser"] = info["regulariser"]
         config["train"] = train_config.to_dict()
@@ -428,13 +650,18 @@ def _store_point(
     return run_id
 
 
+
+
 # --------------------------------------------------------------------------- table and figure
 
 _COLUMNS = (
     "method",
     "lam",
+    "seed",
     "sklearn_c",
     "converged",
+    "n_iter",
+    "kkt_violation",
     "objective",
     "clean_accuracy",
     "sparsity",
@@ -448,9 +675,8 @@ _COLUMNS = (
     "q75",
     "q90",
     "censored_fraction",
-    "min_perturbation_median",
-    "paired_ratio_median",
-    "paired_fraction_lower",
+    "unboxed_minimum_median",
+    "boxed_minimum_median",
     "seconds",
     "run_id",
 )
@@ -463,98 +689,183 @@ def _row(point: PathPoint) -> dict[str, Any]:
     return {k: row[k] for k in _COLUMNS}
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "–"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
+        if math.isnan(value):
+            return "–"
         if math.isinf(value):
             return "> ε_max"
-        return f"{value:.4g}"
+        return f"{value:.{digits}g}"
     return str(value)
 
 
+def _mean(values: Sequence[float | None]) -> float | None:
+    kept = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(kept)) if len(kept) == len(values) and kept else None
+
+
+def _ratio_cell(c: Comparison) -> str:
+    if c.ratio is None:
+        return "refused" if c.note.startswith("refused") else "–"
+    return f"{c.ratio:.3g} [{c.low:.3g}, {c.high:.3g}]"
+
+
 def write_path_table(path: PathResult, stem: Path) -> dict[str, Path]:
-    """``<stem>.csv`` (every column, full precision) and ``<stem>.md`` (the main columns); returns their paths."""
+    """``<stem>.csv`` (every point, every seed), ``<stem>_comparisons.csv`` and ``<stem>.md`` (seed means and ratios)."""
     csv_path, md_path = stem.with_suffix(".csv"), stem.with_suffix(".md")
+    comparisons_path = stem.with_name(stem.name + "_comparisons.csv")
     with csv_path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=_COLUMNS)
         writer.writeheader()
         for point in path.points:
             writer.writerow({k: ("" if v is None else v) for k, v in _row(point).items()})
-    shown = [
-        ("method", "method"),
-        ("lam", "λ"),
-        ("clean_accuracy", "accuracy"),
-        ("sparsity", "sparsity"),
-        ("effective_sparsity", "eff. sparsity"),
-        ("l1_norm", "‖W‖₁"),
-        ("auc", "ε* AUC"),
-        ("q25", "ε* q25"),
-        ("median", "ε* median"),
-        ("q75", "ε* q75"),
-        ("min_perturbation_median", "optimal median"),
-        ("paired_ratio_median", "paired ε* ratio"),
-        ("paired_fraction_lower", "ε* lower for"),
-        ("censored_fraction", "censored"),
-        ("converged", "converged"),
-    ]
-    lines = [
-        f"L1 path on {path.dataset}: exact FGSM ε* ({path.norm}, ε_max = {path.eps_max}) over {path.n_eval} test inputs; "
-        f"λ_max = {path.lambda_max:.4g}. ε* quantiles over correctly classified inputs; "
-        "'optimal median': the median minimal perturbation of the same norm without the box; "
-        "'paired ε* ratio': median over inputs both classify correctly of ε*(this model) / ε*(same method, smallest λ), "
-        "and the fraction of those inputs whose ε* is lower than at the smallest λ.",
+    fields = [f.name for f in Comparison.__dataclass_fields__.values()]
+    with comparisons_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        for c in path.comparisons:
+            writer.writerow({k: ("" if v is None else v) for k, v in asdict(c).items()})
 
+    seeds = ", ".join(str(s) for s in path.seeds)
+    lines = [
+        f"L1 path on {path.dataset}: exact FGSM ε* ({path.norm}, ε_max = {path.eps_max}, box [0, 1]) over {path.n_eval} test inputs; "
+        f"λ_max = {path.lambda_max:.4g}; seeds {seeds} (point columns: mean over seeds). ε* median over correctly classified inputs; "
+        "'boxed min' / 'unboxed min': median minimal perturbation of the same norm inside / ignoring the box. "
+        "Ratio columns: exp(median over inputs and seeds of log(ε*_L1 / ε*_control)), paired per seed over inputs both classify "
+        "correctly (ε* capped at ε_max), with a 95 % hierarchical bootstrap interval (seeds, then inputs). Controls: "
+        + "; ".join(f"'{name}': {title}" for name, title in _CONTROL_TITLES.items())
+        + " (closest per seed). 'converged': seeds whose solver stopped before its cap (sklearn); 'KKT': largest optimality violation / λ over seeds.",
         "",
-        "| " + " | ".join(title for _, title in shown) + " |",
-        "|" + "|".join("---" for _ in shown) + "|",
     ]
-    for point in path.points:
-        row = _row(point)
-        lines.append("| " + " | ".join(_fmt(row[key]) for key, _ in shown) + " |")
+    shown = ["method", "λ", "accuracy", "zeros", "‖W‖₁", "ε* AUC", "ε* median", "boxed min", "unboxed min"]
+    shown += [f"vs {name}" for name in CONTROLS if any(c.control == name for c in path.comparisons)]
+    shown += ["converged", "KKT"]
+    lines += ["| " + " | ".join(shown) + " |", "|" + "|".join("---" for _ in shown) + "|"]
+    l1_methods = list(dict.fromkeys(p.method for p in path.points if p.method != "l2"))
+    for method in l1_methods:
+        for lam in path.lambdas:
+            pts = [p for p in path.points if p.method == method and p.lam == lam]
+            conv = [p.converged for p in pts]
+            cells = [
+                method,
+                f"{lam:.3g}",
+                _fmt(_mean([p.clean_accuracy for p in pts])),
+                _fmt(_mean([p.sparsity for p in pts]), 3),
+                _fmt(_mean([p.l1_norm for p in pts])),
+                _fmt(_mean([p.auc for p in pts])),
+                _fmt(_mean([p.median for p in pts])),
+                _fmt(_mean([p.boxed_minimum_median for p in pts])),
+                _fmt(_mean([p.unboxed_minimum_median for p in pts])),
+            ]
+            cells += [_ratio_cell(path.comparison(method, lam, name)) for name in CONTROLS if any(c.control == name for c in path.comparisons)]
+            cells += ["–" if conv[0] is None else f"{sum(bool(c) for c in conv)}/{len(conv)}", _fmt(max(p.kkt_violation or 0.0 for p in pts), 3)]
+            lines.append("| " + " | ".join(cells) + " |")
+    if path.l2_lambdas:
+        lines += [
+            "",
+            f"The L2 control path on {path.dataset} (mean CE + (λ/2)·‖W‖_F², the same SGD loop; mean over seeds {seeds}):",
+            "",
+            "| λ (L2) | accuracy | ‖W‖₁ | ε* AUC | ε* median | boxed min | unboxed min |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for lam in path.l2_lambdas:
+            pts = [p for p in path.points if p.method == "l2" and p.lam == lam]
+            cells = [f"{lam:.3g}"] + [
+                _fmt(_mean([getattr(p, a) if a != "median" else p.median for p in pts]))
+                for a in ("clean_accuracy", "l1_norm", "auc", "median", "boxed_minimum_median", "unboxed_minimum_median")
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
     md_path.write_text("\n".join(lines) + "\n")
-    return {"csv": csv_path, "md": md_path}
+    return {"csv": csv_path, "md": md_path, "comparisons_csv": comparisons_path}
 
 
 _STYLE = {
     "l1": {"color": "#1b6ca8", "marker": "o", "label": "l1 (penalty, SGD)"},
     "prox_l1": {"color": "#d1495b", "marker": "s", "label": "prox_l1 (proximal SGD)"},
     "sklearn": {"color": "#2e933c", "marker": "^", "label": "scikit-learn SAGA"},
+    "l2": {"color": "#7a5195", "marker": "D", "label": "l2 control path (SGD)"},
 }
+_CONTROL_STYLE = {"reference": "#444444", "rescaled": "#ef8a17", "l2_accuracy": "#7a5195", "l2_norm": "#00a6a6"}
+
+
+def _pooled_ratio(path: PathResult, ours: str, lam: float, theirs: tuple[str, float]) -> float | None:
+    groups = [
+        paired_log_ratios(path.eps_star[(ours, lam, s)].numpy(), path.eps_star[(theirs[0], theirs[1], s)].numpy(), cap=path.eps_max) for s in path.seeds
+    ]
+    pooled = np.concatenate(groups)
+    return float(np.exp(np.median(pooled))) if len(pooled) else None
 
 
 def plot_path(path: PathResult, stem: Path) -> dict[str, Path]:
-    """Four panels against λ (shared log axis): ε* AUC, ε* median, clean accuracy, sparsity; PNG and SVG."""
+    """Six panels: ε* AUC, median ε*, accuracy, sparsity against λ; ratio to the reference against ‖W‖₁; ratios to the controls."""
     import matplotlib
     import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True, constrained_layout=True)
-    (ax_auc, ax_med), (ax_acc, ax_sp) = axes
-    methods = list(dict.fromkeys(p.method for p in path.points))
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5), constrained_layout=True)
+    (ax_auc, ax_med, ax_norm), (ax_acc, ax_sp, ax_ctl) = axes
+    methods = [m for m in dict.fromkeys(p.method for p in path.points) if m != "l2"]
     unit = "L∞" if path.norm == "linf" else "L2"
+    n_seeds = len(path.seeds)
+
+    def seed_mean(method: str, lam: float, get: Callable[[PathPoint], float | None]) -> float:
+        value = _mean([get(p) for p in path.points if p.method == method and p.lam == lam])
+        return np.nan if value is None else value
+
     for method in methods:
-        pts = sorted((p for p in path.points if p.method == method), key=lambda p: p.lam)
-        lam = [p.lam for p in pts]
         style = _STYLE[method]
         kw = {"color": style["color"], "marker": style["marker"], "markersize": 4, "linewidth": 1.6}
-        ax_auc.plot(lam, [p.auc for p in pts], label=style["label"], **kw)
-        med = [np.nan if p.median is None or math.isinf(p.median) else p.median for p in pts]
-        ax_med.plot(lam, med, label=f"{style['label']}: FGSM ε*", **kw)
-        opt = [np.nan if p.min_perturbation_median is None else p.min_perturbation_median for p in pts]
-        ax_med.plot(lam, opt, color=style["color"], linestyle=":", linewidth=1.2, label=f"{method}: optimal {unit} (no box)")
-        ax_acc.plot(lam, [100 * p.clean_accuracy for p in pts], label=style["label"], **kw)
-        ax_sp.plot(lam, [100 * p.sparsity for p in pts], label=f"{style['label']}: exactly 0", **kw)
-        ax_sp.plot(
-            lam, [100 * p.effective_sparsity for p in pts], color=style["color"], linestyle="--", linewidth=1.2, label=f"{method}: |w| ≤ 10⁻³·max|w|"
-        )
+        lam = path.lambdas
+        ax_auc.plot(lam, [seed_mean(method, v, lambda p: p.auc) for v in lam], label=style["label"], **kw)
+        ax_med.plot(lam, [seed_mean(method, v, lambda p: p.median) for v in lam], label=f"{style['label']}: FGSM ε*", **kw)
+        if path.norm == "linf":
+            ax_med.plot(lam, [seed_mean(method, v, lambda p: p.boxed_minimum_median) for v in lam], color=style["color"], linestyle=":", linewidth=1.2, label=f"{method}: minimal {unit} in the box")
+        ax_acc.plot(lam, [100 * seed_mean(method, v, lambda p: p.clean_accuracy) for v in lam], label=style["label"], **kw)
+        ax_sp.plot(lam, [100 * seed_mean(method, v, lambda p: p.sparsity) for v in lam], label=f"{style['label']}: exactly 0", **kw)
+        ax_sp.plot(lam, [100 * seed_mean(method, v, lambda p: p.effective_sparsity) for v in lam], color=style["color"], linestyle="--", linewidth=1.2, label=f"{method}: |w| ≤ 10⁻³·max|w|")
+
+    # ratio to the dense reference against ||W||_1: the L1 path, the L2 path and the rescaled reference
+    anchor = "prox_l1" if "prox_l1" in methods else methods[0]
+    ref = (anchor, path.lambdas[0])
+    norms = [seed_mean(anchor, v, lambda p: p.l1_norm) for v in path.lambdas]
+    ax_norm.plot(norms, [_pooled_ratio(path, anchor, v, ref) for v in path.lambdas], color=_STYLE[anchor]["color"], marker=_STYLE[anchor]["marker"], markersize=4, label=f"{anchor} path (L1)")
+    ax_norm.plot(norms, [_pooled_ratio(path, f"rescaled:{anchor}", v, ref) for v in path.lambdas], color=_CONTROL_STYLE["rescaled"], marker="x", markersize=5, label="reference rescaled to that ‖W‖₁")
+    if path.l2_lambdas:
+        l2_norms = [seed_mean("l2", v, lambda p: p.l1_norm) for v in path.l2_lambdas]
+        ax_norm.plot(l2_norms, [_pooled_ratio(path, "l2", v, ref) for v in path.l2_lambdas], color=_STYLE["l2"]["color"], marker="D", markersize=4, label="L2 path")
+    ax_norm.axhline(1.0, color="0.5", linewidth=0.8)
+    ax_norm.set_xscale("log")
+    ax_norm.set_xlabel("‖W‖₁ (mean over seeds; log scale)")
+    ax_norm.set_ylabel(f"paired median ε* / ε*({anchor}, smallest λ)")
+    ax_norm.set_title(f"Same norm, three ways: ratio to the {anchor} reference")
+    ax_norm.legend(fontsize=8, loc="best")
+
+    # each L1 model against its matched controls, with 95 % intervals
+    for method, linestyle in zip(methods, ("-", "--", ":")):
+        for control in CONTROLS[1:]:
+            cs = [path.comparison(method, v, control) for v in path.lambdas if any(c.control == control for c in path.comparisons)]
+            if not cs:
+                continue
+            lam = np.array([c.lam for c in cs])
+            mid = np.array([np.nan if c.ratio is None else c.ratio for c in cs])
+            lo = np.array([np.nan if c.low is None else c.low for c in cs])
+            hi = np.array([np.nan if c.high is None else c.high for c in cs])
+            if not np.isfinite(mid).any():  # refused (unconverged reference) or nothing to compare
+                continue
+            ax_ctl.errorbar(lam, mid, yerr=[mid - lo, hi - mid], color=_CONTROL_STYLE[control], linestyle=linestyle, marker="o", markersize=3, capsize=2, linewidth=1.2, label=f"{method} vs {_CONTROL_TITLES[control]}")
+    ax_ctl.axhline(1.0, color="0.5", linewidth=0.8)
+    ax_ctl.set_title(f"L1 model vs its matched control (95 % CI, {n_seeds} seeds × inputs)")
+    ax_ctl.set_ylabel("paired median ε*(L1) / ε*(control)")
+    ax_ctl.legend(fontsize=6.5, loc="best")
+
     ax_auc.set_title(f"ε* AUC: area under the robust-accuracy curve, ε ≤ {path.eps_max:g}")
     ax_auc.set_ylabel(f"ε* AUC ({unit}, pixel units of [0, 1])")
-    ax_med.text(0.99, 0.01, "a gap: median beyond ε_max (censored)", transform=ax_med.transAxes, ha="right", va="bottom", fontsize=7, color="0.4")
     ax_med.set_title("Median ε* over correctly classified inputs")
     ax_med.set_ylabel(f"median ε* ({unit}, pixel units; log scale)")
     ax_med.set_yscale("log")
@@ -566,21 +877,21 @@ def plot_path(path: PathResult, stem: Path) -> dict[str, Path]:
     ax_sp.set_title("Sparsity of W")
     ax_sp.set_ylabel("weights that are zero (%)")
     ax_sp.set_ylim(-3, 103)
-    for ax in axes.flat:
+    for ax in (ax_auc, ax_med, ax_acc, ax_sp, ax_ctl):
         ax.set_xscale("log")
         ax.grid(True, which="major", alpha=0.3)
-    for ax in axes[1]:
         ax.set_xlabel("λ  (objective: mean cross-entropy + λ·‖W‖₁)")
+    ax_norm.grid(True, which="major", alpha=0.3)
     ax_auc.legend(fontsize=8, loc="best")
-    ax_med.legend(fontsize=7, loc="best", ncol=1)
+    ax_med.legend(fontsize=7, loc="best")
     ax_acc.legend(fontsize=8, loc="best")
     ax_sp.legend(fontsize=7, loc="best")
     fig.suptitle(
-        f"L1 path of multinomial logistic regression on {path.dataset}: exact FGSM ε* over {path.n_eval} test inputs",
+        f"L1 path of multinomial logistic regression on {path.dataset}: exact FGSM ε* over {path.n_eval} test inputs, seeds {', '.join(map(str, path.seeds))}",
         fontsize=12,
     )
     png, svg = stem.with_suffix(".png"), stem.with_suffix(".svg")
-    fig.savefig(png, dpi=130)
+    fig.savefig(png, dpi=120)
     fig.savefig(svg)
     plt.close(fig)
     return {"png": png, "svg": svg}
