@@ -1,8 +1,12 @@
 """The ``sparank`` command: thin wrappers that parse options and call the modules.
 
-Every user mistake (unknown dataset, bad spec, missing file, weights that do
-not fit) is one line on stderr and exit status 2; set SPARANK_DEBUG=1 for the
-traceback.
+Every user or environment fault (unknown dataset, bad spec, a bad option
+value, missing or unreadable file, weights that do not fit, a read-only or
+damaged store, out of memory) is one line on stderr and exit status 2, and
+every option is checked before any work starts; set SPARANK_DEBUG=1 for the
+traceback. Output for people is plain text that fits the terminal (80
+columns when piped with COLUMNS set; nothing is cut, less important columns
+are dropped); ``--json`` is for programs.
 """
 
 from __future__ import annotations
@@ -10,16 +14,31 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
+import re
+import sqlite3
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from sparank.data import Dataset
+    from sparank.store import Store
 
 app = typer.Typer(
     name="sparank",
@@ -28,14 +47,19 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+out = Console(highlight=False, soft_wrap=True)  # never hard-wrap a line: a terminal wraps, a pipe keeps it whole
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 DEFAULT_STORE = Path("sparank-results")
 
 StoreOpt = Annotated[Path, typer.Option("--store", help="results store directory (SQLite + safetensors weights)")]
-ThreadsOpt = Annotated[int, typer.Option("--threads", help="CPU threads for torch (default: all cores available)")]
-DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="directory holding the IDX files (else $SPARANK_DATA, /usr/share/datasets/<name>)")]
+ThreadsOpt = Annotated[
+    int | None, typer.Option("--threads", help="CPU threads torch uses (default: every core this process may use)", show_default=False)
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="directory holding the IDX files; the only place looked when given (else $SPARANK_DATA, else /usr/share/datasets/<name>)"),
+]
 
 
 def _default_threads() -> int:
@@ -45,46 +69,179 @@ def _default_threads() -> int:
         return os.cpu_count() or 1
 
 
+# --------------------------------------------------------------------------- one-line errors
+
+
 def _fail(message: str) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(2)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _os_message(exc: OSError) -> str:
+    """``[Errno 13] Permission denied: 'x'`` as ``permission denied: x (...)``."""
+    what = (exc.strerror or type(exc).__name__).lower()
+    where = f": {exc.filename}" if exc.filename else ""
+    also = f" -> {exc.filename2}" if getattr(exc, "filename2", None) else ""
+    return f"{what}{where}{also}; check the path and its permissions"
+
+
+_OOM = re.compile(r"can't allocate memory|out of memory|not enough memory", re.IGNORECASE)
 
 
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
-    """Turn the errors a user can cause into one line and exit status 2."""
+    """Turn the faults a user or the environment can cause into one line and exit status 2.
+
+    Caught: ValueError (bad values; StoreError and DatasetError are ValueErrors),
+    OSError (missing, unreadable, read-only or full: files, folders, disks),
+    SQLite errors of the file (damaged, locked, read-only; not sparank's own SQL
+    mistakes), MemoryError and torch's out-of-memory RuntimeError. Anything
+    else is a bug and keeps its traceback.
+    """
+    debug = bool(os.environ.get("SPARANK_DEBUG"))
     try:
         yield
-    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-        if os.environ.get("SPARANK_DEBUG"):
-            raise
-        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     except KeyboardInterrupt:
         err.print("interrupted: everything already written to the store is kept")
         raise typer.Exit(130) from None
+    except typer.Exit:
+        raise
+    except ValueError as exc:
+        if debug:
+            raise
+        _fail(_first_line(exc))
+    except OSError as exc:
+        if debug:
+            raise
+        _fail(_os_message(exc))
+    except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
+        raise  # sparank's own mistake: keep the traceback
+    except sqlite3.DatabaseError as exc:
+        if debug:
+            raise
+        _fail(f"the results store's database cannot be used ({_first_line(exc)}); is it damaged? restore it or use another --store")
+    except MemoryError:
+        if debug:
+            raise
+        _fail("out of memory; use a smaller model, --batch-size or --n")
+    except RuntimeError as exc:
+        if debug or not _OOM.search(str(exc)):
+            raise
+        _fail(f"out of memory ({_first_line(exc)[:120]}); use a smaller model, --batch-size or --n")
+
+
+@contextlib.contextmanager
+def _as_options(names: dict[str, str]) -> Iterator[None]:
+    """Re-word a library ValueError that starts with a parameter name (``eps_max must ...``) with its option (``--eps-max``)."""
+    try:
+        yield
+    except ValueError as exc:
+        text = _first_line(exc)
+        for name, option in names.items():
+            if re.match(rf"{re.escape(name)}\b", text):
+                raise ValueError(option + text[len(name) :]) from exc
+        raise
+
+
+def _check_int(option: str, value: int | None, *, low: int, fix: str = "") -> None:
+    if value is not None and value < low:
+        raise ValueError(f"{option} must be an integer >= {low}, got {value}{f'; {fix}' if fix else ''}")
+
+
+def _check_positive(option: str, value: float | None, *, fix: str = "") -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{option} must be a finite number > 0, got {value}{f'; {fix}' if fix else ''}")
 
 
 def _set_threads(threads: int | None) -> None:
     import torch
 
-    n = threads if threads is not None else _default_threads()
-    if n < 1:
-        raise ValueError(f"--threads must be >= 1, got {n}")
-    torch.set_num_threads(n)
+    _check_int("--threads", threads, low=1, fix="leave it out to use every core")
+    torch.set_num_threads(threads if threads is not None else _default_threads())
+
+
+# --------------------------------------------------------------------------- plain tables
+
+
+def _screen_width() -> int | None:
+    """The width output must fit: the terminal's, or $COLUMNS when piped; None (no limit) when piped without it."""
+    if out.is_terminal:
+        return out.width
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else None
+
+
+def _table_lines(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], *, keep: Sequence[int], right: Sequence[int] = (), width: int | None = None
+) -> list[str]:
+    """A plain-text table, never cutting a cell: columns are dropped, least important first, until it fits ``width``.
+
+    Args:
+        headers: one per column.
+        rows: cells, already formatted (no spaces inside a cell keep the output easy for awk).
+        keep: every column index, most important first; the first is never dropped.
+        right: indices of right-aligned (numeric) columns.
+        width: the width to fit, or None for every column.
+    """
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    shown = sorted(keep)
+    order = list(keep)
+    while width is not None and len(order) > 1 and sum(widths[i] for i in shown) + 2 * (len(shown) - 1) > width:
+        dropped = order.pop()
+        shown.remove(dropped)
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [cells[i].rjust(widths[i]) if i in right else cells[i].ljust(widths[i]) for i in shown]
+        return "  ".join(parts).rstrip()
+
+    lines = [line(headers), line(["-" * w for w in widths])]
+    lines += [line(r) for r in rows]
+    return lines
+
+
+def _print_lines(lines: Sequence[str]) -> None:
+    for text in lines:
+        out.print(text, markup=False, soft_wrap=True)
 
 
 def _epoch_progress(total: int, label: str) -> tuple[Progress, Any]:
     progress = Progress(
         TextColumn("[bold]{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=20),
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}  test acc {task.fields[acc]}"),
         TimeElapsedColumn(),
         console=err,
         transient=False,
     )
-    task = progress.add_task(label, total=total, loss="-", acc="-")
+    task = progress.add_task(escape(label), total=total, loss="-", acc="-")
     return progress, task
+
+
+def _data_record(data: Dataset) -> dict[str, Any]:
+    """Where a dataset was read from, stored with every run and measurement."""
+    return {"data_source": data.source, "data_files": list(data.files)}
+
+
+def _check_train_options(*, epochs: int, lr: float, batch_size: int, optimizer: str, seed: int) -> None:
+    _check_int("--epochs", epochs, low=1, fix="0 would store an untrained model")
+    _check_positive("--lr", lr, fix="e.g. 1e-3 for adam, 0.05 for sgd")
+    _check_int("--batch-size", batch_size, low=1)
+    _check_int("--seed", seed, low=0)
+    if optimizer not in ("adam", "sgd"):
+        raise ValueError(f"--optimizer must be adam or sgd, got {optimizer!r}")
+
+
+def _check_dataset_name(name: str) -> None:
+    from sparank.data import DATASETS
+
+    if name.strip().lower().replace("_", "-") not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r} (--dataset): choose one of {', '.join(DATASETS)}")
 
 
 def _train_run(
@@ -99,21 +256,31 @@ def _train_run(
     regulariser: str,
     strength: float | None,
     data_dir: Path | None,
-    store_path: Path,
+    store: Store,
 ) -> str:
-    """Train one model, store it with its config, history, metrics and structure; return the run id."""
+    """Train one model, store it with its config, history, metrics and structure; return the run id.
+
+    Every option is checked, and the store opened for writing, before the data
+    are read or anything trains. A run with the same content key (the same
+    config: a seed gives the same weights) is reused, also when another process
+    stored it while this one trained.
+    """
     from sparank.data import load_dataset
-    from sparank.models import parse_spec
+    from sparank.models import MAX_PARAMETERS, count_parameters, parse_spec
     from sparank.regularisers import get as get_regulariser
-    from sparank.store import Store
+    from sparank.store import DuplicateKeyError
     from sparank.structure import model_structure
     from sparank.train import TrainConfig, train_model
 
-    spec = parse_spec(arch)
+    _check_train_options(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, seed=seed)
+    with _as_options({"strength": "--strength"}):
+        spec = parse_spec(arch)
+        reg = get_regulariser(regulariser, strength)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed)  # type: ignore[arg-type]
-    reg = get_regulariser(regulariser, strength)
     data = load_dataset(dataset, data_dir=data_dir)
-    store = Store(store_path)
+    count = count_parameters(spec, data.input_shape, data.num_classes)
+    if count > MAX_PARAMETERS:
+        raise ValueError(f"--arch {spec} on {data.name} would have {count:,} parameters, over the limit of {MAX_PARAMETERS:,}; use smaller widths")
     identity = {"dataset": data.name, "arch": str(spec), "train": config.to_dict(), "regulariser": reg.config(None)}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
     done = store.find_run(key)
@@ -131,7 +298,7 @@ def _train_run(
     structure = model_structure(model)
     run_config = {
         "dataset": data.name,
-        "data_source": getattr(data, "source", ""),
+        **_data_record(data),
         "arch": str(spec),
         "input_shape": list(data.input_shape),
         "num_classes": data.num_classes,
@@ -145,15 +312,19 @@ def _train_run(
         "n_train": len(data.train_x),
         "n_test": len(data.test_x),
     }
-    run_id = store.add_run(
-        kind="train",
-        config=run_config,
-        history=[vars(h) for h in history],
-        metrics=metrics,
-        structure=structure.to_dict(),
-        state_dict=model.state_dict(),
-        key=key,
-    )
+    try:
+        run_id = store.add_run(
+            kind="train",
+            config=run_config,
+            history=[vars(h) for h in history],
+            metrics=metrics,
+            structure=structure.to_dict(),
+            state_dict=model.state_dict(),
+            key=key,
+        )
+    except DuplicateKeyError as race:  # another process stored the same run while this one trained
+        out.print(f"run [bold]{race.existing}[/] with this config was stored meanwhile by another process: reusing it")
+        return str(race.existing)
     acc = f"{final.test_accuracy:.4f}" if final and final.test_accuracy is not None else "n/a"
     out.print(f"run [bold]{run_id}[/]: {spec} on {data.name}, {reg.name}, test accuracy {acc}, sparsity {structure.sparsity:.3f}")
     return run_id
@@ -163,7 +334,7 @@ def _train_run(
 def train(
     dataset: Annotated[str, typer.Option(help="digits | fashion-mnist | mnist")] = "digits",
     arch: Annotated[str, typer.Option(help="model spec: linear, mlp[:w1,w2,...], cnn[:c1,c2,hidden]")] = "mlp",
-    epochs: Annotated[int, typer.Option(help="passes over the training set")] = 20,
+    epochs: Annotated[int, typer.Option(help="passes over the training set (at least 1)")] = 20,
     seed: Annotated[int, typer.Option(help="seeds initialisation and shuffling")] = 0,
     lr: Annotated[float, typer.Option(help="learning rate")] = 1e-3,
     batch_size: Annotated[int, typer.Option(help="mini-batch size")] = 64,
@@ -172,18 +343,28 @@ def train(
     strength: Annotated[float | None, typer.Option(help="the method's strength (see `sparank regularisers`)")] = None,
     data_dir: DataDirOpt = None,
     store: StoreOpt = DEFAULT_STORE,
-    threads: ThreadsOpt | None = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Train a classifier and store it with its config, history, metrics and structure.
 
     Example: sparank train --dataset digits --arch mlp:300,100 --epochs 20 --seed 0
     """
+    from sparank.models import parse_spec
+    from sparank.regularisers import get as get_regulariser
+    from sparank.store import Store
+
     with _user_errors():
         _set_threads(threads)
-        _train_run(
-            dataset=dataset, arch=arch, epochs=epochs, seed=seed, lr=lr, batch_size=batch_size, optimizer=optimizer,
-            regulariser=regulariser, strength=strength, data_dir=data_dir, store_path=store,
-        )  # fmt: skip
+        _check_train_options(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, seed=seed)
+        _check_dataset_name(dataset)
+        with _as_options({"strength": "--strength"}):
+            parse_spec(arch)
+            get_regulariser(regulariser, strength)
+        with Store(store) as opened:  # checks that it can write before anything trains
+            _train_run(
+                dataset=dataset, arch=arch, epochs=epochs, seed=seed, lr=lr, batch_size=batch_size, optimizer=optimizer,
+                regulariser=regulariser, strength=strength, data_dir=data_dir, store=opened,
+            )  # fmt: skip
 
 
 def _sha256(path: Path) -> str:
@@ -194,10 +375,43 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+_MEASURE_OPTIONS = {"eps_max": "--eps-max", "resolution": "--resolution", "tol": "--tol", "batch_size": "--batch-size", "norm": "--norm"}
+
+
+def _check_measure_options(*, n: int | None, eval_seed: int | None, norm: str, eps_max: float, resolution: float, tol: float, batch_size: int) -> None:
+    from sparank.robustness import check_measure_args
+
+    _check_int("--n", n, low=1, fix="leave --n out to measure the whole test split")
+    _check_int("--eval-seed", eval_seed, low=0, fix="leave it out to take the first --n inputs")
+    with _as_options(_MEASURE_OPTIONS):
+        check_measure_args(norm=norm, eps_max=eps_max, resolution=resolution, tol=tol, batch_size=batch_size)
+
+
+def _measure_progress(total: int, label: str) -> tuple[Progress, Callable[[int, int], None]]:
+    """A bar of inputs resolved / total with an ETA, and the callback that advances it."""
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(bar_width=20),
+        MofNCompleteColumn(),
+        TextColumn("inputs"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,  # the summary follows; piped, nothing is drawn
+    )
+    task = progress.add_task(escape(label), total=total)
+
+    def on_progress(resolved: int, of: int) -> None:
+        progress.update(task, completed=resolved, total=of)
+
+    return progress, on_progress
+
+
 def _measure_run(
     *,
     run_id: str,
-    store_path: Path,
+    store: Store,
     data_dir: Path | None,
     n: int | None,
     eval_seed: int | None,
@@ -206,44 +420,86 @@ def _measure_run(
     resolution: float,
     tol: float,
     batch_size: int,
-) -> tuple[int, Any]:
-    """Measure ε* on a stored run's model and store the brackets; returns (measurement id, summary)."""
+    force: bool = False,
+) -> tuple[int, dict[str, Any], bool]:
+    """Measure ε* on a stored run's model and store the brackets.
+
+    A measurement is keyed by (run, attack, settings, data source, evaluation
+    indices): the same measurement again is reused, not stored twice, unless
+    ``force`` (then it replaces the old one).
+
+    Returns:
+        (measurement id, summary as a dict, whether it was reused).
+    """
     from sparank.data import eval_subset, load_dataset
     from sparank.models import build_model, load_state
-    from sparank.robustness import check_measure_args, fgsm_robustness
-    from sparank.store import Store
+    from sparank.robustness import fgsm_robustness
+    from sparank.store import DuplicateKeyError, measurement_key
 
-    check_measure_args(norm=norm, eps_max=eps_max, resolution=resolution, tol=tol, batch_size=batch_size)
-    store = Store(store_path, create=False)
+    _check_measure_options(n=n, eval_seed=eval_seed, norm=norm, eps_max=eps_max, resolution=resolution, tol=tol, batch_size=batch_size)
+    if store.readonly:
+        raise ValueError(f"store {store.path} is read-only; measuring writes to it")
     run = store.get_run(run_id)
     data = load_dataset(run.config["dataset"], data_dir=data_dir)
+    total = len(data.test_y)
+    if n is not None and n > total:
+        raise ValueError(f"--n must be at most {total} (the {data.name} test set size), got {n}; leave --n out to measure all {total}")
+    indices, x, y = eval_subset(data, n, seed=eval_seed)
+    settings = {
+        "attack": "fgsm", "norm": norm, "eps_max": eps_max, "resolution": resolution, "tol": tol, "bounds": [0.0, 1.0],
+        "split": "test", "data_source": data.source,
+    }  # fmt: skip
+    key = measurement_key(run_id, settings, indices)
+    done = store.find_measurement(key)
+    if done is not None and not force:
+        err.print(f"measurement [bold]{done.id}[/] of run {run_id} has these settings and inputs: reusing it (--force measures again)")
+        return done.id, done.summary, True
     model = build_model(run.config["arch"], data.input_shape, data.num_classes)
     load_state(model, store.load_weights(run_id), source=f"run {run_id}")
-    indices, x, y = eval_subset(data, n, seed=eval_seed)
-    with err.status(f"measuring ε* on {len(x)} {data.name} inputs ({norm}, h={resolution:g}, tol={tol:g})..."):
-        result = fgsm_robustness(model, x, y, norm=norm, eps_max=eps_max, resolution=resolution, tol=tol, batch_size=batch_size)  # type: ignore[arg-type]
-    config = {"n": len(x), "eval_seed": eval_seed, "split": "test", "bounds": [0.0, 1.0], "batch_size": batch_size, "attack": "fgsm"}
-    mid = store.add_measurement(run_id, config=config, result=result, indices=indices)
-    return mid, result.summary()
+    progress, on_progress = _measure_progress(len(x), f"ε* of {run_id}")
+    with progress:
+        result = fgsm_robustness(
+            model, x, y, norm=norm, eps_max=eps_max, resolution=resolution, tol=tol, batch_size=batch_size,  # type: ignore[arg-type]
+            progress=on_progress,
+        )  # fmt: skip
+    config = {
+        "n": len(x), "eval_seed": eval_seed, "split": "test", "bounds": [0.0, 1.0], "batch_size": batch_size, "attack": "fgsm",
+        "dataset": data.name, **_data_record(data),
+    }  # fmt: skip
+    try:
+        mid = store.add_measurement(run_id, config=config, result=result, indices=indices, key=key, replace=force)
+    except DuplicateKeyError as race:  # another process stored the same measurement meanwhile
+        mid = int(race.existing)
+    return mid, result.summary().to_dict(), False
 
 
-def _print_summary(title: str, summary: Any) -> None:
-    table = Table(title=title, show_header=True, header_style="bold")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
+def _fmt_eps(v: Any, eps_max: Any) -> str:
+    if v is None:
+        return "n/a"
+    if v == "inf" or v == float("inf"):
+        return f"> {eps_max:g} (censored)"
+    return f"{v:.4f}" if isinstance(v, (int, float)) else str(v)
 
-    def fmt(v: float | None) -> str:
-        if v is None:
-            return "n/a"
-        return f"> {summary.eps_max:g} (censored)" if v == float("inf") else f"{v:.4f}"
 
-    table.add_row("inputs", str(summary.n))
-    table.add_row("clean accuracy", f"{summary.clean_accuracy:.4f}")
-    table.add_row(f"AUC of A(ε) on [0, {summary.eps_max:g}]", f"{summary.auc:.4f}  ({summary.auc_normalised:.3f} of ε_max)")
-    for q, v in summary.quantiles.items():
-        table.add_row(f"ε* {q} % quantile (correct inputs)", fmt(v))
-    table.add_row("fooled / clean-wrong / censored", f"{summary.fooled_fraction:.3f} / {summary.clean_wrong_fraction:.3f} / {summary.censored_fraction:.3f}")
-    out.print(table)
+def _summary_lines(summary: dict[str, Any]) -> list[str]:
+    """A measurement summary (``Summary.to_dict()``) as aligned lines: measure, value."""
+    eps_max = summary.get("eps_max", 0.0)
+    rows = [
+        ("inputs", str(summary.get("n"))),
+        ("clean accuracy", _num(summary.get("clean_accuracy"))),
+        (f"AUC of A(ε) on [0, {eps_max:g}]", f"{_num(summary.get('auc'))}  ({_num(summary.get('auc_normalised'), 3)} of ε_max)"),
+    ]
+    for q, v in (summary.get("quantiles") or {}).items():
+        rows.append((f"ε* {q} % quantile (correct inputs)", _fmt_eps(v, eps_max)))
+    fractions = ("fooled_fraction", "clean_wrong_fraction", "censored_fraction", "no_direction_fraction")
+    rows.append(("fooled / clean-wrong / censored / no direction", " / ".join(_num(summary.get(f), 3) for f in fractions)))
+    width = max(len(k) for k, _ in rows)
+    return [f"{k.ljust(width)}  {v}" for k, v in rows]
+
+
+def _print_summary(title: str, summary: dict[str, Any]) -> None:
+    out.print(title, markup=False, soft_wrap=True)
+    _print_lines(["  " + line for line in _summary_lines(summary)])
 
 
 @app.command()
@@ -253,70 +509,105 @@ def measure(
     arch: Annotated[str | None, typer.Option(help="model spec of --weights, e.g. mlp:300,100")] = None,
     dataset: Annotated[str | None, typer.Option(help="dataset of --weights: digits | fashion-mnist | mnist")] = None,
     n: Annotated[int | None, typer.Option("--n", help="evaluation inputs from the test split (default: all)")] = None,
-    eval_seed: Annotated[int | None, typer.Option(help="draw the n inputs with this seed instead of taking the first n")] = None,
+    eval_seed: Annotated[int | None, typer.Option(help="draw the n inputs with this seed (>= 0) instead of taking the first n")] = None,
     norm: Annotated[str, typer.Option(help="linf (sign of the gradient) | l2 (normalised gradient)")] = "linf",
     eps_max: Annotated[float, typer.Option(help="largest ε tried; inputs still correct there are censored")] = 0.5,
     resolution: Annotated[float, typer.Option(help="scan step along the ray")] = 1e-2,
     tol: Annotated[float, typer.Option(help="width of the verified brackets")] = 1e-6,
     batch_size: Annotated[int, typer.Option(help="rows per forward pass")] = 256,
+    force: Annotated[bool, typer.Option("--force", help="measure again even if this measurement is stored (replaces it)")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
     data_dir: DataDirOpt = None,
     store: StoreOpt = DEFAULT_STORE,
-    threads: ThreadsOpt | None = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Measure ε* along the FGSM ray (PROTOCOL §2) for a stored run or a safetensors file, and store the brackets.
+
+    The same measurement (run, settings, inputs) is stored once: measuring it
+    again shows the stored one; --force measures again.
 
     Examples: sparank measure r0001 --n 500 ;
     sparank measure --weights model.safetensors --arch mlp:300,100 --dataset fashion-mnist --n 1000
     """
+    from sparank.store import Store
+
     with _user_errors():
         _set_threads(threads)
         if (run_id is None) == (weights is None):
             raise ValueError("give either a RUN_ID or --weights FILE (with --arch and --dataset)")
+        _check_measure_options(n=n, eval_seed=eval_seed, norm=norm, eps_max=eps_max, resolution=resolution, tol=tol, batch_size=batch_size)
         if weights is not None:
-            run_id = _import_weights(weights, arch=arch, dataset=dataset, data_dir=data_dir, store_path=store)
-        assert run_id is not None
-        mid, summary = _measure_run(
-            run_id=run_id, store_path=store, data_dir=data_dir, n=n, eval_seed=eval_seed, norm=norm, eps_max=eps_max,
-            resolution=resolution, tol=tol, batch_size=batch_size,
-        )  # fmt: skip
+            _check_weights_options(weights, arch=arch, dataset=dataset)
+        with Store(store, create=weights is not None) as opened:
+            if weights is not None:
+                run_id = _import_weights(weights, arch=arch, dataset=dataset, data_dir=data_dir, store=opened)  # type: ignore[arg-type]
+            assert run_id is not None
+            mid, summary, _ = _measure_run(
+                run_id=run_id, store=opened, data_dir=data_dir, n=n, eval_seed=eval_seed, norm=norm, eps_max=eps_max,
+                resolution=resolution, tol=tol, batch_size=batch_size, force=force,
+            )  # fmt: skip
         if as_json:
-            out.print_json(json.dumps({"run": run_id, "measurement": mid, "summary": summary.to_dict()}))
+            out.print_json(json.dumps({"run": run_id, "measurement": mid, "summary": summary}))
         else:
             _print_summary(f"run {run_id}: ε* along the FGSM ray ({norm}), measurement {mid}", summary)
-            out.print(f"stored in {store.resolve()}")
+            out.print(f"stored in {store.resolve()}", markup=False, soft_wrap=True)
 
 
-def _import_weights(weights: Path, *, arch: str | None, dataset: str | None, data_dir: Path | None, store_path: Path) -> str:
-    """Record a user's safetensors file as an 'import' run (after checking it fits the architecture)."""
-    from sparank.data import load_dataset
-    from sparank.models import build_model, load_state, parse_spec
-    from sparank.store import Store, load_weights_file
-    from sparank.structure import model_structure
-    from sparank.train import accuracy
+def _check_weights_options(weights: Path, *, arch: str | None, dataset: str | None) -> None:
+    from sparank.models import parse_spec
 
     if arch is None or dataset is None:
         raise ValueError("--weights needs --arch (e.g. mlp:300,100) and --dataset (e.g. digits)")
+    if weights.is_dir():
+        raise ValueError(f"--weights {weights} is a directory; give a .safetensors file")
+    if not weights.exists():
+        raise ValueError(f"--weights file {weights} does not exist")
     if not weights.is_file():
-        raise ValueError(f"weights file {weights} does not exist")
+        raise ValueError(f"--weights {weights} is not a regular file; give a .safetensors file")
+    parse_spec(arch)
+
+
+def _import_weights(weights: Path, *, arch: str, dataset: str, data_dir: Path | None, store: Store) -> str:
+    """Record a user's safetensors file as an 'import' run (after checking it fits the architecture).
+
+    The same file content (with the same --arch and --dataset) is imported
+    once: importing it again reuses the first run.
+    """
+    from sparank.data import load_dataset
+    from sparank.models import build_model, load_state, parse_spec
+    from sparank.store import DuplicateKeyError, load_weights_file
+    from sparank.structure import model_structure
+    from sparank.train import accuracy
+
+    _check_weights_options(weights, arch=arch, dataset=dataset)
     spec = parse_spec(arch)
     data = load_dataset(dataset, data_dir=data_dir)
+    digest = _sha256(weights)
+    key = "import:" + hashlib.sha256(json.dumps({"sha256": digest, "arch": str(spec), "dataset": data.name}).encode()).hexdigest()[:20]
+    done = store.find_run(key)
+    if done is not None:
+        err.print(f"{escape(str(weights))} (same content, arch and dataset) is run [bold]{done.id}[/]: reusing it")
+        return done.id
     model = build_model(spec, data.input_shape, data.num_classes)
     state = load_weights_file(weights)
     load_state(model, state, source=str(weights))
     config = {
         "dataset": data.name,
+        **_data_record(data),
         "arch": str(spec),
         "input_shape": list(data.input_shape),
         "num_classes": data.num_classes,
         "source": str(weights.resolve()),
-        "sha256": _sha256(weights),
+        "sha256": digest,
         "regulariser": {"name": "unknown"},
     }
     metrics = {"test_accuracy": accuracy(model, data.test_x, data.test_y)}
-    return Store(store_path).add_run(
-        kind="import", config=config, metrics=metrics, structure=model_structure(model).to_dict(), state_dict=model.state_dict()
-    )
+    try:
+        return store.add_run(
+            kind="import", config=config, metrics=metrics, structure=model_structure(model).to_dict(), state_dict=model.state_dict(), key=key
+        )
+    except DuplicateKeyError as race:
+        return str(race.existing)
 
 
 def _latest_summaries(store: Any) -> dict[str, dict[str, Any]]:
@@ -324,6 +615,107 @@ def _latest_summaries(store: Any) -> dict[str, dict[str, Any]]:
     for m in store.measurements():
         latest[m.run_id] = m.summary
     return latest
+
+
+def _num(v: Any, digits: int = 4) -> str:
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, (int, float)):
+        return f"{v:.{digits}f}"
+    return str(v) if v is not None else "-"
+
+
+def _regulariser_cell(reg: dict[str, Any]) -> str:
+    strength = reg.get("strength")
+    name = str(reg.get("name", "-"))
+    return f"{name}={strength:g}" if isinstance(strength, (int, float)) and not isinstance(strength, bool) else name
+
+
+def _runs_table(runs: list[Any], latest: dict[str, dict[str, Any]], *, width: int | None) -> list[str]:
+    headers = ["run", "kind", "dataset", "arch", "regulariser", "seed", "test_acc", "sparsity", "eff_rank", "AUC_eps*", "median_eps*"]
+    rows = []
+    for r in runs:
+        s = latest.get(r.id)
+        median = (s.get("quantiles") or {}).get("50") if s else None
+        rows.append([
+            r.id, r.kind, str(r.config.get("dataset", "-")), str(r.config.get("arch", "-")),
+            _regulariser_cell(r.config.get("regulariser") or {}),
+            str((r.config.get("train") or {}).get("seed", "-")),
+            _num((r.metrics or {}).get("test_accuracy"), 3),
+            _num((r.structure or {}).get("sparsity"), 3),
+            _num((r.structure or {}).get("mean_effective_rank_ratio"), 3),
+            _num(s.get("auc")) if s else "-",
+            ("censored" if median == "inf" else _num(median)) if s else "-",
+        ])  # fmt: skip
+    # most important first: what the run is and how robust it is; bookkeeping last
+    keep = [0, 4, 9, 6, 10, 3, 2, 7, 8, 5, 1]
+    return _table_lines(headers, rows, keep=keep, right=[5, 6, 7, 8, 9, 10], width=width)
+
+
+def _run_lines(run: Any, measurements: list[Any], *, width: int | None) -> list[str]:
+    """One run for people: config, metrics, history, structure, and each measurement's summary."""
+    c = run.config
+    lines = [f"run {run.id}  ({run.kind}, created {run.created})", ""]
+    kv: list[tuple[str, str]] = [("dataset", str(c.get("dataset", "-")))]
+    if c.get("data_source"):
+        kv.append(("data source", str(c["data_source"])))
+    for f in c.get("data_files", []):
+        kv.append(("data file", str(f)))
+    kv.append(("arch", f"{c.get('arch', '-')}" + (f"  (input {'x'.join(map(str, c['input_shape']))}, {c.get('num_classes')} classes)" if c.get("input_shape") else "")))
+    reg = dict(c.get("regulariser") or {})
+    if reg:
+        name = _regulariser_cell(reg)
+        rest = ", ".join(f"{k}={v}" for k, v in reg.items() if k not in ("name", "strength"))
+        kv.append(("regulariser", name + (f"  ({rest})" if rest else "")))
+    if c.get("train"):
+        kv.append(("training", ", ".join(f"{k}={v}" for k, v in c["train"].items())))
+    for k in ("source", "sha256"):
+        if c.get(k):
+            kv.append((k, str(c[k])))
+    for k, v in (run.metrics or {}).items():
+        kv.append((k.replace("_", " "), _num(v) if isinstance(v, float) else str(v)))
+    if run.weights:
+        kv.append(("weights", str(run.weights)))
+    pad = max(len(k) for k, _ in kv)
+    lines += [f"  {k.ljust(pad)}  {v}" for k, v in kv]
+
+    if run.history:
+        lines += ["", "history"]
+        headers = ["epoch", "phase", "loss", "penalty", "train_acc", "test_acc", "seconds"]
+        rows = [
+            [str(h.get("epoch")), str(h.get("phase", "-")), _num(h.get("loss")), _num(h.get("penalty")), _num(h.get("train_accuracy"), 3),
+             _num(h.get("test_accuracy"), 3), _num(h.get("seconds"), 2)]
+            for h in run.history
+        ]  # fmt: skip
+        lines += ["  " + t for t in _table_lines(headers, rows, keep=[0, 2, 5, 4, 1, 3, 6], right=[0, 2, 3, 4, 5, 6], width=_inner(width))]
+
+    st = run.structure
+    if st:
+        lines += ["", f"structure: {st.get('n_weights')} weights, sparsity {_num(st.get('sparsity'))}, "
+                  f"effective sparsity {_num(st.get('effective_sparsity'))}, mean effective-rank ratio {_num(st.get('mean_effective_rank_ratio'))}, "
+                  f"spectral-norm product {_num(st.get('spectral_norm_product'))}"]  # fmt: skip
+        headers = ["layer", "shape", "sparsity", "eff_rank", "full_rank", "stable_rank", "spectral_norm"]
+        rows = [
+            [name, "x".join(map(str, layer.get("shape", []))), _num(layer.get("sparsity"), 3), _num(layer.get("effective_rank"), 1),
+             str(layer.get("full_rank", "-")), _num(layer.get("stable_rank"), 2), _num(layer.get("spectral_norm"), 3)]
+            for name, layer in (st.get("layers") or {}).items()
+        ]  # fmt: skip
+        if rows:
+            lines += ["  " + t for t in _table_lines(headers, rows, keep=[0, 2, 3, 4, 1, 6, 5], right=[2, 3, 4, 5, 6], width=_inner(width))]
+
+    lines += ["", f"measurements: {len(measurements)}" + ("" if measurements else f" (sparank measure {run.id})")]
+    for m in measurements:
+        mc = m.config
+        settings = ", ".join(
+            f"{k}={mc[k]}" for k in ("attack", "method", "norm", "eps_max", "resolution", "tol", "n", "eval_seed") if mc.get(k) is not None
+        )
+        lines += ["", f"  measurement {m.id}  ({m.created}): {settings}"]
+        lines += ["    " + t for t in _summary_lines(m.summary)]
+    return lines
+
+
+def _inner(width: int | None) -> int | None:
+    return None if width is None else max(width - 2, 20)
 
 
 @app.command()
@@ -334,22 +726,26 @@ def show(
 ) -> None:
     """List the runs in a store with their latest measurement, or one run in detail.
 
-    Example: sparank show --store sparank-results ; sparank show r0001 --json
+    Reads the store read-only, so a store on a read-only mount can be shown.
+
+    Example: sparank show --store sparank-results ; sparank show r0001 ; sparank show r0001 --json
     """
     from sparank.store import Store
 
-    with _user_errors():
-        st = Store(store, create=False)
+    with _user_errors(), Store(store, readonly=True) as st:
         if run_id is not None:
             run = st.get_run(run_id)
             measurements = st.measurements(run_id)
+            if not as_json:
+                _print_lines(_run_lines(run, measurements, width=_screen_width()))
+                return
             record = {
                 "id": run.id, "kind": run.kind, "created": run.created, "config": run.config, "metrics": run.metrics,
                 "history": run.history, "weights": str(run.weights) if run.weights else None,
                 "structure": _structure_brief(run.structure),
                 "measurements": [{"id": m.id, "created": m.created, "config": m.config, "summary": _brief(m.summary)} for m in measurements],
             }  # fmt: skip
-            out.print_json(json.dumps(record, default=str))  # one run is shown as JSON either way
+            out.print_json(json.dumps(record, default=str))
             return
         runs = st.runs()
         latest = _latest_summaries(st)
@@ -361,32 +757,11 @@ def show(
             ]  # fmt: skip
             out.print_json(json.dumps(rows, default=str))
             return
-        table = Table(title=f"runs in {store}", header_style="bold")
-        for col in ("run", "kind", "dataset", "arch", "regulariser", "seed", "test acc", "sparsity", "eff. rank ratio", "AUC ε*", "median ε*"):
-            table.add_column(col)
-        for r in runs:
-            reg = r.config.get("regulariser", {})
-            s = latest.get(r.id)
-            strength = reg.get("strength")
-            table.add_row(
-                r.id, r.kind, str(r.config.get("dataset")), str(r.config.get("arch")),
-                f"{reg.get('name')}" + (f" {strength:g}" if isinstance(strength, (int, float)) else ""),
-                str(r.config.get("train", {}).get("seed", "")),
-                _num((r.metrics or {}).get("test_accuracy")),
-                _num((r.structure or {}).get("sparsity")),
-                _num((r.structure or {}).get("mean_effective_rank_ratio")),
-                _num(s.get("auc")) if s else "-",
-                _num(s.get("quantiles", {}).get("50")) if s else "-",
-            )  # fmt: skip
-        out.print(table)
         if not runs:
-            out.print("no runs yet: try `sparank train`")
-
-
-def _num(v: Any) -> str:
-    if isinstance(v, (int, float)):
-        return f"{v:.4f}"
-    return str(v) if v is not None else "-"
+            out.print(f"no runs in {store} yet: try `sparank train --store {store}`", markup=False, soft_wrap=True)
+            return
+        out.print(f"runs in {store} (AUC and median ε* of the latest measurement):", markup=False, soft_wrap=True)
+        _print_lines(_runs_table(runs, latest, width=_screen_width()))
 
 
 def _brief(summary: dict[str, Any]) -> dict[str, Any]:
@@ -403,6 +778,24 @@ def _structure_brief(structure: dict[str, Any] | None) -> dict[str, Any] | None:
     return brief
 
 
+def _strength_range(cls: Any) -> str:
+    """The allowed strengths as an interval, open where the end is refused (``factorised``: ``(0, 1]``)."""
+    low, high = cls.strength_range
+
+    def accepted(value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        try:
+            cls(value)
+        except ValueError:
+            return False
+        return True
+
+    left = "[" if accepted(low) else "("
+    right = "]" if accepted(high) else ")"
+    return f"{left}{low:g}, {'∞' if math.isinf(high) else format(high, 'g')}{right}"
+
+
 @app.command()
 def regularisers() -> None:
     """List the regularisers with what each does and what its strength means.
@@ -413,17 +806,34 @@ def regularisers() -> None:
 
     table = Table(title="regularisers (PROTOCOL §5)", header_style="bold")
     for col in ("name", "what it does", "strength", "range", "default"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("name", "range", "default"))
     for name, cls in REGISTRY.items():
-        low, high = cls.strength_range
         table.add_row(
             name,
             cls.summary,
             cls.strength_meaning or "takes none",
-            f"[{low:g}, {high:g}]" if cls.strength_meaning else "-",
+            _strength_range(cls) if cls.strength_meaning else "-",
             "-" if cls.default_strength is None else f"{cls.default_strength:g}",
         )
     out.print(table)
+
+
+def _parse_lambdas(text: str) -> list[float]:
+    values = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            raise ValueError(f"--lambdas: {part!r} is not a number; give comma-separated positive numbers, e.g. 1e-4,1e-3,1e-2") from None
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"--lambdas: {part!r} is not a positive finite number; give e.g. 1e-4,1e-3,1e-2")
+        values.append(value)
+    if not values:
+        raise ValueError(f"--lambdas {text!r} holds no values; give comma-separated positive numbers, e.g. 1e-4,1e-3,1e-2")
+    return values
 
 
 @app.command()
@@ -441,7 +851,7 @@ def linear(
     seeds: Annotated[str, typer.Option(help="comma-separated training seeds (data order, initialisation); ratios pool over them")] = "0,1,2",
     data_dir: DataDirOpt = None,
     store: Annotated[Path | None, typer.Option("--store", help="also record every model and measurement in this results store")] = None,
-    threads: ThreadsOpt | None = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """The L1 path of multinomial logistic regression with exact FGSM ε* at every λ (PROTOCOL §7).
 
@@ -449,84 +859,102 @@ def linear(
     """
     from dataclasses import replace
 
+    from sparank.attacks import check_norm
     from sparank.data import load_dataset
-    from sparank.linear_path import default_sklearn_config, default_train_config, run_l1_path
+    from sparank.linear_path import PATH_METHODS, default_sklearn_config, default_train_config, run_l1_path
     from sparank.store import Store
 
     with _user_errors():
+        # every option first: nothing is read or fitted before all of them are known to be good
         _set_threads(threads)
-        data = load_dataset(dataset, data_dir=data_dir)
+        _check_dataset_name(dataset)
+        _check_int("--n", n, low=1, fix="leave --n out to measure the whole test split")
+        _check_int("--epochs", epochs, low=1)
+        _check_int("--sklearn-max-train", sklearn_max_train, low=1)
+        _check_int("--sklearn-max-iter", sklearn_max_iter, low=1)
+        _check_positive("--eps-max", eps_max, fix="e.g. 0.5 for linf on [0, 1] pixels")
+        with _as_options({"norm": "--norm"}):
+            check_norm(norm)
+        grid = None if lambdas is None else _parse_lambdas(lambdas)
         try:
             seed_list = [int(v) for v in seeds.split(",") if v.strip()]
         except ValueError:
             raise ValueError(f"--seeds must be comma-separated integers, e.g. 0,1,2; got {seeds!r}") from None
-        grid = None
-        if lambdas is not None:
-            try:
-                grid = [float(v) for v in lambdas.split(",") if v.strip()]
-            except ValueError:
-                raise ValueError(f"--lambdas must be comma-separated numbers, e.g. 1e-4,1e-3,1e-2; got {lambdas!r}") from None
-        train_config = default_train_config(data)
-        if epochs is not None:
-            train_config = replace(train_config, epochs=epochs)
-        sk_config = default_sklearn_config(data)
-        if sklearn_max_train is not None:
-            sk_config = replace(sk_config, max_train=sklearn_max_train)
-        if sklearn_max_iter is not None:
-            sk_config = replace(sk_config, max_iter=sklearn_max_iter)
+        method_list = [m.strip() for m in methods.split(",") if m.strip()]
+        unknown = [m for m in method_list if m not in PATH_METHODS]
+        if unknown or not method_list:
+            raise ValueError(f"--methods must be a comma-separated subset of {', '.join(PATH_METHODS)}, got {methods!r}")
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ValueError(f"--out {out_dir} is a file; give a directory for the figure, table and CSV")
+        out_dir.mkdir(parents=True, exist_ok=True)
         store_ctx: Any = Store(store) if store is not None else contextlib.nullcontext()
-        progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err)
-        with store_ctx as opened, progress:
-            task = progress.add_task(f"L1 path on {data.name}", total=None)
+        with store_ctx as opened:
+            data = load_dataset(dataset, data_dir=data_dir)
+            if n is not None and n > len(data.test_y):
+                raise ValueError(f"--n must be at most {len(data.test_y)} (the {data.name} test set size), got {n}")
+            train_config = default_train_config(data)
+            if epochs is not None:
+                train_config = replace(train_config, epochs=epochs)
+            sk_config = default_sklearn_config(data)
+            if sklearn_max_train is not None:
+                sk_config = replace(sk_config, max_train=sklearn_max_train)
+            if sklearn_max_iter is not None:
+                sk_config = replace(sk_config, max_iter=sklearn_max_iter)
+            progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(), TimeElapsedColumn(), console=err)
+            with progress:
+                task = progress.add_task(f"L1 path on {data.name}", total=None)
 
-            def on_fit(done: int, total: int, message: str) -> None:
-                progress.update(task, completed=done, total=total, description=f"L1 path on {data.name}: {message}")
+                def on_fit(done: int, total: int, message: str) -> None:
+                    progress.update(task, completed=done, total=total, description=escape(f"L1 path on {data.name}: {message}"))
 
-            result = run_l1_path(
-                data, out_dir=out_dir, lambdas=grid, methods=[m.strip() for m in methods.split(",") if m.strip()],
-                store=opened, progress=on_fit, n_eval=n, norm=norm, eps_max=eps_max, seeds=seed_list,  # type: ignore[arg-type]
-                train_config=train_config, sklearn_config=sk_config,
-            )  # fmt: skip
-        table = Table(title=f"L1 path on {data.name}: exact FGSM ε* ({norm}) over {result.n_eval} test inputs", header_style="bold")
-        for column in ("method", "λ", "accuracy", "sparsity", "‖W‖₁", "ε* AUC", "ε* median", "vs ref", "vs rescaled", "vs L2 (acc.)"):
-            table.add_column(column, justify="left" if column == "method" else "right", no_wrap=True)
+                result = run_l1_path(
+                    data, out_dir=out_dir, lambdas=grid, methods=method_list,
+                    store=opened, progress=on_fit, n_eval=n, norm=norm, eps_max=eps_max, seeds=seed_list,  # type: ignore[arg-type]
+                    train_config=train_config, sklearn_config=sk_config,
+                )  # fmt: skip
+        headers = ["method", "lambda", "accuracy", "sparsity", "L1_norm", "AUC_eps*", "median_eps*", "vs_ref", "vs_rescaled", "vs_L2_acc"]
+        rows = []
         for p in result.points:  # the first seed's point; ratios pool every seed (CIs in the .md table)
             if p.method == "l2" or p.seed != result.seeds[0]:
                 continue
             median = "n/a" if p.median is None else ("censored" if p.median == float("inf") else f"{p.median:.4f}")
             ratios = [c.ratio for c in result.comparisons if c.method == p.method and c.lam == p.lam]
-            table.add_row(
-                p.method, f"{p.lam:.3g}", f"{p.clean_accuracy:.3f}", f"{p.sparsity:.3f}", f"{p.l1_norm:.4g}", f"{p.auc:.4f}", median,
-                *("n/a" if r is None else f"{r:.3f}" for r in (ratios + [None] * 3)[:3]),
-            )  # fmt: skip
-        out.print(table)
+            shown = ["n/a" if r is None else f"{r:.3f}" for r in (ratios + [None] * 3)[:3]]
+            rows.append([p.method, f"{p.lam:.3g}", f"{p.clean_accuracy:.3f}", f"{p.sparsity:.3f}", f"{p.l1_norm:.4g}", f"{p.auc:.4f}", median, *shown])
+        out.print(f"L1 path on {data.name}: exact FGSM ε* ({norm}) over {result.n_eval} test inputs", markup=False, soft_wrap=True)
+        _print_lines(_table_lines(headers, rows, keep=[0, 1, 5, 2, 6, 7, 8, 9, 3, 4], right=[1, 2, 3, 4, 5, 6, 7, 8, 9], width=_screen_width()))
         for kind, path in result.files.items():
-            out.print(f"{kind}: {path}")
+            out.print(f"{kind}: {path}", markup=False, soft_wrap=True)
         if store is not None:
-            out.print(f"stored {len(result.points)} runs in {store.resolve()}")
+            out.print(f"stored {len(result.points)} runs in {store.resolve()}", markup=False, soft_wrap=True)
 
 
 @app.command()
 def demo(
     store: StoreOpt = Path("sparank-results/demo"),
-    threads: ThreadsOpt | None = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Train a dense MLP on digits, measure ε* on the whole test set, print the summary and where it is stored.
 
+    Run again, it reuses the stored run and measurement.
+
     Example: sparank demo
     """
+    from sparank.store import Store
+
     with _user_errors():
         _set_threads(threads)
-        run_id = _train_run(
-            dataset="digits", arch="mlp:300,100", epochs=20, seed=0, lr=1e-3, batch_size=64, optimizer="adam",
-            regulariser="none", strength=None, data_dir=None, store_path=store,
-        )  # fmt: skip
-        mid, summary = _measure_run(
-            run_id=run_id, store_path=store, data_dir=None, n=None, eval_seed=None, norm="linf", eps_max=0.5,
-            resolution=1e-2, tol=1e-6, batch_size=256,
-        )  # fmt: skip
+        with Store(store) as opened:
+            run_id = _train_run(
+                dataset="digits", arch="mlp:300,100", epochs=20, seed=0, lr=1e-3, batch_size=64, optimizer="adam",
+                regulariser="none", strength=None, data_dir=None, store=opened,
+            )  # fmt: skip
+            mid, summary, _ = _measure_run(
+                run_id=run_id, store=opened, data_dir=None, n=None, eval_seed=None, norm="linf", eps_max=0.5,
+                resolution=1e-2, tol=1e-6, batch_size=256,
+            )  # fmt: skip
         _print_summary(f"digits, dense MLP 64-300-100-10 (run {run_id}): ε* along the FGSM ray", summary)
-        out.print(f"results stored in [bold]{store.resolve()}[/] (run {run_id}, measurement {mid}); `sparank show --store {store}` lists them")
+        out.print(f"results stored in {store.resolve()} (run {run_id}, measurement {mid}); `sparank show --store {store}` lists them", markup=False, soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover - entry point for `python -m sparank`
