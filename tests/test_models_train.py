@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from sparank.models import build_model, load_state, parse_spec, weight_layers
-from sparank.regularisers import Regulariser
-from sparank.train import TrainConfig, train, train_model
+from sparank.regularisers import REGISTRY, Regulariser, counterpart, get
+from sparank.regularisers.lowrank import Nuclear
+from sparank.train import TrainConfig, TrainingBudget, accuracy, train, train_model, training_budget
 
 
 @pytest.mark.parametrize(
@@ -108,3 +109,58 @@ def test_train_config_is_validated():
         TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="optimizer"):
         TrainConfig(optimizer="rmsprop")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- training budget and the counterpart
+
+
+def test_history_counts_every_optimiser_step_and_the_budget_sums_both_phases(digits):
+    # catches a budget that forgets the fine-tune epochs (the bias the issue found: magnitude +3, svd_truncate +5)
+    config = TrainConfig(epochs=2, batch_size=128, seed=0)
+    steps = -(-len(digits.train_x) // 128)
+    _, history = train_model("mlp:32", digits, config, get("magnitude", 0.5, fine_tune_epochs=1))
+    assert [h.steps for h in history] == [steps, 2 * steps, 3 * steps]
+    budget = training_budget(history)
+    assert budget == TrainingBudget(epochs=3, steps=3 * steps, train_epochs=2, fine_tune_epochs=1)
+    assert budget.to_dict()["steps"] == 3 * steps
+
+
+@pytest.mark.parametrize(("name", "options", "extra"), [
+    ("magnitude", {}, 3), ("svd_truncate", {}, 5), ("magnitude_gradual", {}, 0), ("l0", {"fine_tune_epochs": 2}, 2),
+    ("l1", {}, 0), ("nuclear", {}, 0), ("factorised", {}, 0), ("adversarial", {}, 0), ("none", {"fine_tune_epochs": 4}, 4),
+])
+def test_every_method_states_its_extra_epochs_and_its_counterpart_matches_them(name, options, extra):
+    reg = get(name, **options)
+    assert reg.extra_epochs == extra and reg.config()["extra_epochs"] == extra
+    dense = counterpart(reg)
+    assert dense.name == "none" and dense.extra_epochs == extra
+
+
+def test_counterpart_has_the_same_budget_and_schedule_as_the_method(digits):
+    # catches a dense comparison with fewer epochs/steps than the method, or one fine-tuned on another schedule
+    config = TrainConfig(epochs=3, seed=1)
+    reg = get("svd_truncate", 1.0, fine_tune_epochs=2)  # f = 1: the truncation changes nothing, only the budget differs
+    model, history = train_model("mlp:32", digits, config, reg)
+    dense, dense_history = train_model("mlp:32", digits, config, counterpart(reg))
+    assert training_budget(history) == training_budget(dense_history)
+    assert [h.phase for h in history] == [h.phase for h in dense_history] == ["train"] * 3 + ["fine_tune"] * 2
+    # same schedule: at full rank, U Vᵀ fine-tuning and dense fine-tuning reach nearly the same accuracy
+    assert abs(accuracy(model, digits.test_x, digits.test_y) - accuracy(dense, digits.test_x, digits.test_y)) < 0.03
+    plain, _ = train_model("mlp:32", digits, config)  # fine-tuning changed the weights: the budget is real
+    assert not torch.equal(plain.fc1.weight, dense.fc1.weight)
+
+
+@pytest.mark.parametrize("name", [n for n in REGISTRY if n not in ("none", "adversarial")])
+def test_an_empty_layer_list_is_a_one_line_error_for_every_method(name):
+    # catches get("l1", layers=[]) silently touching nothing (and L1.penalty returning a plain 0 the loop cannot add)
+    with pytest.raises(ValueError, match="layers must name at least one layer") as info:
+        get(name, layers=[])
+    assert "\n" not in str(info.value)
+
+
+def test_options_are_declared_once_and_recorded_and_shown():
+    reg = get("nuclear", 1e-2, every=4, exact_steps=7)
+    assert Nuclear.options() == ("every", "exact_steps")
+    assert reg.config() == {"name": "nuclear", "strength": 1e-2, "layers": None, "every": 4, "exact_steps": 7, "extra_epochs": 0}
+    assert repr(reg) == "Nuclear(strength=0.01, layers=None, every=4, exact_steps=7)"
+    assert get("none").config() == {"name": "none", "strength": None, "layers": None, "fine_tune_epochs": 0, "extra_epochs": 0}

@@ -4,6 +4,11 @@ The loop is plain mini-batch training (Adam or SGD with momentum) on
 cross-entropy; a :class:`~sparank.regularisers.Regulariser` plugs in through
 its hooks (inputs, penalty, after_step, finalise). For a given seed the result
 is deterministic: the same seed gives the same weights.
+
+Every epoch record carries the optimiser steps taken so far (training and
+fine-tuning), and :func:`training_budget` sums a history into the run's total
+budget, so that a method that fine-tunes after training is compared with a
+counterpart of the same budget (``sparank.regularisers.counterpart``).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from torch import Tensor, nn
 
 from sparank.data import Dataset
 from sparank.models import ModelSpec, build_model
-from sparank.regularisers import Regulariser
+from sparank.regularisers import Dense, Regulariser
 
 
 @dataclass(frozen=True)
@@ -49,15 +54,43 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EpochRecord:
-    """One epoch of training: mean loss (with penalty), the penalty alone, accuracies, time."""
+    """One epoch of training: mean loss (with penalty), the penalty alone, accuracies, time, steps so far."""
 
-    epoch: int
+    epoch: int  # 1, 2, ... over training and fine-tuning together
     phase: str  # "train" or "fine_tune"
     loss: float
     penalty: float
     train_accuracy: float
     test_accuracy: float | None
     seconds: float
+    steps: int = 0  # optimiser steps taken since training began, this epoch's included (all phases)
+
+
+@dataclass(frozen=True)
+class TrainingBudget:
+    """The training a run received, fine-tuning included: what a fair comparison holds equal."""
+
+    epochs: int  # every epoch, training and fine-tuning
+    steps: int  # every optimiser step, training and fine-tuning
+    train_epochs: int  # epochs of the "train" phase (TrainConfig.epochs)
+    fine_tune_epochs: int  # epochs run by the regulariser's finalise
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def training_budget(history: list[EpochRecord]) -> TrainingBudget:
+    """Total epochs and optimiser steps of a run's ``history`` (as ``train`` returns it), by phase.
+
+    Example: ``svd_truncate`` trained 20 epochs of 23 steps then fine-tuned 5
+    gives ``TrainingBudget(epochs=25, steps=575, train_epochs=20,
+    fine_tune_epochs=5)``; its :func:`~sparank.regularisers.counterpart`
+    gives the same.
+    """
+    fine = sum(1 for record in history if record.phase == "fine_tune")
+    return TrainingBudget(
+        epochs=len(history), steps=history[-1].steps if history else 0, train_epochs=len(history) - fine, fine_tune_epochs=fine
+    )
 
 
 @torch.no_grad()
@@ -94,15 +127,21 @@ def train(
 
     Calls the regulariser's hooks (see ``sparank.regularisers.base``) and, at
     the end, its ``finalise`` with a ``fine_tune(epochs)`` callback that runs
-    more epochs of the same loop. ``on_epoch`` is called after every epoch
-    (progress display). Shuffling uses a generator seeded from ``config.seed``.
+    more epochs of the same loop (phase ``"fine_tune"``: a fresh optimiser
+    with the same settings, no penalty, the regulariser's ``after_step`` with
+    the fine-tune's own progress). ``on_epoch`` is called after every epoch
+    (progress display). Shuffling uses a generator seeded from
+    ``config.seed``. The history's ``steps`` count every optimiser step;
+    :func:`training_budget` sums it up.
     """
-    reg = regulariser if regulariser is not None else Regulariser()
+    reg = regulariser if regulariser is not None else Dense()
     generator = torch.Generator().manual_seed(config.seed)
     history: list[EpochRecord] = []
+    steps_done = 0
     reg.prepare(model)
 
     def run_epochs(epochs: int, phase: str) -> None:
+        nonlocal steps_done
         optimizer = _make_optimizer(model, config)
         n = len(data.train_x)
         steps_per_epoch = max(1, -(-n // config.batch_size))
@@ -126,6 +165,7 @@ def train(
                 total_loss.backward()
                 optimizer.step()
                 step += 1
+                steps_done += 1
                 reg.after_step(model, step / total)
                 loss_sum += float(total_loss.detach()) * len(idx)
                 penalty_sum += 0.0 if penalty is None else float(penalty.detach()) * len(idx)
@@ -139,6 +179,7 @@ def train(
                 train_accuracy=correct / n,
                 test_accuracy=accuracy(model, data.test_x, data.test_y),
                 seconds=time.perf_counter() - start,
+                steps=steps_done,
             )
             history.append(record)
             if on_epoch is not None:

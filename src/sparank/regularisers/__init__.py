@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from sparank.regularisers import adversarial, lowrank, sparse
-from sparank.regularisers.base import L2, Regulariser, check_strength
+from sparank.regularisers.base import L2, Dense, Regulariser, check_strength, counterpart
 
 REGISTRY: dict[str, type[Regulariser]] = {
-    cls.name: cls for cls in (Regulariser, L2, *sparse.METHODS, *lowrank.METHODS, *adversarial.METHODS)
+    cls.name: cls for cls in (Dense, L2, *sparse.METHODS, *lowrank.METHODS, *adversarial.METHODS)
 }
 
 
@@ -32,4 +32,4 @@ def get(name: str, strength: float | None = None, *, layers: Sequence[str] | Non
     return cls(strength, layers=layers, **options)
 
 
-__all__ = ["L2", "REGISTRY", "Regulariser", "check_strength", "get"]
+__all__ = ["L2", "REGISTRY", "Dense", "Regulariser", "check_strength", "counterpart", "get"]
