@@ -8,8 +8,10 @@ the module, so each (method, strength) is trained once.
 
 from __future__ import annotations
 
+import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -158,8 +160,12 @@ def test_group_lasso_zeros_whole_conv_filters(digits):
     model, _ = train_model("cnn:4,8,16", digits, config, reg)
     conv2 = model.conv2.weight.detach()  # (8, 4, 3, 3): 8 filters
     assert 2 <= zero_rows(conv2) < 8
-    for w in touched(model, reg):  # structured: every zero lies in an all-zero filter
-        assert int((w == 0).sum()) == zero_rows(w) * w[0].numel()
+    # structured: every zero lies in an all-zero filter, or in conv2's slice that reads a removed conv1 filter
+    conv1 = model.conv1.weight.detach()
+    dead1 = (conv1.flatten(1) == 0).all(dim=1)
+    assert int((conv1 == 0).sum()) == zero_rows(conv1) * conv1[0].numel()
+    live = conv2[~(conv2.flatten(1) == 0).all(dim=1)]  # the filters conv2 keeps
+    assert bool((live[:, dead1] == 0).all()) and int((live[:, ~dead1] == 0).sum()) == 0
 
 
 def test_group_lasso_on_a_linear_model_needs_explicit_layers():
@@ -183,13 +189,98 @@ def test_prox_l1_step_is_soft_thresholding_and_leaves_biases_alone():
     assert model[0].bias.item() == pytest.approx(1e-4)
 
 
-def test_group_lasso_step_shrinks_row_norms_by_the_threshold():
-    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+def group_prox_numpy(weights: list[np.ndarray], biases: list[np.ndarray], threshold: float, groups: str):
+    """The group-lasso proximal step written independently, group by group, with NumPy (float64)."""
+    weights = [w.astype(np.float64).copy() for w in weights]
+    biases = [b.astype(np.float64).copy() for b in biases]
+
+    def shrink(vector: np.ndarray) -> np.ndarray:
+        norm = np.sqrt(np.sum(vector**2))
+        factor = max(0.0, 1.0 - threshold * np.sqrt(vector.size) / norm) if norm > 0 else 0.0
+        return vector * factor
+
+    for w, b in zip(weights, biases):
+        if groups == "incoming":  # neuron i: its row and its bias (Alvarez & Salzmann)
+            for i in range(w.shape[0]):
+                shrunk = shrink(np.concatenate([w[i].ravel(), [b[i]]]))
+                w[i] = shrunk[:-1].reshape(w[i].shape)
+                b[i] = shrunk[-1]
+        else:  # unit j feeding this layer: its outgoing weights w[:, j]; the bias vector: one group (Scardapane et al.)
+            for j in range(w.shape[1]):
+                w[:, j] = shrink(w[:, j].ravel()).reshape(w[:, j].shape)
+            b[:] = shrink(b)
+    return weights, biases
+
+
+@pytest.mark.parametrize("groups", ["incoming", "outgoing"])
+@pytest.mark.parametrize("conv", [False, True])
+def test_group_lasso_step_matches_a_numpy_prox_group_by_group(groups, conv):
+    # catches: the bias left out of a neuron's group (a zeroed row that still outputs a constant), rows and columns
+    # mixed up, the bias vectors not grouped under 'outgoing', a wrong √size
+    torch.manual_seed(0)
+    if conv:
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 5, 3))
+    else:
+        model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
     with torch.no_grad():
-        model[0].weight.copy_(torch.tensor([[3.0, 4.0], [0.1, 0.1]]))
-    # threshold per row: λ·step_size·√2 = 1 → ‖(3, 4)‖ = 5 becomes 4; ‖(0.1, 0.1)‖ < 1 becomes 0
-    regularisers.get("group_lasso", 1 / math.sqrt(2), step_size=1.0, layers=["0"]).after_step(model, 0.5)
-    assert torch.allclose(model[0].weight, torch.tensor([[2.4, 3.2], [0.0, 0.0]]))
+        model[0].bias[1] = 0.0  # a unit with small incoming weights and zero bias: it must end exactly zero
+        model[0].weight[1] *= 1e-3
+    layers = [model[0], model[2]]
+    weights = [m.weight.detach().numpy().copy() for m in layers]
+    biases = [m.bias.detach().numpy().copy() for m in layers]
+    strength, step = 0.2, 0.5
+    regularisers.get("group_lasso", strength, groups=groups, layers=["0", "2"], step_size=step).after_step(model, 0.5)
+    want_w, want_b = group_prox_numpy(weights, biases, strength * step, groups)
+    for m, w, b in zip(layers, want_w, want_b):
+        np.testing.assert_allclose(m.weight.detach().numpy(), w, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(m.bias.detach().numpy(), b, rtol=1e-5, atol=1e-7)
+    if groups == "incoming":
+        assert bool((model[0].weight[1] == 0).all()) and model[0].bias[1] == 0
+
+
+def test_group_lasso_groupings_are_named_and_checked():
+    model = build_model(SPEC, (1, 8, 8), 10)
+    assert list(regularisers.get("group_lasso", 0.3).targets(model)) == ["fc1"]  # incoming: the output layer left out
+    assert list(regularisers.get("group_lasso", 0.3, groups="outgoing").targets(model)) == ["fc1", "out"]
+    assert regularisers.get("group_lasso", 0.3, groups="outgoing").config(model)["groups"] == "outgoing"
+    with pytest.raises(ValueError, match="groups must be 'incoming'.*'outgoing'"):
+        regularisers.get("group_lasso", 0.3, groups="rows")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("groups", ["incoming", "outgoing"])
+def test_group_lasso_removed_units_have_no_effect_on_any_logit(fit, digits, groups):
+    # catches the constant-unit bug: a zeroed fc1 row that keeps its bias (and its outgoing weights) is not removed
+    model, reg, _ = fit("group_lasso", 0.5, groups=groups)
+    counts = reg.config(model)["units_removed"]
+    fc1 = model.fc1
+    removed = (fc1.weight == 0).all(dim=1) & (fc1.bias == 0) & (model.out.weight == 0).all(dim=0)
+    assert counts["fc1"] == int(removed.sum()) >= 5
+    # every fc1 unit whose row is zero is fully removed: no zero row keeps a bias or an outgoing weight
+    assert bool(removed[(fc1.weight == 0).all(dim=1)].all())
+    # independent checks on the forward pass: a removed unit is silent (random outgoing weights move no logit: a
+    # constant unit ReLU(b) > 0 would) and unread (random incoming weights and bias move no logit)
+    x = digits.test_x[:256]
+    n = int(removed.sum())
+    with torch.no_grad():
+        before = model(x)
+        silent = copy.deepcopy(model)
+        silent.out.weight[:, removed] = torch.randn(10, n)
+        unread = copy.deepcopy(model)
+        unread.fc1.weight[removed] = torch.randn(n, fc1.in_features)
+        unread.fc1.bias[removed] = torch.rand(n) + 0.5
+        torch.testing.assert_close(silent(x), before, rtol=0, atol=0)
+        torch.testing.assert_close(unread(x), before, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_outgoing_groups_drop_input_pixels_and_incoming_groups_do_not(fit):
+    # Scardapane et al.'s grouping selects input features (digits: 27 of 64 pixels at λ = 0.5, seed 0)
+    model, reg, _ = fit("group_lasso", 0.5, groups="outgoing")
+    unused = (model.fc1.weight == 0).all(dim=0)
+    assert reg.config(model)["units_removed"]["input"] == int(unused.sum()) >= 10
+    incoming, reg_in, _ = fit("group_lasso", 0.5)
+    assert reg_in.config(incoming)["units_removed"]["input"] == 0
 
 
 # --------------------------------------------------------------------------- L0 gates

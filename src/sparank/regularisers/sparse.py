@@ -110,8 +110,10 @@ class L1(Regulariser):
     strength_range = (0.0, math.inf)
     default_strength = 1e-4
 
-    def penalty(self, model: nn.Module) -> Tensor:
-        return self.strength * sum(m.weight.abs().sum() for m in self.targets(model).values())
+    def penalty(self, model: nn.Module) -> Tensor | None:
+        assert self.strength is not None  # check_strength always sets it for a method with a strength
+        sums = [m.weight.abs().sum() for m in self.targets(model).values()]
+        return self.strength * torch.stack(sums).sum() if sums else None
 
 
 class ProxL1(Regulariser):
@@ -141,9 +143,6 @@ class ProxL1(Regulariser):
     def __init__(self, strength: float | None = None, *, layers: Sequence[str] | None = None, step_size: float = DEFAULT_STEP_SIZE) -> None:
         super().__init__(strength, layers=layers)
         self.step_size = check_positive("step_size", step_size)
-
-    def config(self, model: nn.Module | None = None) -> dict[str, Any]:
-        return {**super().config(model), "step_size": self.step_size}
 
     @torch.no_grad()
     def after_step(self, model: nn.Module, progress: float) -> None:
@@ -185,7 +184,7 @@ class Magnitude(Regulariser):
         self.fine_tune_epochs = check_int("fine_tune_epochs", fine_tune_epochs, low=0)
 
     def config(self, model: nn.Module | None = None) -> dict[str, Any]:
-        return {**super().config(model), "scope": "per_layer", "fine_tune_epochs": self.fine_tune_epochs}
+        return {**super().config(model), "scope": "per_layer"}
 
     def finalise(self, model: nn.Module, fine_tune: Callable[[int], None]) -> None:
         modules = self.targets(model)
@@ -249,8 +248,7 @@ class MagnitudeGradual(Regulariser):
         self._done = False  # set once training is over: fine-tuning steps leave the mask alone
 
     def config(self, model: nn.Module | None = None) -> dict[str, Any]:
-        extra = {"scope": "per_layer", "begin": self.begin, "end": self.end, "update_every": self.update_every}
-        return {**super().config(model), **extra, "fine_tune_epochs": self.fine_tune_epochs}
+        return {**super().config(model), "scope": "per_layer"}
 
     def sparsity_at(self, progress: float) -> float:
         """The scheduled sparsity when the fraction ``progress`` of training is done."""
@@ -293,46 +291,162 @@ class MagnitudeGradual(Regulariser):
 # --------------------------------------------------------------------------- group lasso
 
 
+GROUPINGS = ("incoming", "outgoing")
+
+
+def _layer_pairs(model: nn.Module) -> list[tuple[str, nn.Module, nn.Module]]:
+    """Consecutive weight layers ``(name_a, a, b)`` where ``b`` reads ``a``'s units, in ``weight_layers`` order.
+
+    sparank's models are ``nn.Sequential``: each weight layer feeds the next
+    through an element-wise activation (and pooling / flattening), so unit
+    ``i`` of ``a`` (row ``i``: a neuron or a filter) is read by the columns
+    :func:`_outgoing` gives. Pairs whose shapes do not match that reading are
+    left out.
+    """
+    layers = list(weight_layers(model).items())
+    pairs = []
+    for (name, a), (_, b) in zip(layers, layers[1:]):
+        units, fan_in = a.weight.shape[0], b.weight.shape[1]
+        if getattr(b, "groups", 1) == 1 and fan_in % units == 0:
+            pairs.append((name, a, b))
+    return pairs
+
+
+def _outgoing(a: nn.Module, b: nn.Module) -> Tensor:
+    """``b``'s weights that read each unit of ``a``, shaped ``(units of a, out of b, k)``: a view of ``b.weight``.
+
+    Linear → Linear and conv → conv: column ``i`` (``b.weight[:, i]``). Conv →
+    Linear after flattening: the block of ``b.in_features / channels`` columns
+    of channel ``i`` (flatten is channel-major).
+    """
+    units = a.weight.shape[0]
+    w = b.weight
+    return w.reshape(w.shape[0], units, -1).transpose(0, 1)
+
+
+def _unit_groups(weight: Tensor) -> Tensor:
+    """``weight``'s *input* units' outgoing weights, ``(in, out·kh·kw)``: a column of a Linear, an input channel's slice of a conv."""
+    return weight.transpose(0, 1).reshape(weight.shape[1], -1)
+
+
+@torch.no_grad()
+def remove_dead_units(model: nn.Module) -> dict[str, int]:
+    """Make every dead hidden unit visibly removed; returns how many units each weight layer lost.
+
+    A unit ``i`` of a weight layer (a neuron or a filter) is *dead* when its
+    incoming weights and its bias are all zero (it outputs ReLU(0) = 0, and
+    pooling keeps it 0), or when every weight reading it in the next layer is
+    zero (its output is never used). Either way it has no effect on any
+    logit; this zeroes both sides (its row, its bias and its outgoing
+    weights), which changes no output. Only for element-wise activations with
+    ``act(0) = 0`` between layers, as in sparank's ``mlp`` and ``cnn``.
+    """
+    removed: dict[str, int] = {}
+    for name, a, b in _layer_pairs(model):
+        rows = a.weight.flatten(1)
+        silent = (rows == 0).all(dim=1)
+        if a.bias is not None:
+            silent &= a.bias == 0
+        unread = (_outgoing(a, b) == 0).flatten(1).all(dim=1)
+        keep = (~(silent | unread)).to(a.weight.dtype)  # multiplying (not indexing a reshape) always writes in place
+        a.weight.mul_(keep.view(-1, *(1,) * (a.weight.dim() - 1)))
+        if a.bias is not None:
+            a.bias.mul_(keep)
+        per_unit = b.weight.shape[1] // len(keep)
+        b.weight.mul_(keep.repeat_interleave(per_unit).view(1, -1, *(1,) * (b.weight.dim() - 2)))
+        removed[name] = int(len(keep) - keep.sum())
+    return removed
+
+
+def unit_counts(model: nn.Module) -> dict[str, int]:
+    """Input features no weight reads (key ``"input"``) and, per hidden weight layer, its removed units.
+
+    A removed unit has zero incoming weights, zero bias and zero outgoing
+    weights (what :func:`remove_dead_units` leaves); an input feature is unused
+    when the first weight layer's weights for it (a column, or an input
+    channel of a conv) are all zero.
+    """
+    layers = list(weight_layers(model).values())
+    counts = {"input": int((_unit_groups(layers[0].weight) == 0).all(dim=1).sum())} if layers else {}
+    for name, a, b in _layer_pairs(model):
+        rows = a.weight.flatten(1)
+        bias_zero = (a.bias == 0) if a.bias is not None else torch.ones(rows.shape[0], dtype=torch.bool)
+        gone = (rows == 0).all(dim=1) & bias_zero & (_outgoing(a, b) == 0).flatten(1).all(dim=1)
+        counts[name] = int(gone.sum())
+    return counts
+
+
 class GroupLasso(Regulariser):
-    """Group lasso on rows (output neurons of linear layers, filters of conv layers), by proximal steps.
+    """Group lasso by proximal steps, with one of two groupings of the parameters into units.
 
-    The objective is ``loss + λ·Σ_g √size_g·‖w_g‖₂`` with one group ``g`` per
-    row of a weight matrix (a conv kernel ``(out, in, kh, kw)`` has one group
-    per filter, ``size_g = in·kh·kw``). The group term is handled by its
-    proximal operator after each optimiser step,
-    ``w_g ← w_g·max(0, 1 − λ·step_size·√size_g / ‖w_g‖₂)``,
-    which sets whole rows *exactly* to zero (a plain sub-gradient penalty
-    would only shrink them). No penalty is added to the loss: with SGD at
-    learning rate ``step_size`` this is exactly proximal gradient descent on
-    the objective above.
+    The objective is ``loss + λ·Σ_g √size_g·‖w_g‖₂``; after each optimiser
+    step every group is shrunk by its proximal operator,
+    ``w_g ← w_g·max(0, 1 − λ·step_size·√size_g / ‖w_g‖₂)``, which sets whole
+    groups *exactly* to zero (a sub-gradient penalty would only shrink them).
+    No penalty is added to the loss: with SGD at learning rate ``step_size``
+    this is exactly proximal gradient descent on the objective.
 
-    By default the output layer (the last weight layer) is left out: a zero
-    row there deletes a class. A model whose only weight layer is its output
-    layer (``linear``) raises ValueError unless ``layers`` names it explicitly.
-    Reference: Scardapane et al. 2017, https://arxiv.org/abs/1607.00485
-    (proximal form: Alvarez & Salzmann 2016, https://arxiv.org/abs/1611.06321)
+    ``groups="incoming"`` (default; PROTOCOL §5's "‖row‖₂ over neurons /
+    filters"): one group per neuron or filter, its parameters θ_l^n = its
+    incoming weights (a row of the weight matrix; a conv filter
+    ``(in, kh, kw)``) *and its bias*, ``size = in·kh·kw + 1``, as in Alvarez
+    & Salzmann 2016, "Learning the number of neurons in deep networks",
+    https://arxiv.org/abs/1611.06321. A zero group outputs ReLU(0) = 0: the
+    neuron is removed, not left as a constant. By default the output layer
+    is left out (a zero row there deletes a class); a model whose only weight
+    layer is its output layer (``linear``) raises ValueError unless
+    ``layers`` names it.
+
+    ``groups="outgoing"``: Scardapane et al. 2017, "Group sparse
+    regularization for deep neural networks",
+    https://arxiv.org/abs/1607.00485: one group per *unit*, its outgoing
+    weights: an input feature's column of the first layer (input pixels are
+    selected too), a hidden neuron's column of the next layer (a channel's
+    slice ``(out, kh, kw)`` of a conv, or one flattened feature's column of a
+    Linear after a conv), and one group per bias vector (the bias unit's
+    outgoing weights), ``size`` the group's length. By default every weight
+    layer is touched, the output layer included (its columns are the last
+    hidden neurons' outgoing weights).
+
+    ``finalise`` then calls :func:`remove_dead_units`: a unit that is silent
+    (zero incoming weights and bias) or unread (zero outgoing weights) gets
+    all three zeroed, which changes no logit; ``config(model)`` records the
+    counts (:func:`unit_counts`: unused inputs and removed units per layer).
 
     Args:
         strength: λ.
-        layers: qualified names of the touched layers (None: every weight
-            layer except the output layer).
+        layers: qualified names of the touched layers (None: as above).
+        groups: ``"incoming"`` (Alvarez & Salzmann) or ``"outgoing"`` (Scardapane et al.).
         step_size: the step the threshold is scaled by; set it to the training
             lr when that is not the default 1e-3.
     """
 
     name = "group_lasso"
-    summary = "group soft-threshold of whole rows/filters after each step (structured zeros)"
-    reference = "https://arxiv.org/abs/1607.00485"
-    strength_meaning = "λ, the group-lasso weight: each step shrinks ‖row‖₂ by λ·step_size·√(row size)"
+    summary = "group soft-threshold per neuron (incoming weights + bias) or per unit (outgoing weights) after each step"
+    reference = "https://arxiv.org/abs/1611.06321 (groups='incoming'), https://arxiv.org/abs/1607.00485 (groups='outgoing')"
+    strength_meaning = "λ, the group-lasso weight: each step shrinks every group's norm ‖w_g‖₂ by λ·step_size·√(group size)"
     strength_range = (0.0, math.inf)
     default_strength = 0.3
 
-    def __init__(self, strength: float | None = None, *, layers: Sequence[str] | None = None, step_size: float = DEFAULT_STEP_SIZE) -> None:
+    def __init__(
+        self,
+        strength: float | None = None,
+        *,
+        layers: Sequence[str] | None = None,
+        groups: str = "incoming",
+        step_size: float = DEFAULT_STEP_SIZE,
+    ) -> None:
         super().__init__(strength, layers=layers)
+        if groups not in GROUPINGS:
+            raise ValueError(
+                f"groups must be 'incoming' (each neuron's weights and bias, Alvarez & Salzmann) or "
+                f"'outgoing' (each unit's outgoing weights and the biases, Scardapane et al.), got {groups!r}"
+            )
+        self.groups = groups
         self.step_size = check_positive("step_size", step_size)
 
     def targets(self, model: nn.Module) -> dict[str, nn.Module]:
-        if self.layers is not None:
+        if self.layers is not None or self.groups == "outgoing":
             return super().targets(model)
         found = weight_layers(model)
         hidden = list(found)[:-1]  # the last weight layer is the output layer: its rows are classes
@@ -344,17 +458,38 @@ class GroupLasso(Regulariser):
         return {name: found[name] for name in hidden}
 
     def config(self, model: nn.Module | None = None) -> dict[str, Any]:
-        return {**super().config(model), "groups": "rows", "step_size": self.step_size}
+        record = super().config(model)
+        if model is not None:
+            record["units_removed"] = unit_counts(model)
+        return record
 
     @torch.no_grad()
     def after_step(self, model: nn.Module, progress: float) -> None:
         if self.strength == 0.0:
             return
+        shrink = self.strength * self.step_size
         for module in self.targets(model).values():
-            rows = module.weight.flatten(1)  # (out, in·kh·kw), a view
-            threshold = self.strength * self.step_size * math.sqrt(rows.shape[1])
-            scale = (1.0 - threshold / rows.norm(dim=1)).clamp(min=0.0)  # a zero row: 1 − inf → 0
-            rows.mul_(scale[:, None])
+            if self.groups == "incoming":
+                rows = module.weight.flatten(1)  # (out, in·kh·kw), a view
+                if module.bias is None:
+                    norms, size = rows.norm(dim=1), rows.shape[1]
+                else:
+                    norms, size = (rows.square().sum(dim=1) + module.bias.square()).sqrt(), rows.shape[1] + 1
+                scale = (1.0 - shrink * math.sqrt(size) / norms).clamp(min=0.0)  # a zero group: 1 − inf → 0
+                rows.mul_(scale[:, None])
+                if module.bias is not None:
+                    module.bias.mul_(scale)
+            else:
+                w = module.weight  # (out, in, ...): group j is w[:, j, ...]
+                columns = w.transpose(0, 1).reshape(w.shape[1], -1)
+                scale = (1.0 - shrink * math.sqrt(columns.shape[1]) / columns.norm(dim=1)).clamp(min=0.0)
+                w.mul_(scale.view(1, -1, *(1,) * (w.dim() - 2)))
+                if module.bias is not None:  # the bias unit's outgoing weights: one group
+                    bias = module.bias
+                    bias.mul_((1.0 - shrink * math.sqrt(bias.numel()) / bias.norm()).clamp(min=0.0))
+
+    def finalise(self, model: nn.Module, fine_tune: Callable[[int], None]) -> None:
+        remove_dead_units(model)
 
 
 # --------------------------------------------------------------------------- L0 gates
@@ -453,10 +588,6 @@ class L0(Regulariser):
         self.fine_tune_epochs = check_int("fine_tune_epochs", fine_tune_epochs, low=0)
         self._gates: dict[str, HardConcreteGate] = {}
         self._gate_optimizer: torch.optim.Optimizer | None = None
-
-    def config(self, model: nn.Module | None = None) -> dict[str, Any]:
-        extra = {"gate_lr": self.gate_lr, "init_log_alpha": self.init_log_alpha, "fine_tune_epochs": self.fine_tune_epochs}
-        return {**super().config(model), **extra}
 
     def prepare(self, model: nn.Module) -> None:
         self._gates = {}
