@@ -107,6 +107,10 @@ def test_registry_lists_the_methods_with_their_metadata() -> None:
         ("svd_truncate", 0.0, {}, "strength"),
         ("svd_truncate", -0.2, {}, "strength"),
         ("svd_truncate", 0.5, {"fine_tune_epochs": -1}, "fine_tune_epochs"),
+        ("nuclear", 1e-3, {"exact_steps": -1}, "exact_steps"),
+        ("factorised", 0.5, {"frobenius_decay": -1e-4}, "frobenius_decay"),
+        ("factorised", 0.5, {"frobenius_decay": float("inf")}, "frobenius_decay"),
+        ("nuclear", 1e-3, {"layers": []}, "layers must name at least one layer"),
     ],
 )
 def test_bad_settings_are_value_errors_naming_the_parameter(name: str, strength: float, options: dict, match: str) -> None:
@@ -232,6 +236,23 @@ def test_factorised_forward_equals_the_dense_u_vt_layer(make: Callable[[], nn.Mo
     assert torch.allclose(layer(x), dense(x), atol=1e-12)
 
 
+def test_factorised_frobenius_decay_is_half_lambda_times_the_products_squared_norm() -> None:
+    # catches decay on ||U||² + ||V||² (ordinary weight decay on the factors) instead of Khodak et al.'s ||U Vᵀ||_F²
+    torch.manual_seed(0)
+    model = build_model("mlp:16,12", (1, 8, 8), 10)
+    reg = Factorised(0.5, frobenius_decay=0.3)
+    reg.prepare(model)
+    penalty = reg.penalty(model)
+    expected = 0.5 * 0.3 * sum(float(model.get_submodule(n).weight.detach().square().sum()) for n in ("fc1", "fc2"))
+    assert float(penalty.detach()) == pytest.approx(expected, rel=1e-5)
+    penalty.backward()
+    u = model.fc1.parametrizations.weight.original0
+    v = model.fc1.parametrizations.weight.original1
+    w = (u @ v.T).detach()
+    torch.testing.assert_close(u.grad, 0.3 * w @ v.detach(), rtol=1e-4, atol=1e-6)  # ∂/∂U (λ/2)||U Vᵀ||² = λ W V
+    assert Factorised(0.5).penalty(model) is None  # default 0: no term, no cost
+
+
 def test_lowrank_rejects_an_impossible_rank() -> None:
     with pytest.raises(ValueError, match="rank"):
         LowRank((10, 64), 11)
@@ -286,6 +307,24 @@ def test_nuclear_every_k_reuses_the_subgradient_between_refreshes() -> None:
     assert float(reg.penalty(layer).detach()) == pytest.approx(nuclear_norm(layer[0].weight.detach()), rel=1e-5)  # refreshed
 
 
+def test_nuclear_refreshes_every_step_in_the_last_exact_steps() -> None:
+    # catches an end-game that never starts (or starts at the wrong step): the stale G must be replaced per step there
+    torch.manual_seed(0)
+    layer = nn.Sequential(nn.Linear(5, 4))
+    total = 10
+    reg = Nuclear(1.0, every=100, exact_steps=3)
+    reg.prepare(layer)
+    fresh = []
+    for step in range(1, total + 1):
+        with torch.no_grad():
+            layer[0].weight.copy_(torch.randn(4, 5))
+        value = float(reg.penalty(layer).detach())
+        fresh.append(value == pytest.approx(nuclear_norm(layer[0].weight.detach()), rel=1e-5))
+        reg.after_step(layer, step / total)
+    # step 1 refreshes (every), steps 2..7 reuse the stale G, steps 8, 9, 10 (the last 3) are exact
+    assert fresh == [True] + [False] * 6 + [True] * 3
+
+
 def test_svt_thresholds_every_k_steps_by_k_times_t_and_at_the_last_step() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 5))
@@ -321,6 +360,22 @@ def test_nuclear_and_svt_lower_nuclear_norm_and_effective_rank(trained, name: st
         assert effective_rank(reg[layer]) < effective_rank(dense[layer]), layer
     # the hidden layer clearly: at least a quarter lower
     assert effective_rank(reg["fc1"]) < 0.75 * effective_rank(dense["fc1"])
+
+
+@pytest.mark.slow
+def test_nuclear_default_gives_low_numerical_rank_as_the_exact_subgradient_does(trained) -> None:
+    # catches a default (every=32 alone) whose stale sub-gradient leaves fc1 at numerical rank 62 of 64 (dense: 63):
+    # the default must reach the rank of the exact per-step method (23 at seed 0)
+    def rank(w: torch.Tensor) -> int:
+        s = torch.linalg.svdvals(w)
+        return int((s > 1e-3 * s[0]).sum())
+
+    dense = rank(matrices(trained("none"))["fc1"])
+    default = rank(matrices(trained("nuclear", 1e-2))["fc1"])
+    exact = rank(matrices(trained("nuclear", 1e-2, every=1))["fc1"])
+    stale = rank(matrices(trained("nuclear", 1e-2, exact_steps=0))["fc1"])
+    assert default <= 0.5 * dense and default <= exact + 3, (dense, default, exact)
+    assert stale > default + 20, (stale, default)  # what the end-game buys
 
 
 @pytest.mark.slow

@@ -102,7 +102,10 @@ class Adversarial(Regulariser):
         return {}
 
     def config(self, model: nn.Module | None = None) -> dict[str, Any]:
-        record = {**super().config(model), "attack": self.attack, "clean_fraction": self.clean_fraction}
+        """The base record, with PGD's options only for PGD (``step_size`` resolved) and none of them for FGSM."""
+        record = super().config(model)
+        for pgd_only in ("steps", "step_size", "random_start"):
+            del record[pgd_only]
         if self.attack == "pgd":
             record.update(steps=self.steps, step_size=self.pgd_step_size, random_start=self.random_start)
         return record
