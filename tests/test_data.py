@@ -283,7 +283,7 @@ def test_lookup_order(tmp_path: Path, isolated_lookup: Path, monkeypatch: pytest
     assert n_train_loaded(data_dir=str(tmp_path / "explicit")) == 3
     # a data_dir without the dataset is an error, never a silent fall-back to $SPARANK_DATA or the system copy
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DatasetError, match=r"data_dir is the only place looked"):
+    with pytest.raises(DatasetError, match=r"--data-dir is the only place looked"):
         load_dataset("fashion-mnist", data_dir=tmp_path / "empty")
     # and an empty $SPARANK_DATA does not fall back to the system copy either
     (tmp_path / "empty-env").mkdir()
@@ -354,7 +354,7 @@ def test_partial_directory_is_an_error(tmp_path: Path, isolated_lookup: Path) ->
 
 
 def test_data_dir_must_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(DatasetError, match="data_dir.*not a directory"):
+    with pytest.raises(DatasetError, match="--data-dir.*not a directory"):
         load_dataset("fashion-mnist", data_dir=tmp_path / "typo")
     monkeypatch.setenv("SPARANK_DATA", str(tmp_path / "typo"))
     with pytest.raises(DatasetError, match=r"\$SPARANK_DATA.*not a directory"):

@@ -187,7 +187,7 @@ def find_dataset_dir(name: str, *, data_dir: str | Path | None = None) -> Path:
     candidates: list[tuple[Path, str]] = []
     env_value = os.environ.get(DATA_ENV_VAR, "")
     for root, origin, fix in (
-        (data_dir, "data_dir", "pass an existing directory as --data-dir / data_dir"),
+        (data_dir, "--data-dir", "pass an existing directory as --data-dir (data_dir in Python)"),
         (env_value or None, f"${DATA_ENV_VAR}", f"set {DATA_ENV_VAR} to an existing directory, or unset it"),
     ):
         if root is None:
@@ -221,7 +221,7 @@ def find_dataset_dir(name: str, *, data_dir: str | Path | None = None) -> Path:
     )
     raise DatasetError(
         f"{name} not found; looked in: {looked}{other}. To get it, {how} ({files}) into a directory "
-        f"and pass --data-dir DIR (data_dir=DIR) or set {DATA_ENV_VAR}=DIR"
+        f"and pass --data-dir DIR or set {DATA_ENV_VAR}=DIR"
     )
 
 
