@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from sparank.attacks import fgsm_direction, ray_points
-from sparank.robustness import CENSORED, CLEAN_WRONG, FOOLED, fgsm_robustness
+from sparank.robustness import CENSORED, CLEAN_WRONG, FOOLED, NO_DIRECTION, fgsm_robustness
 
 
 class CubicMargin(nn.Module):
@@ -124,8 +124,9 @@ def test_clipping_at_the_box_changes_the_answer():
         assert pts.min() >= 0.0 and pts.max() <= 1.0
 
 
-def test_clean_wrong_and_censored_are_flagged_not_dropped():
-    model = Affine(torch.tensor([[0.0, 0.0], [0.0, 0.0]]), torch.tensor([5.0, 0.0]))  # always class 0
+def test_clean_wrong_censored_and_no_direction_are_flagged_not_dropped():
+    # class 0 wins by 5 - 0.1·(x0 + x1) >= 4.8: never overturned inside the box
+    model = Affine(torch.tensor([[-0.1, -0.1], [0.0, 0.0]]), torch.tensor([5.0, 0.0]))
     x = torch.rand(6, 2, dtype=torch.float64)
     y = torch.tensor([0, 1, 0, 1, 1, 0])
     r = fgsm_robustness(model, x, y, eps_max=0.3, resolution=0.05)
@@ -134,10 +135,18 @@ def test_clean_wrong_and_censored_are_flagged_not_dropped():
     assert torch.equal(r.eps_hi[y == 1], torch.zeros(3, dtype=torch.float64))
     assert torch.isinf(r.eps_hi[y == 0]).all()
     s = r.summary()
-    assert s.clean_wrong_fraction == 0.5 and s.censored_fraction == 0.5
+    assert s.clean_wrong_fraction == 0.5 and s.censored_fraction == 0.5 and s.no_direction_fraction == 0.0
     # censored inputs contribute eps_max to the AUC, clean-wrong ones 0
     assert s.auc == pytest.approx(0.5 * 0.3)
     assert s.quantiles["50"] == math.inf
+
+    # a constant model: its input gradient is exactly zero, so the ray never moves: no_direction, not censored
+    constant = Affine(torch.zeros(2, 2), torch.tensor([5.0, 0.0]))
+    r = fgsm_robustness(constant, x, y, eps_max=0.3, resolution=0.05)
+    assert torch.equal(r.status, torch.where(y == 0, int(NO_DIRECTION), int(CLEAN_WRONG)))
+    assert (r.directions[y == 0] == 0).all()
+    s = r.summary()
+    assert s.no_direction_fraction == 0.5 and s.censored_fraction == 0.0 and s.fooled_fraction == 0.0
 
 
 def test_measure_leaves_inputs_model_and_gradients_alone(digits_mlp, digits):

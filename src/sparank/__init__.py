@@ -8,7 +8,7 @@ bracket.
 from sparank.attacks import Bounds, fgsm_direction, first_crossing, ray_points
 from sparank.data import DATASETS, Dataset, DatasetError, eval_subset, load_dataset, load_digits, read_idx
 from sparank.models import build_model, parse_spec
-from sparank.robustness import CENSORED, CLEAN_WRONG, FOOLED, RobustnessResult, Status, Summary, fgsm_robustness
+from sparank.robustness import CENSORED, CLEAN_WRONG, FOOLED, NO_DIRECTION, RobustnessResult, Status, Summary, fgsm_robustness
 from sparank.store import Store, StoreError
 from sparank.structure import layer_structure, model_structure
 from sparank.train import TrainConfig, train, train_model
@@ -19,6 +19,7 @@ __all__ = [
     "CENSORED",
     "CLEAN_WRONG",
     "FOOLED",
+    "NO_DIRECTION",
     "DATASETS",
     "Bounds",
     "Dataset",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +18,25 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sparank.attacks import Bounds, Norm, check_inputs, check_norm, fgsm_direction, first_crossing, model_device
+from sparank.attacks import (
+    Bounds,
+    Norm,
+    Progress,
+    Status,
+    as_tensor,
+    check_inputs,
+    check_model_dtype,
+    check_norm,
+    check_tol,
+    fgsm_direction,
+    first_crossing,
+    model_device,
+)
 
 QUANTILES = (0.10, 0.25, 0.50, 0.75, 0.90)
 
 
-class Status(IntEnum):
-    """What happened to one input along its ray."""
-
-    FOOLED = 0  # misclassified at some eps in (0, eps_max]: eps* = eps_hi
-    CLEAN_WRONG = 1  # misclassified at eps = 0: eps* = 0
-    CENSORED = 2  # classified correctly at every scanned eps up to eps_max: eps* > eps_max
-
-
-FOOLED, CLEAN_WRONG, CENSORED = Status.FOOLED, Status.CLEAN_WRONG, Status.CENSORED
+FOOLED, CLEAN_WRONG, CENSORED, NO_DIRECTION = Status.FOOLED, Status.CLEAN_WRONG, Status.CENSORED, Status.NO_DIRECTION
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,9 @@ class Summary:
     fooled_fraction: float
     clean_wrong_fraction: float
     censored_fraction: float
+    # correct at ε = 0 with an exactly zero FGSM direction: the ray does not move, so these count as
+    # ε* > eps_max in the AUC and quantiles, like censored ones, but are counted apart (a masking sign)
+    no_direction_fraction: float
     auc: float  # ∫_0^eps_max A(ε) dε = mean(min(ε*, eps_max)); at most eps_max
     auc_normalised: float  # auc / eps_max, in [0, 1]
     # quantiles of ε* over correctly classified inputs (inverted-CDF, no interpolation);
@@ -86,7 +93,7 @@ class RobustnessResult:
     For a fooled input, ``x(eps_hi)`` is misclassified (re-checked by a forward
     pass), every scanned point at or below ``eps_lo`` is classified correctly,
     and ``eps_hi - eps_lo <= tol``. Clean-wrong inputs have
-    ``eps_lo = eps_hi = 0``; censored ones ``eps_lo = eps_max, eps_hi = inf``.
+    ``eps_lo = eps_hi = 0``; censored and no-direction ones ``eps_lo = eps_max, eps_hi = inf``.
     """
 
     eps_lo: Tensor  # (N,) float64
@@ -136,6 +143,7 @@ class RobustnessResult:
             fooled_fraction=float((status == FOOLED).double().mean()) if n else float("nan"),
             clean_wrong_fraction=float((status == CLEAN_WRONG).double().mean()) if n else float("nan"),
             censored_fraction=float((status == CENSORED).double().mean()) if n else float("nan"),
+            no_direction_fraction=float((status == NO_DIRECTION).double().mean()) if n else float("nan"),
             auc=auc,
             auc_normalised=auc / self.eps_max if n else float("nan"),
             quantiles=quantiles,
@@ -168,6 +176,7 @@ def fgsm_robustness(
     resolution: float = 1e-2,
     tol: float = 1e-6,
     batch_size: int = 256,
+    progress: Progress | None = None,
 ) -> RobustnessResult:
     """ε* along the FGSM ray for every input, as verified brackets (PROTOCOL §2).
 
@@ -187,18 +196,30 @@ def fgsm_robustness(
         eps_max: the largest ε tried; inputs still correct there are censored.
         resolution: scan step ``h``: a misclassified stretch of the ray shorter than ``h``
             can be stepped over, so the result is the first crossing at that resolution.
-        tol: width of the returned brackets.
+        tol: width of the returned brackets; at least what the inputs' dtype resolves at
+            ``eps_max`` (:func:`sparank.attacks.min_tol`: about 2.4e-7 for float32 pixels).
         batch_size: rows per forward pass (memory).
+        progress: called as ``progress(resolved, total)`` while inputs are resolved.
 
     Returns:
-        :class:`RobustnessResult` on the CPU.
+        :class:`RobustnessResult` on the CPU. Every returned ``x(eps_hi)`` is misclassified
+        beyond floating-point noise, so it stays misclassified however the model is batched
+        (see :func:`sparank.attacks.first_crossing`).
+
+    Raises:
+        ValueError: bad settings or inputs, a model whose output is not ``(N, K)`` logits or whose
+            dtype differs from the inputs', labels outside the model's classes, or non-finite
+            logits or gradients (the inputs are named).
 
     Example:
         >>> result = fgsm_robustness(model, x, y, eps_max=0.5, resolution=1e-2)
         >>> result.summary().auc
     """
     check_measure_args(norm=norm, eps_max=eps_max, resolution=resolution, tol=tol, batch_size=batch_size)
+    inputs, labels = as_tensor(inputs, "inputs"), as_tensor(labels, "labels")
     box = check_inputs(inputs, labels, bounds)
+    check_tol(tol, inputs.dtype, box, eps_max)
+    check_model_dtype(model, inputs)
     device = model_device(model, inputs.device)
     x = inputs.detach().to(device)
     y = labels.detach().to(device=device, dtype=torch.int64)
@@ -207,7 +228,16 @@ def fgsm_robustness(
     try:
         directions = fgsm_direction(model, x, y, norm=norm, batch_size=batch_size)
         crossing = first_crossing(
-            model, x, y, directions, bounds=box, eps_max=eps_max, resolution=resolution, tol=tol, batch_size=batch_size
+            model,
+            x,
+            y,
+            directions,
+            bounds=box,
+            eps_max=eps_max,
+            resolution=resolution,
+            tol=tol,
+            batch_size=batch_size,
+            progress=progress,
         )
     finally:
         model.train(was_training)
