@@ -75,3 +75,132 @@ def test_every_command_has_help_with_an_example():
         result = run(command, "--help")
         assert result.exit_code == 0
         assert "Example" in result.output, command
+
+
+# --------------------------------------------------------------------------- hardening (issue 8)
+
+
+def test_two_identical_train_commands_at_once_give_one_run(tmp_path):
+    """Two real processes race on a new store: both exit 0, the loser reuses the winner's run."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sparank = str(Path(sys.executable).parent / "sparank")
+    args = [sparank, "train", "--arch", "mlp:16", "--epochs", "2", "--store", str(tmp_path / "s"), "--threads", "1"]
+    env = {**os.environ, "SPARANK_DEBUG": ""}
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert all("Traceback" not in o + e for o, e in outputs)
+    with Store(tmp_path / "s", readonly=True) as st:
+        assert len(st.runs()) == 1
+    assert sorted(p.name for p in (tmp_path / "s" / "weights").iterdir()) == ["r0001.safetensors"]
+
+
+def test_measuring_twice_stores_one_measurement_and_force_replaces_it(trained_store):
+    args = ["measure", "r0001", "--n", "30", "--eval-seed", "3", "--store", str(trained_store), "--threads", "1", "--json"]
+    first = run(*args)
+    again = run(*args)
+    assert first.exit_code == 0 and again.exit_code == 0, again.output
+    assert "reusing it" in again.stderr
+    assert json.loads(first.stdout)["measurement"] == json.loads(again.stdout)["measurement"]
+    with Store(trained_store, readonly=True) as st:
+        keyed = [m for m in st.measurements() if m.config["n"] == 30]
+    assert len(keyed) == 1
+    assert keyed[0].config["data_source"].startswith("scikit-learn") and keyed[0].config["data_files"][0].endswith("digits.csv.gz")
+    forced = run(*args, "--force")
+    assert forced.exit_code == 0 and "reusing" not in forced.output
+    with Store(trained_store, readonly=True) as st:
+        assert len([m for m in st.measurements() if m.config["n"] == 30]) == 1
+    other = run("measure", "r0001", "--n", "30", "--eval-seed", "4", "--store", str(trained_store), "--threads", "1", "--json")
+    assert json.loads(other.stdout)["measurement"] != json.loads(again.stdout)["measurement"]  # other inputs: a new measurement
+
+
+def test_the_same_weights_file_is_imported_once(tmp_path):
+    path = save_weights(tmp_path / "m.safetensors", build_model("mlp:16", (1, 8, 8), 10).state_dict())
+    args = ["measure", "--weights", str(path), "--arch", "mlp:16", "--dataset", "digits", "--n", "10", "--store", str(tmp_path / "s")]
+    assert run(*args).exit_code == 0
+    second = run(*args, "--n", "11")
+    assert second.exit_code == 0 and "reusing it" in second.stderr
+    with Store(tmp_path / "s", readonly=True) as st:
+        (r,) = st.runs()
+        assert len(st.measurements()) == 2 and r.config["data_source"].startswith("scikit-learn")
+
+
+def test_every_store_the_cli_opens_is_closed(trained_store, monkeypatch):
+    opened = []
+    real_init = Store.__init__
+
+    def tracking(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        opened.append(self)
+
+    monkeypatch.setattr(Store, "__init__", tracking)
+    path = save_weights(trained_store.parent / "w.safetensors", build_model("mlp:32", (1, 8, 8), 10).state_dict())
+    for args in (
+        ["show", "--store", str(trained_store)],
+        ["show", "r0001", "--store", str(trained_store)],
+        ["measure", "r0001", "--n", "5", "--store", str(trained_store)],
+        ["measure", "--weights", str(path), "--arch", "mlp:32", "--dataset", "digits", "--n", "5", "--store", str(trained_store)],
+    ):
+        before = len(opened)
+        assert run(*args).exit_code == 0
+        assert len(opened) - before == 1, f"{args[0]} opened {len(opened) - before} stores"
+    import sqlite3
+
+    for store in opened:
+        with pytest.raises(sqlite3.ProgrammingError):
+            store._con.execute("SELECT 1")
+
+
+def test_show_fits_80_columns_and_never_cuts_a_run_id(trained_store, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    result = run("show", "--store", str(trained_store))
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()[1:]  # after the title, which names the store path
+    assert all(len(line) <= 80 for line in lines), lines
+    assert any(line.startswith("r0001 ") for line in lines) and "…" not in result.stdout
+    assert "\x1b[" not in result.stdout  # plain text
+    monkeypatch.setenv("COLUMNS", "40")
+    narrow = run("show", "--store", str(trained_store)).stdout
+    assert "r0001" in narrow and "regulariser" in narrow  # the most important columns stay
+    monkeypatch.delenv("COLUMNS")
+    piped = run("show", "--store", str(trained_store)).stdout
+    header = next(line for line in piped.splitlines() if line.startswith("run "))
+    assert header.split() == ["run", "kind", "dataset", "arch", "regulariser", "seed", "test_acc", "sparsity", "eff_rank", "AUC_eps*", "median_eps*"]
+
+
+def test_show_one_run_is_for_people_and_json_is_for_programs(trained_store):
+    human = run("show", "r0001", "--store", str(trained_store))
+    assert human.exit_code == 0
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(human.stdout)
+    for part in ("run r0001", "data source", "arch", "history", "structure:", "fc1", "measurements:", "AUC of A(ε)", "no direction"):
+        assert part in human.stdout, part
+    assert json.loads(run("show", "r0001", "--json", "--store", str(trained_store)).stdout)["id"] == "r0001"
+
+
+def test_regularisers_shows_open_ranges_where_the_end_is_refused():
+    result = run("regularisers")
+    line = next(line for line in result.stdout.splitlines() if "factorised" in line)
+    assert "(0, 1]" in line
+    assert "[0, ∞)" in next(line for line in result.stdout.splitlines() if line.strip("│ ").startswith("l1 "))
+
+
+def test_threads_and_store_options_have_help():
+    for command in ("train", "measure", "linear", "demo"):
+        text = run(command, "--help").output
+        assert "--threads" in text and "CPU threads" in text and "--store" in text, command
+    assert "--store" in run("show", "--help").output
+
+
+def test_measure_progress_counts_inputs_with_an_eta():
+    from sparank.cli import _measure_progress
+
+    progress, on_progress = _measure_progress(10, "test")
+    on_progress(4, 10)
+    (task,) = progress.tasks
+    assert (task.completed, task.total) == (4, 10)
+    assert any(type(c).__name__ == "TimeRemainingColumn" for c in progress.columns)
