@@ -29,7 +29,7 @@ from sparank.linear import (
     model_fgsm_robustness,
     unboxed_minimal_perturbation,
 )
-from sparank.robustness import CENSORED, CLEAN_WRONG, FOOLED, fgsm_robustness
+from sparank.robustness import CENSORED, CLEAN_WRONG, FOOLED, NO_DIRECTION, fgsm_robustness
 
 # --------------------------------------------------------------------------- brute force
 
@@ -166,14 +166,25 @@ def test_coordinate_on_its_bound_never_moves():
     assert torch.allclose(full.eps_star[fooled], eps_bf[fooled], atol=1e-9)
 
 
-def test_zero_direction_is_censored():
-    """d = 0 (no movement): a correctly classified input stays correct: censored, eps_lo = eps_max, eps_hi = inf."""
+def test_zero_direction_is_its_own_status():
+    """d = 0 (given, or because every w_j = w_y): NO_DIRECTION, never CENSORED; a clean-wrong input stays CLEAN_WRONG."""
     w = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
     b = torch.zeros(2, dtype=torch.float64)
     x = torch.tensor([[0.8, 0.2]], dtype=torch.float64)
     result = linear_fgsm_robustness(w, b, x, torch.tensor([0]), eps_max=0.5, directions=torch.zeros(1, 2))
-    assert result.status.tolist() == [int(CENSORED)]
+    assert result.status.tolist() == [int(NO_DIRECTION)]
     assert result.eps_lo.tolist() == [0.5] and result.eps_hi.tolist() == [math.inf]
+    # the closed-form direction is exactly zero when all rows of W are equal (the bias decides)
+    same = torch.tensor([[0.5, -1.0]] * 3, dtype=torch.float64)
+    bias = torch.tensor([0.0, 1.0, 0.5], dtype=torch.float64)
+    xs = torch.tensor([[0.2, 0.9], [0.7, 0.1]], dtype=torch.float64)
+    ys = torch.tensor([1, 2])  # correct, clean-wrong
+    assert bool((affine_fgsm_direction(same, bias, xs, ys) == 0).all())
+    equal_rows = linear_fgsm_robustness(same, bias, xs, ys, eps_max=0.5)
+    assert equal_rows.status.tolist() == [int(NO_DIRECTION), int(CLEAN_WRONG)]
+    # a huge margin is NOT a zero direction any more (the old softmax − onehot gave 0 here)
+    huge = linear_fgsm_robustness(w, torch.tensor([2000.0, 0.0], dtype=torch.float64), x, torch.tensor([0]), eps_max=0.5)
+    assert huge.status.tolist() == [int(CENSORED)] and huge.directions.abs().sum() > 0
 
 
 def _touching_problem(label):
@@ -624,14 +635,24 @@ def test_worked_example_eps_star_numbers():
     test_inputs = torch.tensor([[0.2, 0.6], [0.6, 0.2]], dtype=torch.float64)
     labels = torch.tensor([1, 1])  # y = +1 -> class 1
     printed = {0.01: (0.4515, 0.3485), 0.2: (0.3476, 0.4524), 0.3: (0.2000, 0.6000)}
-    in_box = {0.01: (0.6, 0.6), 0.2: (0.6, 0.6), 0.3: (0.2, 0.6)}
+    in_box = {0.01: (0.4819, 0.3485), 0.2: (0.3476, 0.4830), 0.3: (0.2, 0.6)}  # box [−0.2, 1]
     for lam, expected in printed.items():
         w, b = _hand_solution(lam)
         weight, bias = binary_as_multiclass(torch.tensor(w), b)
-        result = linear_fgsm_robustness(weight, bias, test_inputs, labels, bounds=None, eps_max=10.0)
-        assert [round(v, 4) for v in result.eps_star.tolist()] == list(expected)
-        boxed = linear_fgsm_robustness(weight, bias, test_inputs, labels, bounds=(0.0, 1.0), eps_max=1.0)
-        assert [round(v, 4) for v in boxed.eps_star.tolist()] == list(in_box[lam])
+        # both class orders: no number may depend on the tie rule (swapped, y = +1 is class 0)
+        for wk, bk, lab in ((weight, bias, labels), (weight.flip(0), bias.flip(0), 1 - labels)):
+            result = linear_fgsm_robustness(wk, bk, test_inputs, lab, bounds=None, eps_max=10.0)
+            assert [round(v, 4) for v in result.eps_star.tolist()] == list(expected)
+            boxed = linear_fgsm_robustness(wk, bk, test_inputs, lab, bounds=(-0.2, 1.0), eps_max=1.0)
+            assert [round(v, 4) for v in boxed.eps_star.tolist()] == list(in_box[lam])
+        # a per-input drop, not a global one: the mean unboxed ε* of A and B is 0.4 at every λ
+        assert result.eps_star.mean().item() == pytest.approx(0.4, abs=1e-12)
+    # in the box [0, 1] every crossing of the example is a tie (the corner 0 lies on the boundary f = 0):
+    # the class order decides, which is why the example uses [−0.2, 1]
+    weight, bias = binary_as_multiclass(torch.tensor(_hand_solution(0.3)[0]), 0.0)
+    tie_low = linear_fgsm_robustness(weight, bias, test_inputs[:1], labels[:1], bounds=(0.0, 1.0), eps_max=1.0)
+    tie_high = linear_fgsm_robustness(weight.flip(0), bias.flip(0), test_inputs[:1], 1 - labels[:1], bounds=(0.0, 1.0), eps_max=1.0)
+    assert tie_low.eps_star.tolist() == [0.2] and tie_high.status.tolist() == [int(CENSORED)]
     # the printed weights and the share of ||w||_1 on feature 2
     assert [round(v, 4) for v in _hand_solution(0.01)[0]] == [2.2976, 3.8918]
     assert [round(v, 4) for v in _hand_solution(0.2)[0]] == [0.6931, 0.4055]
@@ -648,6 +669,75 @@ def test_worked_example_eps_star_numbers():
         weight, bias = binary_as_multiclass(torch.tensor(scale * w), scale * b)
         scaled = linear_fgsm_robustness(weight, bias, test_inputs, labels, bounds=None, eps_max=10.0)
         assert [round(v, 4) for v in scaled.eps_star.tolist()] == list(printed[0.01])
+
+
+def _soft_threshold(w, tau):
+    return w.sign() * (w.abs() - tau).clamp_min(0.0)
+
+
+def test_proposition_shrinkage_condition_binary():
+    """docs/linear.md Corollary 2: along w(τ) = S_τ(w), b fixed, ε*(τ) falls on a support interval iff ū > ε*.
+
+    ū is the mean of y·sign(w_i)·x_i over the support. Checked against ε* recomputed at 200 values of τ
+    for 300 random (w, x) pairs (catches a wrong sign or a wrong average in the stated condition).
+    """
+    g = torch.Generator().manual_seed(11)
+    checked = {True: 0, False: 0}
+    for _ in range(300):
+        dim = 6
+        w = torch.randn(dim, generator=g, dtype=torch.float64)
+        b = float(0.3 * torch.randn(1, generator=g, dtype=torch.float64))
+        x = torch.randn(1, dim, generator=g, dtype=torch.float64)
+        y = 1 if float(x @ w + b) > 0 else -1
+        cut = float(w.abs().sort().values[0])  # the first support change
+        taus = torch.linspace(0.0, 0.999 * cut, 200, dtype=torch.float64)
+        eps = torch.stack([binary_eps_star_unclipped(_soft_threshold(w, t), b, x, torch.tensor([y]))[0] for t in taus])
+        u_bar = float((y * w.sign() * x[0]).mean())
+        falls = u_bar > float(eps[0])
+        steps = eps[1:] - eps[:-1]
+        if falls:
+            assert bool((steps < 0).all())
+        else:
+            assert bool((steps >= -1e-15).all())
+        checked[falls] += 1
+    assert min(checked.values()) >= 30  # both cases occur
+
+
+def test_proposition_first_order_sign_at_the_crossing_point():
+    """docs/linear.md Proposition 1: dε*/dt has the sign of d/dt (z_y − z_j*)(x*) at the crossing point x* = x(ε*).
+
+    Random multiclass models in the box, random weight directions, central finite differences of the
+    exact ε* (direction held fixed, as the proposition's hypothesis). Catches a wrong point (x instead of
+    x*) or a wrong sign.
+    """
+    agree = total = 0
+    for seed in range(40):
+        w, b, x, y = _random_problem(seed, 4, 8, 10, face_fraction=0.3, correct_fraction=1.0)
+        d = affine_fgsm_direction(w, b, x, y)
+        base = linear_fgsm_robustness(w, b, x, y, eps_max=5.0, directions=d)
+        g = torch.Generator().manual_seed(1000 + seed)
+        dw = torch.randn(w.shape, generator=g, dtype=torch.float64)
+        db = torch.randn(b.shape, generator=g, dtype=torch.float64)
+        h = 1e-6
+        plus = linear_fgsm_robustness(w + h * dw, b + h * db, x, y, eps_max=5.0, directions=d)
+        minus = linear_fgsm_robustness(w - h * dw, b - h * db, x, y, eps_max=5.0, directions=d)
+        for i in range(len(x)):
+            if base.status[i] != int(FOOLED) or plus.status[i] != int(FOOLED) or minus.status[i] != int(FOOLED):
+                continue
+            e = base.eps_star[i].item()
+            x_star = (x[i] + e * d[i]).clamp(0.0, 1.0)
+            z = x_star @ w.T + b
+            others = z.clone()
+            others[y[i]] = -math.inf
+            j = int(others.argmax())
+            dmargin = float(x_star @ (dw[y[i]] - dw[j]) + db[y[i]] - db[j])
+            deps = (plus.eps_star[i].item() - minus.eps_star[i].item()) / (2 * h)
+            if abs(dmargin) < 1e-6 or abs(deps) < 1e-6:
+                continue
+            total += 1
+            agree += (deps > 0) == (dmargin > 0)
+    assert total >= 100
+    assert agree == total
 
 
 # --------------------------------------------------------------------------- the L1 path

@@ -56,7 +56,7 @@ import torch
 from torch import Tensor, nn
 
 from sparank.attacks import Norm, check_inputs, check_norm
-from sparank.robustness import CENSORED, CLEAN_WRONG, FOOLED, RobustnessResult
+from sparank.robustness import CENSORED, CLEAN_WRONG, FOOLED, NO_DIRECTION, RobustnessResult
 
 
 def affine_parameters(model: nn.Module) -> tuple[Tensor, Tensor]:
@@ -246,7 +246,8 @@ def linear_fgsm_robustness(
 
     Returns:
         :class:`~sparank.robustness.RobustnessResult` with, per input, ``eps_lo = eps_hi = ε*``
-        (fooled), ``0, 0`` (clean-wrong) or ``eps_max, inf`` (censored); ``tol = resolution = 0``
+        (fooled), ``0, 0`` (clean-wrong), ``eps_max, inf`` (censored) or ``eps_max, inf`` with status
+        ``NO_DIRECTION`` (correct, and the direction is exactly zero); ``tol = resolution = 0``
         mark the result as exact; ``directions`` are float32, shaped like ``inputs``.
 
     Example:
@@ -279,11 +280,14 @@ def linear_fgsm_robustness(
         eps_star[sl] = _first_crossing_exact(w, b, x[sl], y[sl], d[sl], lo, hi, float(eps_max))
     z0 = x @ w.T + b
     clean_wrong = z0.argmax(dim=1) != y if len(x) else torch.zeros(0, dtype=torch.bool)
-    censored = ~clean_wrong & torch.isinf(eps_star)
+    # an exactly zero direction: the ray never moves; its own status, never folded into censored (PROTOCOL §2)
+    no_direction = ~clean_wrong & (d == 0).all(dim=1) if len(x) else torch.zeros(0, dtype=torch.bool)
+    censored = ~clean_wrong & ~no_direction & torch.isinf(eps_star)
     status = torch.full((len(x),), int(FOOLED), dtype=torch.int64)
     status[clean_wrong] = int(CLEAN_WRONG)
     status[censored] = int(CENSORED)
-    eps_lo = torch.where(censored, float(eps_max), eps_star)
+    status[no_direction] = int(NO_DIRECTION)
+    eps_lo = torch.where(censored | no_direction, float(eps_max), eps_star)
     return RobustnessResult(
         eps_lo=eps_lo,
         eps_hi=eps_star.clone(),
