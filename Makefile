@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test data bench clean
+.PHONY: demo test data bench mutate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,5 +35,12 @@ bench: $(STAMP) data
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	$(PY) benchmarks/bench_fgsm.py
 
+# Mutation testing of the measure and the statistics (attacks, robustness, linear, compare;
+# [tool.mutmut] in pyproject.toml). On demand, not part of `make test`: it takes hours on 2 cores.
+mutate: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,mutate]'
+	$(VENV)/bin/mutmut run || true
+	$(VENV)/bin/mutmut results
+
 clean:
-	rm -rf $(VENV) sparank-results
+	rm -rf $(VENV) sparank-results mutants
