@@ -880,6 +880,8 @@ def linear(
             seed_list = [int(v) for v in seeds.split(",") if v.strip()]
         except ValueError:
             raise ValueError(f"--seeds must be comma-separated integers, e.g. 0,1,2; got {seeds!r}") from None
+        if not seed_list or any(v < 0 for v in seed_list):
+            raise ValueError(f"--seeds must be comma-separated non-negative integers, e.g. 0,1,2; got {seeds!r}")
         method_list = [m.strip() for m in methods.split(",") if m.strip()]
         unknown = [m for m in method_list if m not in PATH_METHODS]
         if unknown or not method_list:
