@@ -272,8 +272,9 @@ def test_a_point_misclassified_only_in_a_batch_is_not_returned():
     for i in range(4):
         assert model(points[i : i + 1]).argmax(1).item() == 1
     assert (model(points).argmax(1) == 1).all()
-    # the lower end is correct in a batch: the bracket spans the batch-dependent band, no more
-    assert (r.eps_lo <= 0.25).all() and (r.eps_lo > 0.25 - 1e-8).all()
+    # the band where batch and alone disagree, (0.25, 0.2502], is wider than tol: the bracket keeps width
+    # tol and its lower end lies inside the band (misclassified in a batch, correct alone)
+    assert (r.eps_hi - r.eps_lo <= 1e-8).all() and (r.eps_lo > 0.25).all()
 
 
 def test_tol_below_the_dtype_resolution_is_refused_with_the_fix():
@@ -439,3 +440,87 @@ def test_numpy_inputs_and_labels_are_accepted():
     assert torch.equal(from_numpy.eps_hi, from_torch.eps_hi)
     with pytest.raises(ValueError, match="labels must be a torch tensor or numpy array"):
         fgsm_robustness(model, x, [0, 1, 2, 0, 1, 2])
+
+
+# --------------------------------------------------------------------------- edges that mutation testing found untested
+
+
+def test_defaults_are_the_documented_ones():
+    """Catches a changed default tol, resolution, eps_max or norm (the README and PROTOCOL state them)."""
+    model = random_mlp([8, 16, 3], seed=4)
+    with torch.no_grad():  # logits of a trained model's size (a few units), not a random init's (~0.1)
+        model[-1].weight.mul_(30.0)
+        model[-1].bias.mul_(30.0)
+    x = torch.rand(30, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    r = fgsm_robustness(model, x, y)
+    assert (r.norm, r.eps_max, r.resolution, r.tol) == ("linf", 0.5, 1e-2, 1e-6)
+    fooled = r.status == Status.FOOLED
+    assert fooled.any()
+    assert ((r.eps_hi - r.eps_lo)[fooled] <= 1e-6).all()
+
+
+def test_an_empty_batch_gives_an_empty_result_and_an_undefined_summary():
+    model = random_mlp([8, 3], seed=4)
+    r = fgsm_robustness(model, torch.empty(0, 8), torch.empty(0, dtype=torch.long))
+    assert len(r) == 0
+    s = r.summary()
+    assert s.n == 0
+    for value in (s.auc, s.clean_accuracy, s.fooled_fraction, s.clean_wrong_fraction, s.censored_fraction, s.no_direction_fraction):
+        assert math.isnan(value)
+    assert all(v is None for v in s.quantiles.values())
+
+
+def test_one_correct_input_is_every_quantile():
+    s = _result([0.25, 0.0], [0, 1]).summary()
+    assert all(v == 0.25 for v in s.quantiles.values())
+
+
+def test_robust_accuracy_compares_in_float64():
+    """A float32 ε grid would round 0.1 up past an ε* of 0.1000000001."""
+    r = _result([0.1000000001], [0])
+    assert r.robust_accuracy(0.1).item() == 1.0
+    assert r.robust_accuracy(torch.tensor([0.1], dtype=torch.float64)).item() == 1.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "ok"),
+    [
+        ({"eps_max": math.inf}, False),
+        ({"eps_max": math.nan}, False),
+        ({"eps_max": 0.0}, False),
+        ({"resolution": 0.5}, True),  # the scan is then the single point eps_max
+        ({"resolution": 0.0}, False),
+        ({"batch_size": 0}, False),
+        ({"batch_size": 1}, True),
+    ],
+)
+def test_settings_at_their_limits(kwargs, ok):
+    model = random_mlp([8, 3], seed=4)
+    x = torch.rand(5, 8, generator=torch.Generator().manual_seed(6))
+    y = torch.zeros(5, dtype=torch.long)
+    if ok:
+        assert len(fgsm_robustness(model, x, y, **kwargs)) == 5
+    else:
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            fgsm_robustness(model, x, y, **kwargs)
+
+
+def test_batch_size_bounds_every_forward_call():
+    seen: list[int] = []
+
+    class Recording(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = random_mlp([8, 16, 3], seed=4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(len(x))
+            return self.inner(x)
+
+    x = torch.rand(40, 8, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        y = Recording().inner(x).argmax(1)
+    fgsm_robustness(Recording(), x, y, batch_size=7)
+    assert max(seen) == 7

@@ -414,15 +414,16 @@ def first_crossing(
     *beyond the noise*: margin below ``−max(δ, allowance)``, with
     ``δ = NOISE_ULPS · eps(dtype) · max(1, max_j |f_j|)``. Before it is
     returned, ``x(eps_hi)`` is re-evaluated in a batch and alone (a batch of
-    one); if either margin is not below ``−max(δ, 4·|their difference|)`` the
-    input's allowance is raised to that bound plus the difference and its
-    search resumes from its lower end. The lower end ``eps_lo`` is a point classified ``y`` (``argmax``,
-    ties to the lowest class index) in its batch, and every scanned point below
-    it is classified ``y`` or lies within the noise of the boundary. So
-    ``eps_hi − eps_lo <= tol``, except where the model's noise band around the
-    crossing is itself about as wide as ``tol`` (rare in float32, never seen
-    in float64): there the bracket spans the band, what the model's
-    arithmetic resolves. A tie is never returned as ``eps_hi``.
+    one); if either margin is not below ``−max(δ/2, 4·|their difference|)``
+    the input's allowance is raised to twice that bound plus the difference
+    and its search resumes from its lower end. The lower end ``eps_lo`` is a point
+    classified ``y`` (``argmax``, ties to the lowest class index) in its batch,
+    and every scanned point below it is classified ``y`` or lies within the
+    noise of the boundary; ``eps_hi − eps_lo <= tol``. Where the model's noise
+    band around the crossing is itself wider than ``tol`` (rare in float32 at
+    the default tol, never seen in float64), ``eps_lo = eps_hi − tol`` lies
+    inside the band: no point at or below it was misclassified beyond the
+    noise. A tie is never returned as ``eps_hi``.
 
     Inputs misclassified at ε = 0 are ``CLEAN_WRONG``; correctly classified
     inputs whose direction is exactly 0 are ``NO_DIRECTION`` (``eps_lo =
@@ -519,19 +520,22 @@ def _verify(
     batch_size: int,
 ) -> tuple[Tensor, Tensor, int]:
     """Re-evaluate each ``x(hi)`` in a batch and alone; accepted where both margins are below
-    ``−max(δ, 4·|difference|)``.
+    ``−max(δ/2, 4·|difference|)`` (the search aims past ``−δ``).
 
-    Returns (accepted, the allowance a retry needs: that bound plus the difference, so that a batch
-    margin below it puts the lone margin below the bound; rows evaluated).
+    Returns (accepted, the allowance a retry aims past: twice that bound plus the difference;
+    rows evaluated).
     """
     idx = brackets.idx
     points = ray_points(inputs[idx], directions[idx], brackets.hi, bounds)
     m_batch, f_batch, _ = _evaluate(model, points, labels[idx], idx, batch_size)
     m_alone, f_alone, _ = _evaluate(model, points, labels[idx], idx, 1)
     difference = (m_alone - m_batch).abs()
-    bound = torch.maximum(torch.maximum(f_batch, f_alone), 4 * difference)
+    # half the floor the search aims past, so that a point found just past it is not refused for
+    # the rounding of one more evaluation
+    bound = torch.maximum(0.5 * torch.maximum(f_batch, f_alone), 4 * difference)
     ok = (m_batch < -bound) & (m_alone < -bound)
-    return ok, bound + difference, 2 * len(idx)
+    # a retry aims past twice the bound plus the difference: its batch margin then clears the bound alone too
+    return ok, 2 * (bound + difference), 2 * len(idx)
 
 
 def _refine(
@@ -555,8 +559,9 @@ def _refine(
     the bracket (a ReLU network away from a kink) one round closes it;
     otherwise the thirds shrink it by at least a third. A bracket that did not
     shrink (the noise band covers a third of it) gets 15 evenly spaced points
-    per round instead, until it is within ``tol`` or stops shrinking: then its
-    width is what the model's arithmetic resolves.
+    per round instead, until it is within ``tol`` or stops shrinking: then the
+    noise band is wider than ``tol`` and ``lo`` becomes ``hi − tol``, a point
+    inside the band (its class depends on the batch).
     """
     idx = brackets.idx
     b = _Brackets(idx, brackets.lo.clone(), brackets.hi.clone(), brackets.m_lo.clone(), brackets.m_hi.clone(), brackets.f_hi.clone())
@@ -584,6 +589,9 @@ def _refine(
             open_[rows] = moved | ~dense[rows]  # a dense round that did not shrink is final
             dense[rows] = ~moved
         open_ &= b.hi - b.lo > tol
+    # where the noise band is wider than tol, every point evaluated below hi was correct or within the
+    # noise: the bracket keeps its width tol, with lo inside the band
+    b.lo.copy_(torch.maximum(b.lo, b.hi - tol))
     return b, rows_done
 
 
