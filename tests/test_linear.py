@@ -765,6 +765,10 @@ def test_l1_path_on_digits(digits, tmp_path):
     seeds = [0, 1]
     config = TrainConfig(epochs=5, batch_size=32, lr=0.2, optimizer="sgd", momentum=0.0, seed=0)
     calls = []
+    import matplotlib
+
+    backend = matplotlib.get_backend()
+    matplotlib.use("pdf")  # a caller's own choice, which drawing the path's figure must not switch
     with Store(tmp_path / "store") as store:
         path = run_l1_path(
             digits,
@@ -785,6 +789,8 @@ def test_l1_path_on_digits(digits, tmp_path):
         stored = store.load_weights(runs[0].id)
         build_model("linear", digits.input_shape, digits.num_classes).load_state_dict(stored)
     assert calls[-1] == (n_models, n_models)
+    assert matplotlib.get_backend() == "pdf"
+    matplotlib.use(backend)
     for key in ("png", "svg", "csv", "md", "comparisons_csv"):
         assert path.files[key].stat().st_size > 0
     assert len(path.files["csv"].read_text().strip().splitlines()) == 1 + n_models

@@ -805,13 +805,11 @@ def _pooled_ratio(path: PathResult, ours: str, lam: float, theirs: tuple[str, fl
 
 def plot_path(path: PathResult, stem: Path) -> dict[str, Path]:
     """Six panels: ε* AUC, median ε*, accuracy, sparsity against λ; ratio to the reference against ‖W‖₁; ratios to the controls."""
-    import matplotlib
     import matplotlib.ticker
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend and figures are left alone
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5), constrained_layout=True)
+    fig = Figure(figsize=(16, 8.5), layout="constrained")
+    axes = fig.subplots(2, 3)
     (ax_auc, ax_med, ax_norm), (ax_acc, ax_sp, ax_ctl) = axes
     methods = [m for m in dict.fromkeys(p.method for p in path.points) if m != "l2"]
     unit = "L∞" if path.norm == "linf" else "L2"
@@ -866,7 +864,8 @@ def plot_path(path: PathResult, stem: Path) -> dict[str, Path]:
     ax_ctl.axhline(1.0, color="0.5", linewidth=0.8)
     ax_ctl.set_title(f"L1 model / matched control (95 % CI, {n_seeds} seeds)")
     ax_ctl.set_ylabel("paired median ε*(L1) / ε*(control)")
-    ax_ctl.legend(fontsize=6.5, loc="best")
+    if ax_ctl.get_legend_handles_labels()[0]:
+        ax_ctl.legend(fontsize=6.5, loc="best")
 
     ax_auc.set_title(f"ε* AUC: area under the robust-accuracy curve, ε ≤ {path.eps_max:g}")
     ax_auc.set_ylabel(f"ε* AUC ({unit}, pixel units of [0, 1])")
@@ -897,5 +896,4 @@ def plot_path(path: PathResult, stem: Path) -> dict[str, Path]:
     png, svg = stem.with_suffix(".png"), stem.with_suffix(".svg")
     fig.savefig(png, dpi=120)
     fig.savefig(svg)
-    plt.close(fig)
     return {"png": png, "svg": svg}
