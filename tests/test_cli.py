@@ -204,3 +204,19 @@ def test_measure_progress_counts_inputs_with_an_eta():
     (task,) = progress.tasks
     assert (task.completed, task.total) == (4, 10)
     assert any(type(c).__name__ == "TimeRemainingColumn" for c in progress.columns)
+
+
+def test_a_dense_counterpart_with_a_methods_fine_tune_budget(tmp_path):
+    """`--regulariser none --fine-tune-epochs K` trains the dense model K more epochs, as magnitude does; the budget is stored."""
+    store = tmp_path / "s"
+    common = ("--dataset", "digits", "--arch", "mlp:16", "--epochs", "2", "--store", str(store), "--threads", "1")
+    assert run("train", *common, "--regulariser", "magnitude", "--strength", "0.5", "--fine-tune-epochs", "1").exit_code == 0
+    assert run("train", *common, "--regulariser", "none", "--fine-tune-epochs", "1").exit_code == 0
+    assert run("train", *common).exit_code == 0
+    runs = {(r.config["regulariser"]["name"], r.config["regulariser"].get("fine_tune_epochs")): r for r in Store(store, create=False).runs()}
+    pruned, counterpart, plain = runs[("magnitude", 1)], runs[("none", 1)], runs[("none", 0)]
+    assert pruned.metrics["budget"] == counterpart.metrics["budget"]
+    assert counterpart.metrics["budget"]["epochs"] == 3 and plain.metrics["budget"]["epochs"] == 2
+    assert counterpart.metrics["budget"]["steps"] > plain.metrics["budget"]["steps"]
+    refused = runner.invoke(app, ["train", *common, "--regulariser", "l1", "--fine-tune-epochs", "1"])
+    assert refused.exit_code == 2 and "--fine-tune-epochs" in refused.output and "magnitude" in refused.output

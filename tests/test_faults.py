@@ -15,9 +15,10 @@ reading any dataset an error, so such a row also checks that the option is
 refused before any work starts (the ``linear --eps-max 0`` that used to be
 reported after 13 s of fitting).
 
-The faults of the measure itself (labels out of range, a model returning the
-wrong shape, float64 inputs, non-finite logits) are API rows of
-``tests/test_robustness.py``'s owner; add them here as ``ApiFault`` rows too.
+The faults of the measure itself (non-finite logits, a model that does not
+return ``(N, K)`` logits, labels out of range or of the wrong type, inputs of
+another dtype or outside the box, a tol finer than float32 resolves) are
+``ApiFault`` rows too.
 """
 
 from __future__ import annotations
@@ -32,11 +33,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from torch import nn
 from typer.testing import CliRunner
 
 import sparank.data
 from sparank.cli import app
 from sparank.models import build_model
+from sparank.robustness import fgsm_robustness
 from sparank.store import DB_NAME, DuplicateKeyError, Store, StoreError, save_weights
 
 runner = CliRunner()
@@ -133,6 +137,9 @@ CLI_FAULTS = [
     Fault("threads-zero", ("train", "--threads", "0", "--store", "{tmp}/s"), "--threads must be", before_work=True),
     Fault("dataset-unknown", ("train", "--dataset", "cifar", "--store", "{tmp}/s"), "unknown dataset", before_work=True),
     Fault("regulariser-unknown", ("train", "--regulariser", "dropout", "--store", "{tmp}/s"), "unknown regulariser", before_work=True),
+    Fault("measure-tol-below-float32", ("measure", "r0001", "--tol", "1e-9", "--n", "5", "--store", "{store}"), "below what torch.float32 inputs resolve"),
+    Fault("fine-tune-negative", ("train", "--fine-tune-epochs", "-1", "--store", "{tmp}/s"), "--fine-tune-epochs must be 0 or more", before_work=True),
+    Fault("fine-tune-not-taken", ("train", "--regulariser", "l1", "--fine-tune-epochs", "2", "--store", "{tmp}/s"), "does not fine-tune", before_work=True),
     Fault("strength-nan", ("train", "--regulariser", "l1", "--strength", "nan", "--store", "{tmp}/s"), "out of range", before_work=True),
     Fault(
         "strength-zero-rank-fraction",
@@ -325,6 +332,38 @@ def _duplicate_key(tmp: Path) -> object:
         return store.add_run(kind="train", config={}, key="k")
 
 
+class _Returns(nn.Module):
+    """Digits-shaped linear logits, passed through ``post`` (to make a model that breaks the contract)."""
+
+    def __init__(self, post: Callable[[torch.Tensor], Any]) -> None:
+        super().__init__()
+        self.lin = nn.Linear(64, 10)
+        self.post = post
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.post(self.lin(x.flatten(1)))
+
+
+class _NanLogits(nn.Module):
+    """NaN logits for inputs whose first pixel is above 0.5."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.lin(x.flatten(1))
+        return torch.where(x.flatten(1)[:, :1] > 0.5, z * float("nan"), z)
+
+
+def _measure(model: nn.Module, *, inputs: Any = None, labels: Any = None, **kwargs: Any) -> object:
+    x = torch.full((4, 1, 8, 8), 0.25) if inputs is None else inputs
+    if inputs is None:
+        x[1] = x[3] = 0.75
+    y = torch.tensor([0, 1, 2, 3]) if labels is None else labels
+    return fgsm_robustness(model, x, y, **kwargs)
+
+
 API_FAULTS = [
     ApiFault("spec-colon", lambda tmp: build_model("mlp:", (1, 8, 8), 10), ValueError, "has a colon but no widths"),
     ApiFault("spec-absurd", lambda tmp: build_model("mlp:100000000", (1, 28, 28), 10), ValueError, "parameters"),
@@ -335,6 +374,18 @@ API_FAULTS = [
     ApiFault("store-duplicate-key", _duplicate_key, DuplicateKeyError, "use find_run(key)"),
     ApiFault("data-dir-empty", lambda tmp: (tmp / "e").mkdir() or sparank.data.load_dataset("mnist", data_dir=tmp / "e"), ValueError, "only place looked"),
     ApiFault("eval-seed-negative", lambda tmp: sparank.data.eval_subset(sparank.data.load_digits(), 5, seed=-1), ValueError, "seed must be a non-negative"),
+    # the measure: a fault in the model or the data is named, never a raw torch error or a silent "censored"
+    ApiFault("measure-nan-logits", lambda tmp: _measure(_NanLogits()), ValueError, "non-finite logits (NaN or inf) for 2 input(s), at indices 1, 3"),
+    ApiFault("measure-tuple-output", lambda tmp: _measure(_Returns(lambda z: (z, z))), ValueError, "returned a tuple"),
+    ApiFault("measure-wrong-shape", lambda tmp: _measure(_Returns(lambda z: z.sum(1))), ValueError, "returned shape (4,)"),
+    ApiFault("measure-one-class", lambda tmp: _measure(_Returns(lambda z: z[:, :1])), ValueError, "K >= 2"),
+    ApiFault("measure-label-range", lambda tmp: _measure(_Returns(lambda z: z), labels=torch.tensor([0, 1, 2, 12])), ValueError, "got label 12"),
+    ApiFault("measure-label-negative", lambda tmp: _measure(_Returns(lambda z: z), labels=torch.tensor([0, -1, 2, 3])), ValueError, "got -1 at input 1"),
+    ApiFault("measure-float-labels", lambda tmp: _measure(_Returns(lambda z: z), labels=torch.zeros(4)), ValueError, "integer class indices"),
+    ApiFault("measure-list-labels", lambda tmp: _measure(_Returns(lambda z: z), labels=[0, 1, 2, 3]), ValueError, "torch tensor or numpy array"),
+    ApiFault("measure-float64-inputs", lambda tmp: _measure(_Returns(lambda z: z), inputs=torch.rand(4, 1, 8, 8, dtype=torch.float64)), ValueError, "inputs.to(torch.float32)"),
+    ApiFault("measure-outside-box", lambda tmp: _measure(_Returns(lambda z: z), inputs=torch.rand(4, 1, 8, 8) * 255), ValueError, "outside bounds"),
+    ApiFault("measure-tol-float32", lambda tmp: _measure(_Returns(lambda z: z), tol=1e-9), ValueError, "use tol >= 2.38e-07"),
 ]
 
 

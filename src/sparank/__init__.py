@@ -11,7 +11,8 @@ from sparank.models import build_model, parse_spec
 from sparank.robustness import CENSORED, CLEAN_WRONG, FOOLED, NO_DIRECTION, RobustnessResult, Status, Summary, fgsm_robustness
 from sparank.store import Store, StoreError
 from sparank.structure import layer_structure, model_structure
-from sparank.train import TrainConfig, train, train_model
+from sparank.regularisers import counterpart
+from sparank.train import TrainConfig, TrainingBudget, train, train_model, training_budget
 
 __version__ = "0.1.0"
 
@@ -30,7 +31,9 @@ __all__ = [
     "Status",
     "Summary",
     "TrainConfig",
+    "TrainingBudget",
     "build_model",
+    "counterpart",
     "fgsm_direction",
     "fgsm_robustness",
     "first_crossing",
@@ -44,4 +47,5 @@ __all__ = [
     "ray_points",
     "train",
     "train_model",
+    "training_budget",
 ]

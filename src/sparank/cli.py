@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -244,6 +245,22 @@ def _check_dataset_name(name: str) -> None:
         raise ValueError(f"unknown dataset {name!r} (--dataset): choose one of {', '.join(DATASETS)}")
 
 
+def _regulariser(name: str, strength: float | None, fine_tune_epochs: int | None) -> Any:
+    """The regulariser of ``--regulariser``/``--strength``/``--fine-tune-epochs``; ValueError names the option."""
+    from sparank.regularisers import REGISTRY
+    from sparank.regularisers import get as get_regulariser
+
+    if fine_tune_epochs is None:
+        return get_regulariser(name, strength)
+    if fine_tune_epochs < 0:
+        raise ValueError(f"--fine-tune-epochs must be 0 or more, got {fine_tune_epochs}")
+    cls = REGISTRY.get(name)
+    if cls is not None and "fine_tune_epochs" not in inspect.signature(cls).parameters:
+        takes = ", ".join(n for n, c in REGISTRY.items() if "fine_tune_epochs" in inspect.signature(c).parameters)
+        raise ValueError(f"--fine-tune-epochs: regulariser {name!r} does not fine-tune; the ones that do: {takes}")
+    return get_regulariser(name, strength, fine_tune_epochs=fine_tune_epochs)
+
+
 def _train_run(
     *,
     dataset: str,
@@ -257,6 +274,7 @@ def _train_run(
     strength: float | None,
     data_dir: Path | None,
     store: Store,
+    fine_tune_epochs: int | None = None,
 ) -> str:
     """Train one model, store it with its config, history, metrics and structure; return the run id.
 
@@ -267,15 +285,14 @@ def _train_run(
     """
     from sparank.data import load_dataset
     from sparank.models import MAX_PARAMETERS, count_parameters, parse_spec
-    from sparank.regularisers import get as get_regulariser
     from sparank.store import DuplicateKeyError
     from sparank.structure import model_structure
-    from sparank.train import TrainConfig, train_model
+    from sparank.train import TrainConfig, train_model, training_budget
 
     _check_train_options(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, seed=seed)
     with _as_options({"strength": "--strength"}):
         spec = parse_spec(arch)
-        reg = get_regulariser(regulariser, strength)
+        reg = _regulariser(regulariser, strength, fine_tune_epochs)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed)  # type: ignore[arg-type]
     data = load_dataset(dataset, data_dir=data_dir)
     count = count_parameters(spec, data.input_shape, data.num_classes)
@@ -311,6 +328,7 @@ def _train_run(
         "train_accuracy": final.train_accuracy if final else None,
         "n_train": len(data.train_x),
         "n_test": len(data.test_x),
+        "budget": training_budget(history).to_dict(),  # epochs and optimiser steps, fine-tuning included
     }
     try:
         run_id = store.add_run(
@@ -341,16 +359,22 @@ def train(
     optimizer: Annotated[str, typer.Option(help="adam | sgd")] = "adam",
     regulariser: Annotated[str, typer.Option(help="method name (see `sparank regularisers`)")] = "none",
     strength: Annotated[float | None, typer.Option(help="the method's strength (see `sparank regularisers`)")] = None,
+    fine_tune_epochs: Annotated[
+        int | None,
+        typer.Option(
+            help="epochs of fine-tuning after training, for the methods that fine-tune (none, magnitude, "
+            "svd_truncate); `--regulariser none --fine-tune-epochs K` is the dense counterpart of a method fine-tuned K epochs"
+        ),
+    ] = None,
     data_dir: DataDirOpt = None,
     store: StoreOpt = DEFAULT_STORE,
     threads: ThreadsOpt = None,
 ) -> None:
-    """Train a classifier and store it with its config, history, metrics and structure.
+    """Train a classifier and store it with its config, history, metrics, training budget and structure.
 
     Example: sparank train --dataset digits --arch mlp:300,100 --epochs 20 --seed 0
     """
     from sparank.models import parse_spec
-    from sparank.regularisers import get as get_regulariser
     from sparank.store import Store
 
     with _user_errors():
@@ -359,11 +383,11 @@ def train(
         _check_dataset_name(dataset)
         with _as_options({"strength": "--strength"}):
             parse_spec(arch)
-            get_regulariser(regulariser, strength)
+            _regulariser(regulariser, strength, fine_tune_epochs)
         with Store(store) as opened:  # checks that it can write before anything trains
             _train_run(
                 dataset=dataset, arch=arch, epochs=epochs, seed=seed, lr=lr, batch_size=batch_size, optimizer=optimizer,
-                regulariser=regulariser, strength=strength, data_dir=data_dir, store=opened,
+                regulariser=regulariser, strength=strength, data_dir=data_dir, store=opened, fine_tune_epochs=fine_tune_epochs,
             )  # fmt: skip
 
 
