@@ -142,7 +142,8 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None) -> Dataset:
         name: ``"digits"``, ``"fashion-mnist"`` or ``"mnist"``.
         data_dir: where to look first for the IDX files (the CLI's ``--data-dir``):
             the directory holding them, or a parent with a ``<name>/`` subdirectory.
-            Ignored for digits. See :func:`find_dataset_dir` for the full search.
+            An error for digits, which has no files to look for. See
+            :func:`find_dataset_dir` for the full search.
 
     Returns:
         A :class:`Dataset`: float32 images ``(N, 1, H, W)`` in ``[0, 1]``, int64 labels.
@@ -153,6 +154,11 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None) -> Dataset:
     """
     key = name.strip().lower().replace("_", "-")
     if key == "digits":
+        if data_dir is not None:
+            raise DatasetError(
+                f"--data-dir {data_dir} is not used for digits: it ships with scikit-learn; "
+                "drop --data-dir, or name an IDX dataset (fashion-mnist, mnist)"
+            )
         return load_digits()
     if key not in _IDX_DATASETS:
         raise DatasetError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
