@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparank.attacks import NOISE_ULPS, Status, fgsm_direction, first_crossing, loss_gradient_weights, min_tol, ray_points
+from sparank.attacks import ALONE_SAMPLE, NOISE_ULPS, Status, fgsm_direction, first_crossing, loss_gradient_weights, min_tol, ray_points
 from sparank.robustness import RobustnessResult, fgsm_robustness
 
 # enough digits that 1 − p_y is resolved at margin 1000 (e^-1000 ≈ 1e-434) with the naive formula
@@ -248,12 +248,7 @@ def test_every_eps_hi_is_misclassified_in_any_batching(dtype, tol):
     points = ray_points(x[fooled], r.directions[fooled].to(dtype), r.eps_hi[fooled], (0.0, 1.0))
     for batch in (1, 7, 256, len(points)):
         assert _misclassified_in_batches(model, points, y[fooled], batch).all(), batch
-    # within tol, except where the float32 noise band around the crossing is itself about tol wide
-    width = (r.eps_hi - r.eps_lo)[fooled]
-    assert (width <= tol).float().mean() >= 0.99
-    assert (width <= 3 * tol).all()
-    if dtype == torch.float64:
-        assert (width <= tol).all()
+    assert ((r.eps_hi - r.eps_lo)[fooled] <= tol).all()
     # the lower ends are classified y (in the batch they are evaluated in)
     lows = ray_points(x[fooled], r.directions[fooled].to(dtype), r.eps_lo[fooled], (0.0, 1.0))
     assert (~_misclassified_in_batches(model, lows, y[fooled], len(lows))).float().mean() > 0.99
@@ -262,14 +257,17 @@ def test_every_eps_hi_is_misclassified_in_any_batching(dtype, tol):
 def test_a_point_misclassified_only_in_a_batch_is_not_returned():
     """Catches a measure that ignores its verification (or verifies in the same batch only)."""
     model = BatchDependent(bias_alone=2e-3)
-    x = torch.full((4, 1), 0.05, dtype=torch.float64)
-    y = torch.zeros(4, dtype=torch.long)
+    # more inputs than the measure re-evaluates alone by default: the noise it sees in those must
+    # make it re-evaluate every one
+    n = ALONE_SAMPLE + 36
+    x = torch.full((n, 1), 0.05, dtype=torch.float64)
+    y = torch.zeros(n, dtype=torch.long)
     r = fgsm_robustness(model, x, y, eps_max=0.5, resolution=1e-2, tol=1e-8)
     assert (r.status == Status.FOOLED).all()
     # in a batch the crossing is at ε = 0.25; alone at 0.2502
     assert (r.eps_hi > 0.25 + 2e-4).all()
     points = ray_points(x, r.directions, r.eps_hi, (0.0, 1.0))
-    for i in range(4):
+    for i in range(n):
         assert model(points[i : i + 1]).argmax(1).item() == 1
     assert (model(points).argmax(1) == 1).all()
     # the band where batch and alone disagree, (0.25, 0.2502], is wider than tol: the bracket keeps width

@@ -255,27 +255,25 @@ def ray_points(inputs: Tensor, directions: Tensor, eps: Tensor, bounds: Bounds |
     return (inputs + eps_x * directions).clamp_(lo, hi)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def _evaluate(model: nn.Module, rows: Tensor, labels: Tensor, owners: Tensor, batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
     """Per row: the margin ``f_y − max_{j≠y} f_j`` (float64), its noise floor (float64), and ``argmax != label``.
 
-    ``owners[i]`` is the input row ``i`` belongs to (named in errors). The noise
-    floor is ``NOISE_ULPS · eps(dtype) · max(1, max_j |f_j|)``.
+    The rows go through the model ``batch_size`` at a time (1: each row alone); ``owners[i]`` is
+    the input row ``i`` belongs to (named in errors). The noise floor is
+    ``NOISE_ULPS · eps(dtype) · max(1, max_j |f_j|)``.
     """
-    margin = torch.empty(len(rows), dtype=torch.float64, device=rows.device)
-    floor = torch.empty(len(rows), dtype=torch.float64, device=rows.device)
-    wrong = torch.empty(len(rows), dtype=torch.bool, device=rows.device)
-    for start in range(0, len(rows), batch_size):
-        sl = slice(start, start + batch_size)
-        logits = logits_of(model, rows[sl])
-        _check_finite(logits, owners[sl], "logits")
-        y = labels[sl]
-        wrong[sl] = logits.argmax(dim=1) != y
-        true = logits.gather(1, y[:, None]).squeeze(1)
-        others = logits.scatter(1, y[:, None], float("-inf")).amax(dim=1)
-        margin[sl] = (true - others).double()
-        scale = logits.abs().amax(dim=1).double().clamp_min(1.0)
-        floor[sl] = NOISE_ULPS * torch.finfo(logits.dtype).eps * scale
+    if not len(rows):
+        empty = torch.empty(0, dtype=torch.float64, device=rows.device)
+        return empty, empty, torch.empty(0, dtype=torch.bool, device=rows.device)
+    logits = torch.cat([logits_of(model, rows[start : start + batch_size]) for start in range(0, len(rows), batch_size)])
+    _check_finite(logits, owners, "logits")
+    y = labels[:, None]
+    wrong = logits.argmax(dim=1) != labels
+    true = logits.gather(1, y).squeeze(1)
+    others = logits.scatter(1, y, float("-inf")).amax(dim=1)
+    margin = (true - others).double()
+    floor = NOISE_ULPS * torch.finfo(logits.dtype).eps * logits.abs().amax(dim=1).double().clamp_min(1.0)
     return margin, floor, wrong
 
 
@@ -404,7 +402,7 @@ def first_crossing(
     Scans ``h, 2h, ..., eps_max`` (``h = resolution``), evaluating only the inputs
     still unresolved and, as they thin out, several scan points per input in
     one forward call; refines the first bracket to width ``tol`` (points near
-    the secant roots of the margin, plus the bracket's thirds, per round); and
+    the secant roots of the margin, plus the midpoint, per round); and
     verifies every returned ``eps_hi``.
 
     **Verified in any batching.** Rounding inside the model depends on the
@@ -413,10 +411,14 @@ def first_crossing(
     another. The upper end ``eps_hi`` is therefore always a point misclassified
     *beyond the noise*: margin below ``−max(δ, allowance)``, with
     ``δ = NOISE_ULPS · eps(dtype) · max(1, max_j |f_j|)``. Before it is
-    returned, ``x(eps_hi)`` is re-evaluated in a batch and alone (a batch of
-    one); if either margin is not below ``−max(δ/2, 4·|their difference|)``
-    the input's allowance is raised to twice that bound plus the difference
-    and its search resumes from its lower end. The lower end ``eps_lo`` is a point
+    returned, ``x(eps_hi)`` is re-evaluated in a batch, and the
+    ``ALONE_SAMPLE`` points nearest the boundary also alone (a batch of one);
+    if one of those differs from its batched margin by more than ``δ/2``, the
+    floor is not a safe bound for this model and every point is re-evaluated
+    alone. A point is accepted if its margins are below
+    ``−max(δ/2, 4·|their difference|)``; if not, the input's allowance is
+    raised to twice that bound plus the difference and its search resumes
+    from its lower end. The lower end ``eps_lo`` is a point
     classified ``y`` (``argmax``, ties to the lowest class index) in its batch,
     and every scanned point below it is classified ``y`` or lies within the
     noise of the boundary; ``eps_hi − eps_lo <= tol``. Where the model's noise
@@ -510,6 +512,11 @@ def first_crossing(
     return Crossing(eps_lo.cpu(), eps_hi.cpu(), status.cpu(), rows_done)
 
 
+#: How many of the returned points are re-evaluated alone in any case (the nearest to the boundary,
+#: in units of their noise floor); all of them are when one of these shows more noise than half the floor.
+ALONE_SAMPLE = 64
+
+
 def _verify(
     model: nn.Module,
     inputs: Tensor,
@@ -519,8 +526,12 @@ def _verify(
     bounds: Bounds | tuple[float, float],
     batch_size: int,
 ) -> tuple[Tensor, Tensor, int]:
-    """Re-evaluate each ``x(hi)`` in a batch and alone; accepted where both margins are below
+    """Re-evaluate each ``x(hi)`` in a batch, and alone (see below); accepted where the margins are below
     ``−max(δ/2, 4·|difference|)`` (the search aims past ``−δ``).
+
+    Alone (a batch of one) are evaluated the ``ALONE_SAMPLE`` points nearest the boundary relative
+    to their floor ``δ``, and every point if any of those differs from its batched margin by more
+    than ``δ/2``: the floor is then not a safe bound for this model.
 
     Returns (accepted, the allowance a retry aims past: twice that bound plus the difference;
     rows evaluated).
@@ -528,14 +539,22 @@ def _verify(
     idx = brackets.idx
     points = ray_points(inputs[idx], directions[idx], brackets.hi, bounds)
     m_batch, f_batch, _ = _evaluate(model, points, labels[idx], idx, batch_size)
-    m_alone, f_alone, _ = _evaluate(model, points, labels[idx], idx, 1)
+    m_alone = m_batch.clone()
+    order = torch.argsort(m_batch / f_batch, descending=True)  # nearest the boundary first (margins < 0)
+    first = order[:ALONE_SAMPLE]
+    m_alone[first] = _evaluate(model, points[first], labels[idx[first]], idx[first], 1)[0]
+    rows = len(idx) + len(first)
+    if bool(((m_alone[first] - m_batch[first]).abs() > 0.5 * f_batch[first]).any()):
+        rest = order[ALONE_SAMPLE:]
+        m_alone[rest] = _evaluate(model, points[rest], labels[idx[rest]], idx[rest], 1)[0]
+        rows += len(rest)
     difference = (m_alone - m_batch).abs()
     # half the floor the search aims past, so that a point found just past it is not refused for
     # the rounding of one more evaluation
-    bound = torch.maximum(0.5 * torch.maximum(f_batch, f_alone), 4 * difference)
+    bound = torch.maximum(0.5 * f_batch, 4 * difference)
     ok = (m_batch < -bound) & (m_alone < -bound)
     # a retry aims past twice the bound plus the difference: its batch margin then clears the bound alone too
-    return ok, 2 * (bound + difference), 2 * len(idx)
+    return ok, 2 * (bound + difference), rows
 
 
 def _refine(
@@ -551,17 +570,17 @@ def _refine(
 ) -> tuple[_Brackets, int]:
     """Shrink brackets ``[lo, hi]`` (lo classified y, hi misclassified beyond the noise) to width ``<= tol``.
 
-    Each round evaluates, per open bracket, four points: just below the secant
-    root of the margin (``− tol/4``), just past the secant root of the margin
-    plus the noise bound (``+ tol/4``), and the bracket's two thirds. The new
-    ``hi`` is the first point misclassified beyond the noise, the new ``lo``
-    the last point before it classified ``y``. When the margin is affine over
-    the bracket (a ReLU network away from a kink) one round closes it;
-    otherwise the thirds shrink it by at least a third. A bracket that did not
-    shrink (the noise band covers a third of it) gets 15 evenly spaced points
-    per round instead, until it is within ``tol`` or stops shrinking: then the
-    noise band is wider than ``tol`` and ``lo`` becomes ``hi − tol``, a point
-    inside the band (its class depends on the batch).
+    Each round evaluates, per open bracket, three points: just below the
+    secant root of the margin (``− tol/4``), just past the secant root of the
+    margin plus the noise bound (``+ tol/4``), and the midpoint. The new ``hi``
+    is the first point misclassified beyond the noise, the new ``lo`` the last
+    point before it classified ``y``. When the margin is affine over the
+    bracket (a ReLU network away from a kink) one round closes it; otherwise
+    the midpoint at least halves it. A bracket that did not shrink by a tenth
+    (its midpoint fell in the noise band) gets 15 evenly spaced points per
+    round instead, until it is within ``tol`` or stops shrinking: then the noise
+    band is wider than ``tol`` and ``lo`` becomes ``hi − tol``, a point inside
+    the band (its class depends on the batch).
     """
     idx = brackets.idx
     b = _Brackets(idx, brackets.lo.clone(), brackets.hi.clone(), brackets.m_lo.clone(), brackets.m_hi.clone(), brackets.f_hi.clone())
@@ -582,16 +601,19 @@ def _refine(
                 slope = torch.where(ma > mb, width / (ma - mb), torch.zeros_like(ma))  # ε per unit of margin
                 root = torch.where(ma > mb, a + ma * slope, a + 0.5 * width)
                 past = torch.where(ma > mb, a + (ma + b.f_hi[rows]) * slope, a + 0.5 * width)
-                cand = torch.stack([root - 0.25 * tol, past + 0.25 * tol, a + width / 3, a + 2 * width / 3], dim=1)
+                cand = torch.stack([root - 0.25 * tol, past + 0.25 * tol, a + 0.5 * width], dim=1)
             cand = torch.minimum(torch.maximum(cand, a[:, None]), z[:, None]).sort(dim=1).values
             rows_done += _refine_round(model, inputs, labels, directions, b, rows, cand, allowance, bounds, batch_size)
-            moved = (b.lo[rows] > a) | (b.hi[rows] < z)
+            moved = b.hi[rows] - b.lo[rows] < 0.9 * width  # shrinking by less is creeping along a noise band
             open_[rows] = moved | ~dense[rows]  # a dense round that did not shrink is final
             dense[rows] = ~moved
         open_ &= b.hi - b.lo > tol
     # where the noise band is wider than tol, every point evaluated below hi was correct or within the
     # noise: the bracket keeps its width tol, with lo inside the band
-    b.lo.copy_(torch.maximum(b.lo, b.hi - tol))
+    inside = b.hi - tol
+    for _ in range(2):  # hi − (hi − tol) can round to just above tol
+        inside = torch.where(b.hi - inside > tol, torch.nextafter(inside, b.hi), inside)
+    b.lo.copy_(torch.maximum(b.lo, inside))
     return b, rows_done
 
 
