@@ -173,7 +173,7 @@ def _check_finite(values: Tensor, owners: Tensor, what: str) -> None:
 
 
 def loss_gradient_weights(logits: Tensor, labels: Tensor) -> Tensor:
-    """``∂CE/∂z`` divided by ``1 − p_y``, per input: exact at any margin (float64, ``(N, K)``).
+    """``∂CE/∂z`` divided by ``1 − p_y``, per input: exact at any margin (``(N, K)``, the logits' dtype).
 
     The gradient of cross-entropy with respect to the logits is ``p − e_y``. Its
     ``y`` entry ``p_y − 1`` cancels to 0 once ``p_y`` rounds to 1 (margins above
@@ -184,11 +184,10 @@ def loss_gradient_weights(logits: Tensor, labels: Tensor) -> Tensor:
     or underflows, and the sign and the L2 direction of the input gradient are
     unchanged by the positive factor.
     """
-    z = logits.detach().double()
     y = labels[:, None]
-    others = z.scatter(1, y, -math.inf)
-    weights = (others - torch.logsumexp(others, dim=1, keepdim=True)).exp()
-    return weights.scatter(1, y, -1.0)
+    others = logits.detach().scatter(1, y, -math.inf)
+    # softmax over the other classes: exp(z_j − logsumexp_{k≠y} z_k), 0 at y; the largest is exp(0)·…, never 0
+    return torch.softmax(others, dim=1).scatter(1, y, -1.0)
 
 
 def fgsm_direction(
@@ -234,7 +233,7 @@ def fgsm_direction(
             logits = logits_of(model, x, y)
             _check_finite(logits.detach(), owners, "logits")
             # per input, so each input's gradient is independent of the batch it is in
-            weights = loss_gradient_weights(logits, y).to(logits.dtype)
+            weights = loss_gradient_weights(logits, y)
             (grad,) = torch.autograd.grad((logits * weights).sum(), x)
         _check_finite(grad, owners, "input gradients")
         if norm == "linf":
