@@ -475,3 +475,37 @@ def test_batch_size_bounds_every_forward_call():
         y = Recording().inner(x).argmax(1)
     fgsm_robustness(Recording(), x, y, batch_size=7)
     assert max(seen) == 7
+
+
+def test_direction_does_not_depend_on_the_batch_size():
+    """Catches a batching loop that skips or overlaps inputs beyond the first batch."""
+    model = random_mlp([8, 16, 3], seed=6, dtype=torch.float64)
+    x = torch.rand(20, 8, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    y = torch.randint(0, 3, (20,), generator=torch.Generator().manual_seed(10))
+    assert torch.equal(fgsm_direction(model, x, y, batch_size=7), fgsm_direction(model, x, y))
+    # the L2 direction's last bits follow the BLAS kernel of the batch size
+    assert torch.allclose(fgsm_direction(model, x, y, norm="l2", batch_size=7), fgsm_direction(model, x, y, norm="l2"), rtol=1e-12, atol=1e-15)
+
+
+def test_l2_direction_has_unit_length_even_for_a_small_gradient_and_zero_for_none():
+    model = random_mlp([8, 3], seed=6, dtype=torch.float64)
+    with torch.no_grad():
+        model[-1].weight.mul_(1e-3)  # input gradients of norm ~1e-3
+    x = torch.rand(10, 8, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    y = torch.zeros(10, dtype=torch.long)
+    d = fgsm_direction(model, x, y, norm="l2")
+    assert torch.allclose(d.norm(dim=1), torch.ones(10, dtype=torch.float64))
+    with torch.no_grad():
+        model[-1].weight.zero_()
+    assert (fgsm_direction(model, x, y, norm="l2") == 0).all()
+
+
+def test_non_finite_gradients_with_finite_logits_are_named():
+    class SqrtModel(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            s = x[:, :1].sqrt()  # the gradient of sqrt at 0 is inf
+            return torch.cat([s, 1 - s], dim=1)
+
+    x = torch.tensor([[0.5], [0.0], [0.25]], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"non-finite input gradients .* at indices 1\b"):
+        fgsm_direction(SqrtModel(), x, torch.zeros(3, dtype=torch.long))
