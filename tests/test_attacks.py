@@ -509,3 +509,22 @@ def test_non_finite_gradients_with_finite_logits_are_named():
     x = torch.tensor([[0.5], [0.0], [0.25]], dtype=torch.float64)
     with pytest.raises(ValueError, match=r"non-finite input gradients .* at indices 1\b"):
         fgsm_direction(SqrtModel(), x, torch.zeros(3, dtype=torch.long))
+
+
+def test_the_result_and_summary_carry_their_settings():
+    """Catches a summary that drops or garbles norm, eps_max, the normalised AUC, the curve or the labels."""
+    model = random_mlp([8, 16, 3], seed=4)
+    with torch.no_grad():
+        model[-1].weight.mul_(30.0)
+    x = torch.rand(30, 8, generator=torch.Generator().manual_seed(12))
+    y = torch.randint(0, 3, (30,), generator=torch.Generator().manual_seed(13), dtype=torch.int32)
+    calls: list[tuple[int, int]] = []
+    r = fgsm_robustness(model, x, y, norm="l2", eps_max=2.0, resolution=0.05, progress=lambda d, t: calls.append((d, t)))
+    assert calls and calls[-1] == (30, 30)
+    assert r.labels.dtype == torch.int64 and torch.equal(r.labels, y.long())
+    s = r.summary(curve_points=11)
+    assert (s.norm, s.eps_max, s.n) == ("l2", 2.0, 30)
+    assert s.auc_normalised == pytest.approx(s.auc / 2.0)
+    assert s.curve_eps == pytest.approx([0.2 * k for k in range(11)])
+    assert s.curve_accuracy == pytest.approx([float((r.eps_hi > e).double().mean()) for e in s.curve_eps])
+    assert s.clean_accuracy == pytest.approx(float((r.status != Status.CLEAN_WRONG).double().mean()))
