@@ -20,12 +20,10 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 Norm = Literal["linf", "l2"]
 NORMS: tuple[str, ...] = ("linf", "l2")
-
 
 
 class Status(IntEnum):
@@ -60,7 +58,7 @@ class Bounds(NamedTuple):
 class Crossing(NamedTuple):
     """Per-input result of :func:`first_crossing`; tensors on the CPU."""
 
-    eps_lo: Tensor  # (N,) float64: largest ε known correct, with every scanned point below it correct
+    eps_lo: Tensor  # (N,) float64: a point classified y; every scanned point below it is, or is within the noise
     eps_hi: Tensor  # (N,) float64: a verified misclassified ε; inf if censored or no direction, 0 if clean-wrong
     status: Tensor  # (N,) int64: values of Status
     forward_rows: int  # how many inputs were passed through the model (cost, for benchmarks)
