@@ -139,7 +139,7 @@ CLI_FAULTS = [
     Fault("regulariser-unknown", ("train", "--regulariser", "dropout", "--store", "{tmp}/s"), "unknown regulariser", before_work=True),
     Fault("data-dir-with-digits", ("train", "--dataset", "digits", "--data-dir", "{tmp}", "--store", "{tmp}/s"), "not used for digits"),
     Fault("measure-tol-below-float32", ("measure", "r0001", "--tol", "1e-9", "--n", "5", "--store", "{store}"), "below what torch.float32 inputs resolve"),
-    Fault("fine-tune-negative", ("train", "--fine-tune-epochs", "-1", "--store", "{tmp}/s"), "--fine-tune-epochs must be 0 or more", before_work=True),
+    Fault("fine-tune-negative", ("train", "--fine-tune-epochs", "-1", "--store", "{tmp}/s"), "--fine-tune-epochs must be an integer >= 0", before_work=True),
     Fault("fine-tune-not-taken", ("train", "--regulariser", "l1", "--fine-tune-epochs", "2", "--store", "{tmp}/s"), "does not fine-tune", before_work=True),
     Fault("strength-nan", ("train", "--regulariser", "l1", "--strength", "nan", "--store", "{tmp}/s"), "out of range", before_work=True),
     Fault(

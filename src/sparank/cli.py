@@ -246,14 +246,16 @@ def _check_dataset_name(name: str) -> None:
 
 
 def _regulariser(name: str, strength: float | None, fine_tune_epochs: int | None) -> Any:
-    """The regulariser of ``--regulariser``/``--strength``/``--fine-tune-epochs``; ValueError names the option."""
+    """The regulariser of ``--regulariser``/``--strength``/``--fine-tune-epochs``; ValueError names the option.
+
+    The methods check their own values (run it inside :func:`_as_options`); this adds only which
+    methods take ``--fine-tune-epochs`` at all.
+    """
     from sparank.regularisers import REGISTRY
     from sparank.regularisers import get as get_regulariser
 
     if fine_tune_epochs is None:
         return get_regulariser(name, strength)
-    if fine_tune_epochs < 0:
-        raise ValueError(f"--fine-tune-epochs must be 0 or more, got {fine_tune_epochs}")
     cls = REGISTRY.get(name)
     if cls is not None and "fine_tune_epochs" not in inspect.signature(cls).parameters:
         takes = ", ".join(n for n, c in REGISTRY.items() if "fine_tune_epochs" in inspect.signature(c).parameters)
@@ -290,7 +292,7 @@ def _train_run(
     from sparank.train import TrainConfig, train_model, training_budget
 
     _check_train_options(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, seed=seed)
-    with _as_options({"strength": "--strength"}):
+    with _as_options({"strength": "--strength", "fine_tune_epochs": "--fine-tune-epochs"}):
         spec = parse_spec(arch)
         reg = _regulariser(regulariser, strength, fine_tune_epochs)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed)  # type: ignore[arg-type]
@@ -381,7 +383,7 @@ def train(
         _set_threads(threads)
         _check_train_options(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, seed=seed)
         _check_dataset_name(dataset)
-        with _as_options({"strength": "--strength"}):
+        with _as_options({"strength": "--strength", "fine_tune_epochs": "--fine-tune-epochs"}):
             parse_spec(arch)
             _regulariser(regulariser, strength, fine_tune_epochs)
         with Store(store) as opened:  # checks that it can write before anything trains
