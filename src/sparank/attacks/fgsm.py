@@ -15,44 +15,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from enum import IntEnum
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-Norm = Literal["linf", "l2"]
-NORMS: tuple[str, ...] = ("linf", "l2")
-
-
-class Status(IntEnum):
-    """What happened to one input along its ray (stored as these integers)."""
-
-    FOOLED = 0  # misclassified at some ε in (0, eps_max]: ε* = eps_hi
-    CLEAN_WRONG = 1  # misclassified at ε = 0: ε* = 0
-    CENSORED = 2  # classified correctly at every scanned ε up to eps_max: ε* > eps_max
-    NO_DIRECTION = 3  # correct at ε = 0 and the direction is exactly zero: the ray does not move
-
-
-#: A margin within this many units in the last place (of the logits' dtype, times max(1, max|logit|))
-#: of zero is floating-point noise: the class of such a point can change with how the model is
-#: batched (BLAS rounding), so it is never returned as a verified misclassified point. Measured
-#: alone-versus-batched differences on trained MLPs and CNNs are at most about 4 such units.
-NOISE_ULPS = 8
-
-
-def check_norm(norm: str) -> None:
-    """ValueError naming the norms this package knows, if ``norm`` is not one of them."""
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
-
-
-class Bounds(NamedTuple):
-    """The input box ``[lo, hi]^d``."""
-
-    lo: float
-    hi: float
+from sparank.attacks.base import (
+    Bounds,
+    Norm,
+    Progress,
+    Status,
+    _evaluate,
+    check_norm,
+    check_tol,
+    input_gradient,
+    normalise,
+    verify_points,
+)
 
 
 class Crossing(NamedTuple):
@@ -62,130 +41,6 @@ class Crossing(NamedTuple):
     eps_hi: Tensor  # (N,) float64: a verified misclassified ε; inf if censored or no direction, 0 if clean-wrong
     status: Tensor  # (N,) int64: values of Status
     forward_rows: int  # how many inputs were passed through the model (cost, for benchmarks)
-
-
-Progress = Callable[[int, int], None]
-"""``progress(resolved, total)``: called as inputs are resolved (for progress bars)."""
-
-
-def as_tensor(value: object, name: str) -> Tensor:
-    """``value`` as a tensor: tensors pass through, numpy arrays are wrapped; anything else is a ValueError."""
-    if isinstance(value, Tensor):
-        return value
-    if isinstance(value, np.ndarray):
-        return torch.from_numpy(value)
-    raise ValueError(f"{name} must be a torch tensor or numpy array, got {type(value).__name__}")
-
-
-def check_inputs(inputs: Tensor, labels: Tensor, bounds: Bounds | tuple[float, float]) -> Bounds:
-    """Validate a batch against the protocol's contract; returns the bounds as :class:`Bounds`."""
-    lo, hi = (float(b) for b in bounds)
-    if not lo < hi:
-        raise ValueError(f"bounds must satisfy lo < hi, got {bounds}")
-    if inputs.ndim < 2:
-        raise ValueError(f"inputs must be a batch shaped (N, ...), got shape {tuple(inputs.shape)}")
-    if labels.ndim != 1 or len(labels) != len(inputs):
-        raise ValueError(f"labels must be shaped (N,) = ({len(inputs)},), got {tuple(labels.shape)}")
-    if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-        raise ValueError(f"labels must be integer class indices (torch.int64), got dtype {labels.dtype}")
-    if len(labels) and int(labels.min()) < 0:
-        bad = torch.nonzero(labels < 0).squeeze(1)
-        raise ValueError(f"labels must be class indices >= 0; got {int(labels[bad[0]])} at input {int(bad[0])}")
-    if not inputs.is_floating_point():
-        raise ValueError(f"inputs must be floating point in [{lo}, {hi}], got dtype {inputs.dtype}")
-    if len(inputs) and not bool(torch.isfinite(inputs).all()):
-        raise ValueError("inputs contain NaN or inf")
-    if len(inputs) and (float(inputs.min()) < lo or float(inputs.max()) > hi):
-        raise ValueError(
-            f"inputs lie outside bounds [{lo}, {hi}] (min {float(inputs.min()):.4g}, max {float(inputs.max()):.4g}); "
-            "pass the right bounds, and put any normalisation inside the model (PROTOCOL §1)"
-        )
-    return Bounds(lo, hi)
-
-
-def check_model_dtype(model: nn.Module, inputs: Tensor) -> None:
-    """ValueError if the model's floating-point parameters are not of the inputs' dtype."""
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), inputs.dtype)
-    if dtype != inputs.dtype:
-        raise ValueError(
-            f"inputs are {inputs.dtype} but the model's parameters are {dtype}: pass inputs of the "
-            f"model's dtype (inputs.to({dtype})) or measure a converted model (model.to({inputs.dtype}))"
-        )
-
-
-def min_tol(dtype: torch.dtype, bounds: Bounds | tuple[float, float], eps_max: float) -> float:
-    """The smallest bracket width the inputs' dtype resolves: below it, distinct ε give the same point ``x(ε)``."""
-    return 2.0 * torch.finfo(dtype).eps * max(abs(float(bounds[0])), abs(float(bounds[1])), float(eps_max))
-
-
-def check_tol(tol: float, dtype: torch.dtype, bounds: Bounds | tuple[float, float], eps_max: float) -> None:
-    """ValueError if ``tol`` is finer than what ``dtype`` inputs resolve at ``eps_max``."""
-    floor = min_tol(dtype, bounds, eps_max)
-    if tol < floor:
-        raise ValueError(
-            f"tol={tol:g} is below what {dtype} inputs resolve at eps_max={eps_max:g} (points x(ε) closer than "
-            f"{floor:.3g} in ε coincide): use tol >= {floor:.3g}, or float64 inputs and model"
-        )
-
-
-def model_device(model: nn.Module, fallback: torch.device) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return fallback
-
-
-def logits_of(model: nn.Module, x: Tensor, labels: Tensor | None = None) -> Tensor:
-    """``model(x)``, checked: a floating tensor shaped ``(N, K)`` with ``K >= 2`` (and ``K`` above every label)."""
-    out = model(x)
-    if not isinstance(out, Tensor):
-        raise ValueError(
-            f"the model must return a logits tensor shaped (N, K); it returned a {type(out).__name__}: "
-            "wrap it so that forward returns the logits alone"
-        )
-    if out.ndim != 2 or out.shape[0] != len(x) or out.shape[1] < 2:
-        raise ValueError(
-            f"the model must return logits shaped (N, K) with K >= 2 classes; for N = {len(x)} inputs it "
-            f"returned shape {tuple(out.shape)}"
-        )
-    if not out.is_floating_point():
-        raise ValueError(f"the model must return floating-point logits, got dtype {out.dtype}")
-    if labels is not None and len(labels) and int(labels.max()) >= out.shape[1]:
-        j = int(labels.argmax())
-        raise ValueError(
-            f"labels must be class indices in [0, {out.shape[1]}) for a model with {out.shape[1]} outputs; "
-            f"got label {int(labels[j])}"
-        )
-    return out
-
-
-def _check_finite(values: Tensor, owners: Tensor, what: str) -> None:
-    """ValueError naming the inputs whose ``values`` (one row per entry of ``owners``) are not all finite."""
-    bad = ~torch.isfinite(values.flatten(1)).all(dim=1)
-    if bool(bad.any()):
-        inputs = sorted({int(i) for i in owners[bad].tolist()})
-        shown = ", ".join(map(str, inputs[:10])) + (", ..." if len(inputs) > 10 else "")
-        raise ValueError(
-            f"the model gives non-finite {what} (NaN or inf) for {len(inputs)} input(s), at indices {shown}: "
-            "the measure needs finite values; check the model's weights and forward"
-        )
-
-
-def loss_gradient_weights(logits: Tensor, labels: Tensor) -> Tensor:
-    """``∂CE/∂z`` divided by ``1 − p_y``, per input: exact at any margin (``(N, K)``, the logits' dtype).
-
-    The gradient of cross-entropy with respect to the logits is ``p − e_y``. Its
-    ``y`` entry ``p_y − 1`` cancels to 0 once ``p_y`` rounds to 1 (margins above
-    about 17 in float32), and every ``p_j`` underflows at larger margins, so the
-    input gradient saturates to the wrong direction or to exactly 0. Divided by
-    the positive number ``1 − p_y = Σ_{j≠y} p_j`` it is ``−1`` at ``y`` and
-    ``exp(z_j − logsumexp_{k≠y} z_k)`` elsewhere (summing to 1): nothing cancels
-    or underflows, and the sign and the L2 direction of the input gradient are
-    unchanged by the positive factor.
-    """
-    y = labels[:, None]
-    others = logits.detach().scatter(1, y, -math.inf)
-    # softmax over the other classes: exp(z_j − logsumexp_{k≠y} z_k), 0 at y; the largest is exp(0)·…, never 0
-    return torch.softmax(others, dim=1).scatter(1, y, -1.0)
 
 
 def fgsm_direction(
@@ -222,56 +77,20 @@ def fgsm_direction(
     Only the inputs get gradients: parameters' ``.grad`` are left untouched.
     """
     check_norm(norm)
-    out = torch.empty_like(inputs)
-    for start in range(0, len(inputs), batch_size):
-        x = inputs[start : start + batch_size].detach().clone().requires_grad_(True)
-        y = labels[start : start + batch_size]
-        owners = torch.arange(start, start + len(x))
-        with torch.enable_grad():
-            logits = logits_of(model, x, y)
-            _check_finite(logits.detach(), owners, "logits")
-            # per input, so each input's gradient is independent of the batch it is in
-            weights = loss_gradient_weights(logits, y)
-            (grad,) = torch.autograd.grad((logits * weights).sum(), x)
-        _check_finite(grad, owners, "input gradients")
-        if norm == "linf":
-            d = grad.sign()
-        else:
-            flat = grad.flatten(1)
-            length = flat.norm(dim=1, keepdim=True)
-            d = torch.where(length > 0, flat / length.clamp_min(torch.finfo(flat.dtype).tiny), 0.0).view_as(grad)
-        out[start : start + batch_size] = d
-    return out
+    return normalise(input_gradient(model, inputs, labels, batch_size=batch_size), norm)
 
 
-def ray_points(inputs: Tensor, directions: Tensor, eps: Tensor, bounds: Bounds | tuple[float, float]) -> Tensor:
+def ray_points(
+    inputs: Tensor,
+    directions: Tensor,
+    eps: Tensor,
+    bounds: Bounds | tuple[float, float],
+) -> Tensor:
     """``clip(x + ε·d, lo, hi)`` for per-input ε: inputs, directions ``(N, *shape)``, eps ``(N,)`` (any float dtype)."""
     lo, hi = bounds
     shape = (-1,) + (1,) * (inputs.ndim - 1)
     eps_x = eps.to(device=inputs.device, dtype=inputs.dtype).view(shape)
     return (inputs + eps_x * directions).clamp_(lo, hi)
-
-
-@torch.inference_mode()
-def _evaluate(model: nn.Module, rows: Tensor, labels: Tensor, owners: Tensor, batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Per row: the margin ``f_y − max_{j≠y} f_j`` (float64), its noise floor (float64), and ``argmax != label``.
-
-    The rows go through the model ``batch_size`` at a time (1: each row alone); ``owners[i]`` is
-    the input row ``i`` belongs to (named in errors). The noise floor is
-    ``NOISE_ULPS · eps(dtype) · max(1, max_j |f_j|)``.
-    """
-    if not len(rows):
-        empty = torch.empty(0, dtype=torch.float64, device=rows.device)
-        return empty, empty, torch.empty(0, dtype=torch.bool, device=rows.device)
-    logits = torch.cat([logits_of(model, rows[start : start + batch_size]) for start in range(0, len(rows), batch_size)])
-    _check_finite(logits, owners, "logits")
-    y = labels[:, None]
-    wrong = logits.argmax(dim=1) != labels
-    true = logits.gather(1, y).squeeze(1)
-    others = logits.scatter(1, y, float("-inf")).amax(dim=1)
-    margin = (true - others).double()
-    floor = NOISE_ULPS * torch.finfo(logits.dtype).eps * logits.abs().amax(dim=1).double().clamp_min(1.0)
-    return margin, floor, wrong
 
 
 def _robust(margin: Tensor, floor: Tensor, allowance: Tensor) -> Tensor:
@@ -305,7 +124,14 @@ class _Brackets(NamedTuple):
     def cat(parts: list[_Brackets], device: torch.device) -> _Brackets:
         if not parts:
             empty = torch.empty(0, dtype=torch.float64, device=device)
-            return _Brackets(torch.empty(0, dtype=torch.int64, device=device), empty, empty, empty, empty, empty)
+            return _Brackets(
+                torch.empty(0, dtype=torch.int64, device=device),
+                empty,
+                empty,
+                empty,
+                empty,
+                empty,
+            )
         return _Brackets(*(torch.cat(column) for column in zip(*parts)))
 
 
@@ -339,7 +165,10 @@ def _scan(
     found: list[_Brackets] = []
     rows_done = 0
     rows_target = max(len(active), 1)  # keep every forward call about as large as the first
-    last_eps, last_margin = start.clone(), start_margin.clone()  # the last point classified y, per input
+    last_eps, last_margin = (
+        start.clone(),
+        start_margin.clone(),
+    )  # the last point classified y, per input
     k = 0
     while len(active) and k < len(grid):
         chunk = min(len(grid) - k, max(1, rows_target // len(active)))
@@ -471,13 +300,36 @@ def first_crossing(
     allowance = torch.zeros(n, dtype=torch.float64, device=device)  # raised where batching noise is seen
     active = torch.nonzero(~wrong0 & ~no_direction).squeeze(1)
     start = torch.zeros(len(active), dtype=torch.float64, device=device)
-    brackets, rows = _scan(model, inputs, labels, directions, grid, active, start, margin0[active], allowance, bounds, batch_size, tick)
+    brackets, rows = _scan(
+        model,
+        inputs,
+        labels,
+        directions,
+        grid,
+        active,
+        start,
+        margin0[active],
+        allowance,
+        bounds,
+        batch_size,
+        tick,
+    )
     rows_done += rows
     tick(len(active) - len(brackets.idx))  # the censored inputs
 
     done: list[_Brackets] = []
     for _round in range(8):
-        refined, rows = _refine(model, inputs, labels, directions, brackets, allowance, bounds, tol, batch_size)
+        refined, rows = _refine(
+            model,
+            inputs,
+            labels,
+            directions,
+            brackets,
+            allowance,
+            bounds,
+            tol,
+            batch_size,
+        )
         rows_done += rows
         ok, needed, rows = _verify(model, inputs, labels, directions, refined, bounds, batch_size)
         rows_done += rows
@@ -490,7 +342,19 @@ def first_crossing(
         again: list[_Brackets] = []
         for j in range(len(failed.idx)):
             one = failed.take(slice(j, j + 1))
-            more, rows = _scan(model, inputs, labels, directions, grid[grid > one.lo], one.idx, one.lo, one.m_lo, allowance, bounds, batch_size)
+            more, rows = _scan(
+                model,
+                inputs,
+                labels,
+                directions,
+                grid[grid > one.lo],
+                one.idx,
+                one.lo,
+                one.m_lo,
+                allowance,
+                bounds,
+                batch_size,
+            )
             rows_done += rows
             again.append(more)  # empty where nothing up to eps_max is misclassified beyond the noise: censored
         brackets = _Brackets.cat(again, device)
@@ -509,11 +373,6 @@ def first_crossing(
     return Crossing(eps_lo.cpu(), eps_hi.cpu(), status.cpu(), rows_done)
 
 
-#: How many of the returned points are re-evaluated alone in any case (the nearest to the boundary,
-#: in units of their noise floor); all of them are when one of these shows more noise than half the floor.
-ALONE_SAMPLE = 64
-
-
 def _verify(
     model: nn.Module,
     inputs: Tensor,
@@ -523,35 +382,10 @@ def _verify(
     bounds: Bounds | tuple[float, float],
     batch_size: int,
 ) -> tuple[Tensor, Tensor, int]:
-    """Re-evaluate each ``x(hi)`` in a batch, and alone (see below); accepted where the margins are below
-    ``−max(δ/2, 4·|difference|)`` (the search aims past ``−δ``).
-
-    Alone (a batch of one) are evaluated the ``ALONE_SAMPLE`` points nearest the boundary relative
-    to their floor ``δ``, and every point if any of those differs from its batched margin by more
-    than ``δ/2``: the floor is then not a safe bound for this model.
-
-    Returns (accepted, the allowance a retry aims past: twice that bound plus the difference;
-    rows evaluated).
-    """
+    """Re-check each ``x(hi)`` with :func:`~sparank.attacks.base.verify_points`: (accepted, retry allowance, rows)."""
     idx = brackets.idx
     points = ray_points(inputs[idx], directions[idx], brackets.hi, bounds)
-    m_batch, f_batch, _ = _evaluate(model, points, labels[idx], idx, batch_size)
-    m_alone = m_batch.clone()
-    order = torch.argsort(m_batch / f_batch, descending=True)  # nearest the boundary first (margins < 0)
-    first = order[:ALONE_SAMPLE]
-    m_alone[first] = _evaluate(model, points[first], labels[idx[first]], idx[first], 1)[0]
-    rows = len(idx) + len(first)
-    if bool(((m_alone[first] - m_batch[first]).abs() > 0.5 * f_batch[first]).any()):
-        rest = order[ALONE_SAMPLE:]
-        m_alone[rest] = _evaluate(model, points[rest], labels[idx[rest]], idx[rest], 1)[0]
-        rows += len(rest)
-    difference = (m_alone - m_batch).abs()
-    # half the floor the search aims past, so that a point found just past it is not refused for
-    # the rounding of one more evaluation
-    bound = torch.maximum(0.5 * f_batch, 4 * difference)
-    ok = (m_batch < -bound) & (m_alone < -bound)
-    # a retry aims past twice the bound plus the difference: its batch margin then clears the bound alone too
-    return ok, 2 * (bound + difference), rows
+    return verify_points(model, points, labels[idx], idx, batch_size)
 
 
 def _refine(
@@ -580,7 +414,14 @@ def _refine(
     the band (its class depends on the batch).
     """
     idx = brackets.idx
-    b = _Brackets(idx, brackets.lo.clone(), brackets.hi.clone(), brackets.m_lo.clone(), brackets.m_hi.clone(), brackets.f_hi.clone())
+    b = _Brackets(
+        idx,
+        brackets.lo.clone(),
+        brackets.hi.clone(),
+        brackets.m_lo.clone(),
+        brackets.m_hi.clone(),
+        brackets.f_hi.clone(),
+    )
     rows_done = 0
     dense = torch.zeros(len(idx), dtype=torch.bool, device=idx.device)
     open_ = b.hi - b.lo > tol
@@ -600,7 +441,18 @@ def _refine(
                 past = torch.where(ma > mb, a + (ma + b.f_hi[rows]) * slope, a + 0.5 * width)
                 cand = torch.stack([root - 0.25 * tol, past + 0.25 * tol, a + 0.5 * width], dim=1)
             cand = torch.minimum(torch.maximum(cand, a[:, None]), z[:, None]).sort(dim=1).values
-            rows_done += _refine_round(model, inputs, labels, directions, b, rows, cand, allowance, bounds, batch_size)
+            rows_done += _refine_round(
+                model,
+                inputs,
+                labels,
+                directions,
+                b,
+                rows,
+                cand,
+                allowance,
+                bounds,
+                batch_size,
+            )
             moved = b.hi[rows] - b.lo[rows] < 0.9 * width  # shrinking by less is creeping along a noise band
             open_[rows] = moved | ~dense[rows]  # a dense round that did not shrink is final
             dense[rows] = ~moved
@@ -644,7 +496,10 @@ def _refine_round(
     pts = torch.cat([a[:, None], cand, z[:, None]], dim=1)
     mar = torch.cat([b.m_lo[rows, None], margin, b.m_hi[rows, None]], dim=1)
     bnd = torch.cat([b.f_hi[rows, None], bound, b.f_hi[rows, None]], dim=1)
-    yes, no = torch.ones_like(a, dtype=torch.bool)[:, None], torch.zeros_like(a, dtype=torch.bool)[:, None]
+    yes, no = (
+        torch.ones_like(a, dtype=torch.bool)[:, None],
+        torch.zeros_like(a, dtype=torch.bool)[:, None],
+    )
     j = torch.cat([no, robust, yes], dim=1).int().argmax(dim=1, keepdim=True)  # >= 1
     before = torch.arange(c + 2, device=pts.device)[None, :] < j
     i = _last_true(torch.cat([yes, correct, no], dim=1) & before)[:, None]  # >= 0: position 0 (lo) is correct

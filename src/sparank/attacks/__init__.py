@@ -1,0 +1,46 @@
+"""Attacks: the FGSM ray search and the cross-checks (PROTOCOL §2–3), in one calling convention."""
+
+from sparank.attacks.base import (
+    ALONE_SAMPLE,
+    NOISE_ULPS,
+    NORMS,
+    Bounds,
+    Norm,
+    Progress,
+    Status,
+    as_tensor,
+    check_inputs,
+    check_model_dtype,
+    check_norm,
+    check_tol,
+    logits_of,
+    loss_gradient_weights,
+    min_tol,
+    model_device,
+    verify_points,
+)
+from sparank.attacks.fgsm import Crossing, fgsm_direction, first_crossing, ray_points
+
+__all__ = [
+    "ALONE_SAMPLE",
+    "NOISE_ULPS",
+    "NORMS",
+    "Bounds",
+    "Crossing",
+    "Norm",
+    "Progress",
+    "Status",
+    "as_tensor",
+    "check_inputs",
+    "check_model_dtype",
+    "check_norm",
+    "check_tol",
+    "fgsm_direction",
+    "first_crossing",
+    "logits_of",
+    "loss_gradient_weights",
+    "min_tol",
+    "model_device",
+    "ray_points",
+    "verify_points",
+]
