@@ -29,9 +29,11 @@ from sparank.attacks import (
     check_norm,
     check_tol,
     fgsm_direction,
-    first_crossing,
     model_device,
+    verify_points,
 )
+from sparank.attacks.base import Found, MinimalAttack, _evaluate, ball_tolerance, distances
+from sparank.attacks.fgsm import FGSM
 
 QUANTILES = (0.10, 0.25, 0.50, 0.75, 0.90)
 
@@ -88,23 +90,34 @@ def jsonable(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class RobustnessResult:
-    """Per-input verified brackets of ε* along the FGSM ray.
+    """Per-input results of one attack: a verified adversarial distance ``eps_hi`` (ε*), or why there is none.
 
-    For a fooled input, ``x(eps_hi)`` is misclassified (re-checked by a forward
-    pass), every scanned point at or below ``eps_lo`` is classified correctly,
-    and ``eps_hi - eps_lo <= tol``. Clean-wrong inputs have
-    ``eps_lo = eps_hi = 0``; censored and no-direction ones ``eps_lo = eps_max, eps_hi = inf``.
+    For a fooled input a verified adversarial lies within ``eps_hi`` of it
+    (re-checked by a forward pass: misclassified in any batching, inside the
+    box and inside the ``eps_hi`` ball up to :func:`~sparank.attacks.base.ball_tolerance`).
+    For the FGSM ray, ``x(eps_hi)`` is that adversarial, every scanned point at
+    or below ``eps_lo`` is classified correctly, and ``eps_hi - eps_lo <= tol``;
+    for other attacks ``eps_lo`` is the largest radius the attack tried and
+    failed at (not a proof). Clean-wrong inputs have ``eps_lo = eps_hi = 0``;
+    censored (nothing found up to ``eps_max``) and no-direction ones ``eps_hi = inf``.
     """
 
     eps_lo: Tensor  # (N,) float64
     eps_hi: Tensor  # (N,) float64; ε* = eps_hi
     status: Tensor  # (N,) int64, values of Status
     labels: Tensor  # (N,) int64, the true labels used
-    directions: Tensor  # (N, *input_shape), the ray directions d (float32)
+    directions: Tensor | None  # (N, *input_shape), the ray directions d of a ray attack (zero for clean-wrong inputs); else None
     norm: str
     eps_max: float
-    resolution: float
-    tol: float
+    resolution: float  # the FGSM scan step h; 0 for attacks without one
+    tol: float  # the bracket width of a ray search; 0 for attacks without one
+    attack: str = "fgsm"  # which attack measured it (its settings: ``settings``)
+    settings: dict[str, Any] = field(default_factory=dict, repr=False)  # the attack's name and settings, as stored
+    # ||x_adv − x|| of the verified adversarial (float64, <= eps_hi up to the ball tolerance): 0 clean-wrong, inf none
+    distance: Tensor | None = field(default=None, repr=False)
+    adversarials: Tensor | None = field(default=None, repr=False)  # (N, *shape) where asked: x_adv if fooled, else x
+    rejected: int = 0  # adversarials the attack claimed that the re-check refused (counted as not found)
+    forward_rows: int = 0  # rows passed through the model (cost)
 
     @property
     def eps_star(self) -> Tensor:
@@ -219,36 +232,169 @@ def fgsm_robustness(
     inputs, labels = as_tensor(inputs, "inputs"), as_tensor(labels, "labels")
     box = check_inputs(inputs, labels, bounds)
     check_tol(tol, inputs.dtype, box, eps_max)
+    result = measure(
+        FGSM(resolution=resolution, tol=tol), model, inputs, labels, bounds=box, norm=norm, eps_max=eps_max,
+        batch_size=batch_size, progress=progress,
+    )  # fmt: skip
+    wrong = result.status == int(CLEAN_WRONG)
+    if bool(wrong.any()) and result.directions is not None:  # the direction of every input, as before the attack protocol
+        device = model_device(model, inputs.device)
+        was_training = model.training
+        model.eval()
+        try:
+            d = fgsm_direction(model, inputs[wrong].detach().to(device), result.labels[wrong].to(device), norm=norm, batch_size=batch_size)
+        finally:
+            model.train(was_training)
+        result.directions[wrong] = d.cpu()
+    return result
+
+
+#: how many times an adversarial that the re-check refuses (its margin within the noise: an attack that
+#: stops on the boundary) is pushed further out along its own perturbation, by 1e-4·2^k of it, before it is dropped
+PUSH_ROUNDS = 14
+
+
+def measure(
+    attack: MinimalAttack,
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    *,
+    bounds: Bounds | tuple[float, float] = (0.0, 1.0),
+    norm: Norm = "linf",
+    eps_max: float = 0.5,
+    batch_size: int = 256,
+    keep_adversarials: bool = False,
+    progress: Progress | None = None,
+) -> RobustnessResult:
+    """Run a minimisation attack on every input and verify what it found: the one convention of every measure.
+
+    Inputs the model misclassifies at ε = 0 are ``CLEAN_WRONG`` (ε* = 0, never
+    attacked). The others go to ``attack.run``; each adversarial it claims is
+    re-checked with a fresh forward pass: inside the box, inside its claimed
+    ``norm`` ball up to :func:`~sparank.attacks.base.ball_tolerance`, and
+    misclassified beyond floating-point noise in any batching
+    (:func:`~sparank.attacks.base.verify_points`). A claim whose margin is
+    within the noise (an attack that stops on the boundary) is pushed out
+    along its own perturbation, ``PUSH_ROUNDS`` times at most; a claim that
+    still fails is dropped (``rejected``) and the input counts as not fooled.
+
+    Args:
+        attack: e.g. ``FGSM(resolution=1e-2)``, ``PGD()``, ``FMN()``, ``DeepFool()``.
+        model: maps ``(N, *shape)`` to logits ``(N, K)``; evaluated in eval mode (its mode is
+            restored); its parameters get no gradients.
+        inputs: ``(N, *shape)`` in ``bounds``; never modified. ``labels``: ``(N,)`` true labels.
+        norm: ``"linf"`` or ``"l2"``: the distance every result is measured in.
+        eps_max: the largest distance reported; inputs not fooled within it are ``CENSORED``.
+        batch_size: rows per forward pass.
+        keep_adversarials: also return the verified adversarials (``x`` itself where none).
+        progress: called as ``progress(resolved, total)``.
+
+    Returns:
+        :class:`RobustnessResult` on the CPU, with ``attack`` and its ``settings``.
+    """
+    check_norm(norm)
+    if not (isinstance(eps_max, int | float) and math.isfinite(eps_max) and eps_max > 0):
+        raise ValueError(f"eps_max must be a positive number, got {eps_max}")
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not isinstance(attack, MinimalAttack):
+        raise ValueError(f"attack must be an attack object such as FGSM() or PGD(), got {type(attack).__name__}")
+    inputs, labels = as_tensor(inputs, "inputs"), as_tensor(labels, "labels")
+    box = check_inputs(inputs, labels, bounds)
     check_model_dtype(model, inputs)
     device = model_device(model, inputs.device)
     x = inputs.detach().to(device)
     y = labels.detach().to(device=device, dtype=torch.int64)
+    n = len(x)
+    status = torch.full((n,), int(CENSORED), dtype=torch.int64)
+    eps_lo = torch.full((n,), float(eps_max), dtype=torch.float64)
+    eps_hi = torch.full((n,), math.inf, dtype=torch.float64)
+    distance = torch.full((n,), math.inf, dtype=torch.float64)
+    adversarials = x.clone() if keep_adversarials else None
+    directions: Tensor | None = None
+    rejected = 0
     was_training = model.training
     model.eval()
     try:
-        directions = fgsm_direction(model, x, y, norm=norm, batch_size=batch_size)
-        crossing = first_crossing(
-            model,
-            x,
-            y,
-            directions,
-            bounds=box,
-            eps_max=eps_max,
-            resolution=resolution,
-            tol=tol,
-            batch_size=batch_size,
-            progress=progress,
+        _, _, wrong = _evaluate(model, x, y, torch.arange(n, device=device), batch_size)
+        wrong = wrong.cpu()
+        status[wrong], eps_lo[wrong], eps_hi[wrong], distance[wrong] = int(CLEAN_WRONG), 0.0, 0.0, 0.0
+        correct = torch.nonzero(~wrong).squeeze(1)
+        offset = int(wrong.sum())
+        if progress is not None:
+            progress(offset, n)
+        tick = None if progress is None else (lambda done, _of: progress(offset + done, n))
+        found = attack.run(
+            model, x[correct], y[correct], bounds=box, norm=norm, eps_max=float(eps_max), batch_size=batch_size, progress=tick
         )
+        ok, eps, dist, points, rejected = _verified(model, x[correct], y[correct], found, box, norm, float(eps_max), batch_size)
     finally:
         model.train(was_training)
+    c = correct.cpu()
+    status[c] = torch.where(ok, int(FOOLED), torch.where(found.no_direction.cpu(), int(NO_DIRECTION), int(CENSORED)))
+    eps_hi[c] = torch.where(ok, eps, math.inf)
+    eps_lo[c] = torch.minimum(found.eps_lo.cpu().double(), torch.where(ok, eps, float(eps_max)))
+    distance[c] = torch.where(ok, dist, math.inf)
+    if adversarials is not None:
+        adversarials[correct[ok.to(device)]] = points[ok.to(device)]
+    if found.directions is not None:
+        directions = torch.zeros_like(x)
+        directions[correct] = found.directions
+    if progress is not None:
+        progress(n, n)
+    settings = attack.settings()
     return RobustnessResult(
-        eps_lo=crossing.eps_lo,
-        eps_hi=crossing.eps_hi,
-        status=crossing.status,
+        eps_lo=eps_lo,
+        eps_hi=eps_hi,
+        status=status,
         labels=y.cpu(),
-        directions=directions.detach().cpu(),
+        directions=None if directions is None else directions.detach().cpu(),
         norm=norm,
         eps_max=float(eps_max),
-        resolution=float(resolution),
-        tol=float(tol),
+        resolution=float(settings.get("resolution", 0.0)),
+        tol=float(settings.get("tol", 0.0)),
+        attack=attack.name,
+        settings=settings,
+        distance=distance,
+        adversarials=None if adversarials is None else adversarials.detach().cpu(),
+        rejected=rejected,
+        forward_rows=found.forward_rows + n,
     )
+
+
+def _verified(
+    model: nn.Module, x: Tensor, y: Tensor, found: Found, box: Bounds, norm: Norm, eps_max: float, batch_size: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+    """Re-check an attack's claims; returns (verified ``(M,)``, radius ``(M,)``, distance ``(M,)``, points, rejected).
+
+    A claim is checked if it is within ``eps_max``; it is verified if its point lies in the box, in
+    its ball (``distance <= radius + ball_tolerance``) and :func:`verify_points` accepts it.
+    """
+    m = len(x)
+    device = x.device
+    points = found.adversarials.detach().to(device=device, dtype=x.dtype).clone()
+    radius = found.eps.detach().to(device=device, dtype=torch.float64).clone()
+    claimed = found.found.to(device) & (radius <= eps_max)
+    slack = ball_tolerance(x.dtype, box, eps_max, norm, x[0].numel() if m else 1)
+    ok = torch.zeros(m, dtype=torch.bool, device=device)
+    todo = torch.nonzero(claimed).squeeze(1)
+    delta = points - x
+    for k in range(PUSH_ROUNDS + 1):
+        if not len(todo):
+            break
+        if k:  # push the refused ones out along their own perturbation
+            scale = 1.0 + 1e-4 * 2.0 ** (k - 1)
+            points[todo] = (x[todo] + scale * delta[todo]).clamp(box.lo, box.hi)
+        dist = distances(points[todo], x[todo], norm)
+        if k:
+            radius[todo] = torch.maximum(radius[todo], dist)
+        inside = (points[todo] >= box.lo).flatten(1).all(dim=1) & (points[todo] <= box.hi).flatten(1).all(dim=1)
+        inside &= (dist <= radius[todo] + slack) & (radius[todo] <= eps_max)
+        accepted, _, _ = verify_points(model, points[todo], y[todo], todo, batch_size)
+        good = inside & accepted
+        ok[todo[good]] = True
+        todo = todo[~good & (radius[todo] <= eps_max)]
+    rejected = int((claimed & ~ok).sum())
+    dist_all = distances(points, x, norm)
+    return ok.cpu(), radius.cpu(), dist_all.cpu(), points, rejected

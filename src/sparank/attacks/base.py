@@ -186,7 +186,12 @@ def _evaluate(model: nn.Module, rows: Tensor, labels: Tensor, owners: Tensor, ba
     if not len(rows):
         empty = torch.empty(0, dtype=torch.float64, device=rows.device)
         return empty, empty, torch.empty(0, dtype=torch.bool, device=rows.device)
-    logits = torch.cat([logits_of(model, rows[start : start + batch_size]) for start in range(0, len(rows), batch_size)])
+    logits = torch.cat(
+        [
+            logits_of(model, rows[start : start + batch_size], labels[start : start + batch_size])
+            for start in range(0, len(rows), batch_size)
+        ]
+    )
     _check_finite(logits, owners, "logits")
     y = labels[:, None]
     wrong = logits.argmax(dim=1) != labels

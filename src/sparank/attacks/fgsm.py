@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from sparank.attacks.base import (
     Bounds,
+    Found,
+    MinimalAttack,
     Norm,
     Progress,
     Status,
@@ -509,3 +512,72 @@ def _refine_round(
     b.m_hi[rows] = mar.gather(1, j).squeeze(1)
     b.f_hi[rows] = bnd.gather(1, j).squeeze(1)
     return len(points)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FGSM(MinimalAttack):
+    """ε* along the FGSM ray (PROTOCOL §2): :func:`fgsm_direction`, then :func:`first_crossing`.
+
+    Settings: ``resolution`` (the scan step ``h``) and ``tol`` (the bracket
+    width). The adversarial of an input is ``x(eps_hi)``; its claimed radius
+    is ``eps_hi`` (the ray parameter: ``||x(ε) − x|| <= ε``, less where the box clips).
+    Goodfellow, Shlens & Szegedy 2015, https://arxiv.org/abs/1412.6572.
+    """
+
+    name: ClassVar[str] = "fgsm"
+    resolution: float = 1e-2
+    tol: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.resolution, int | float) and self.resolution > 0):
+            raise ValueError(f"resolution must be a positive number, got {self.resolution!r}")
+        if not (isinstance(self.tol, int | float) and self.tol >= 1e-12):
+            raise ValueError(f"tol must be at least 1e-12 (float64 brackets), got {self.tol!r}")
+
+    def run(
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        labels: Tensor,
+        *,
+        bounds: Bounds,
+        norm: Norm,
+        eps_max: float,
+        batch_size: int,
+        progress: Progress | None = None,
+    ) -> Found:
+        if self.resolution > eps_max:
+            raise ValueError(f"resolution must be in (0, eps_max={eps_max}], got {self.resolution}")
+        directions = fgsm_direction(model, inputs, labels, norm=norm, batch_size=batch_size)
+        return ray_search(model, inputs, labels, directions, self.resolution, self.tol, bounds, eps_max, batch_size, progress)
+
+
+def ray_search(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    directions: Tensor,
+    resolution: float,
+    tol: float,
+    bounds: Bounds,
+    eps_max: float,
+    batch_size: int,
+    progress: Progress | None = None,
+) -> Found:
+    """:func:`first_crossing` along given directions, as a :class:`~sparank.attacks.base.Found`."""
+    crossing = first_crossing(
+        model, inputs, labels, directions, bounds=bounds, eps_max=eps_max, resolution=resolution, tol=tol,
+        batch_size=batch_size, progress=progress,
+    )  # fmt: skip
+    found = crossing.status == int(Status.FOOLED)
+    eps = crossing.eps_hi.to(inputs.device)
+    adversarials = ray_points(inputs, directions, torch.where(found.to(inputs.device), eps, 0.0), bounds)
+    return Found(
+        adversarials=adversarials,
+        found=found,
+        eps=torch.where(found, crossing.eps_hi, math.inf),
+        eps_lo=torch.where(found, crossing.eps_lo, torch.clamp(crossing.eps_lo, max=eps_max)),
+        no_direction=crossing.status == int(Status.NO_DIRECTION),
+        forward_rows=crossing.forward_rows + len(inputs),
+        directions=directions,
+    )
