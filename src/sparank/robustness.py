@@ -10,6 +10,7 @@ robust-accuracy curve, quantiles of ε* and the censored fraction.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from sparank.attacks import (
     model_device,
     verify_points,
 )
-from sparank.attacks.base import Found, MinimalAttack, _evaluate, ball_tolerance, distances
+from sparank.attacks.base import Found, MinimalAttack, _evaluate, ball_tolerance, distances, input_gradient, normalise
 from sparank.attacks.fgsm import FGSM
 
 QUANTILES = (0.10, 0.25, 0.50, 0.75, 0.90)
@@ -394,7 +395,199 @@ def _verified(
         accepted, _, _ = verify_points(model, points[todo], y[todo], todo, batch_size)
         good = inside & accepted
         ok[todo[good]] = True
-        todo = todo[~good & (radius[todo] <= eps_max)]
+        # only a claim in its box and ball that is not misclassified beyond the noise is pushed further
+        todo = todo[inside & ~accepted]
     rejected = int((claimed & ~ok).sum())
     dist_all = distances(points, x, norm)
     return ok.cpu(), radius.cpu(), dist_all.cpu(), points, rejected
+
+
+def best_of(results: Sequence[RobustnessResult]) -> RobustnessResult:
+    """Best ε* (PROTOCOL §3): per input, the smallest verified adversarial distance over the attacks run.
+
+    Every input's best ε* is an upper bound on its true minimal adversarial
+    perturbation (each attack's adversarial was verified by :func:`measure`),
+    and at most each attack's own ε*. The results must be of the same inputs
+    (labels), norm and ε_max. ``eps_lo`` is 0 for fooled inputs (no attack
+    proves a lower bound); the adversarial kept is the winning attack's, where
+    every result carries adversarials.
+
+    Returns:
+        A :class:`RobustnessResult` with ``attack="best"`` and ``settings["of"]`` the settings of each result.
+    """
+    if not results:
+        raise ValueError("best_of needs at least one result")
+    first = results[0]
+    for r in results[1:]:
+        if len(r) != len(first) or not torch.equal(r.labels, first.labels):
+            raise ValueError("best_of needs results of the same inputs: their lengths or labels differ")
+        if r.norm != first.norm or r.eps_max != first.eps_max:
+            raise ValueError(f"best_of needs one norm and eps_max; got {first.norm}/{first.eps_max:g} and {r.norm}/{r.eps_max:g}")
+    # each attack's verified radius: its distance, or its claimed ε where rounding put the distance a hair above it
+    dist = torch.stack([(r.eps_hi if r.distance is None else torch.minimum(r.distance, r.eps_hi)).double() for r in results])
+    fooled = torch.stack([r.status == int(FOOLED) for r in results])
+    dist = torch.where(fooled, dist, math.inf)
+    best, winner = dist.min(dim=0)
+    clean_wrong = first.status == int(CLEAN_WRONG)
+    no_direction = torch.stack([r.status == int(NO_DIRECTION) for r in results]).all(dim=0)
+    hit = torch.isfinite(best) & ~clean_wrong
+    status = torch.where(
+        clean_wrong, int(CLEAN_WRONG), torch.where(hit, int(FOOLED), torch.where(no_direction, int(NO_DIRECTION), int(CENSORED)))
+    )
+    eps_hi = torch.where(clean_wrong, 0.0, best)
+    eps_lo = torch.where(hit | clean_wrong, 0.0, first.eps_max)
+    adversarials = None
+    if all(r.adversarials is not None for r in results):
+        stacked = torch.stack([r.adversarials for r in results])  # type: ignore[misc]
+        adversarials = stacked[winner, torch.arange(len(first))]
+    return RobustnessResult(
+        eps_lo=eps_lo.double(),
+        eps_hi=eps_hi.double(),
+        status=status.long(),
+        labels=first.labels,
+        directions=None,
+        norm=first.norm,
+        eps_max=first.eps_max,
+        resolution=0.0,
+        tol=0.0,
+        attack="best",
+        settings={"attack": "best", "of": [r.settings or {"attack": r.attack} for r in results]},
+        distance=eps_hi.double(),
+        adversarials=adversarials,
+    )
+
+
+#: What raises each gradient-masking flag (README "Gradient masking"): a flag is a reason to distrust a
+#: white-box result on that model, not a proof of masking.
+MASKING_THRESHOLDS = {
+    "gradient": 0.01,  # more than 1 % of correct inputs have a zero or non-finite input gradient
+    "transfer_beats_white_box": 0.0,  # any input fooled by a transfer or random ray that every white-box attack failed on
+    "unbounded": 1.0,  # the strongest attack fools less than 100 % of correct inputs with the whole box as budget
+    "fgsm_beats_pgd": 0.0,  # any input where FGSM's ε* is below PGD's found ε (PGD starts from FGSM: a broken attack)
+}
+
+
+@dataclass(frozen=True)
+class MaskingFlags:
+    """Signs that a model's input gradients mislead gradient attacks (PROTOCOL §3), over its correctly classified inputs.
+
+    Athalye, Carlini & Wagner 2018 (https://arxiv.org/abs/1802.00420) and
+    AutoAttack's checks (Croce & Hein 2020, https://arxiv.org/abs/2003.01690).
+    A fraction is ``None`` where the attacks it needs were not run.
+    """
+
+    n_correct: int
+    zero_gradient_fraction: float  # input gradient exactly 0
+    nonfinite_gradient_fraction: float  # input gradient NaN or inf
+    beaten_fraction: float | None  # fooled by a non-white-box attack (transfer, random) and by no white-box one
+    unbounded_budget: float | None  # the budget of the unbounded check (hi − lo in L∞; that times √d in L2)
+    unbounded_success: float | None  # fraction fooled (verified) by PGD at that budget
+    fgsm_beats_pgd_fraction: float | None  # both fooled and FGSM's ε* below PGD's by more than the searches' tolerance
+    flags: dict[str, bool]  # per check of MASKING_THRESHOLDS: raised or not (absent where not computed)
+
+    @property
+    def masked(self) -> bool:
+        """Any flag raised."""
+        return any(self.flags.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return jsonable({**asdict(self), "masked": self.masked})
+
+
+def masking_flags(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    results: Sequence[RobustnessResult] = (),
+    *,
+    bounds: Bounds | tuple[float, float] = (0.0, 1.0),
+    norm: Norm = "linf",
+    batch_size: int = 256,
+    unbounded: bool = True,
+    unbounded_steps: int = 50,
+) -> MaskingFlags:
+    """The gradient-masking flags of one model on one set of inputs (README "Gradient masking").
+
+    Args:
+        results: measurements of these inputs by several attacks (:func:`measure`); the checks
+            that compare attacks use those present: white-box (FGSM, PGD, FMN, DeepFool) against
+            the others (transfer, random), and FGSM against PGD.
+        unbounded: also run PGD (``unbounded_steps`` steps from the FGSM corner) with the whole box as
+            budget: every correct input must then be fooled.
+
+    Returns:
+        :class:`MaskingFlags`; ``flags`` says which checks were raised.
+    """
+    from sparank.attacks.pgd import pgd
+
+    check_norm(norm)
+    inputs, labels = as_tensor(inputs, "inputs"), as_tensor(labels, "labels")
+    box = check_inputs(inputs, labels, bounds)
+    check_model_dtype(model, inputs)
+    device = model_device(model, inputs.device)
+    x = inputs.detach().to(device)
+    y = labels.detach().to(device=device, dtype=torch.int64)
+    for r in results:
+        if len(r) != len(x) or not torch.equal(r.labels, y.cpu()):
+            raise ValueError("masking_flags needs results of these inputs: a result's length or labels differ")
+    was_training = model.training
+    model.eval()
+    try:
+        _, _, wrong = _evaluate(model, x, y, torch.arange(len(x), device=device), batch_size)
+        correct = torch.nonzero(~wrong).squeeze(1)
+        xc, yc = x[correct], y[correct]
+        grad = input_gradient(model, xc, yc, batch_size=batch_size, check=False).flatten(1)
+        nonfinite = ~torch.isfinite(grad).all(dim=1)
+        zero = ~nonfinite & (grad == 0).all(dim=1)
+        budget: float | None = None
+        success: float | None = None
+        if unbounded and len(xc):
+            budget = (box.hi - box.lo) * (1.0 if norm == "linf" else math.sqrt(xc[0].numel()))
+            eps = torch.full((len(xc),), budget, dtype=torch.float64)
+            start = (xc + budget * normalise(torch.where(torch.isfinite(grad), grad, 0.0).view_as(xc), norm)).clamp(box.lo, box.hi)
+            adv, _ = pgd(model, xc, yc, eps, norm=norm, bounds=box, steps=unbounded_steps, rel_stepsize=2.5 / unbounded_steps, start=start)
+            ok, _, _ = verify_points(model, adv, yc, correct, batch_size)
+            success = float(ok.double().mean())
+    finally:
+        model.train(was_training)
+    m = len(correct)
+    c = correct.cpu()
+    flags: dict[str, bool] = {}
+    frac = lambda mask: float(mask.double().mean()) if m else 0.0
+    zero_f, nonfinite_f = frac(zero), frac(nonfinite)
+    flags["gradient"] = zero_f + nonfinite_f > MASKING_THRESHOLDS["gradient"]
+    beaten: float | None = None
+    white = [r for r in results if _is_white_box(r.attack)]
+    other = [r for r in results if r.attack != "best" and not _is_white_box(r.attack)]
+    if white and other:
+        white_hit = torch.stack([r.status[c] == int(FOOLED) for r in white]).any(dim=0)
+        other_hit = torch.stack([r.status[c] == int(FOOLED) for r in other]).any(dim=0)
+        beaten = frac(other_hit & ~white_hit)
+        flags["transfer_beats_white_box"] = beaten > MASKING_THRESHOLDS["transfer_beats_white_box"]
+    if success is not None:
+        flags["unbounded"] = success < MASKING_THRESHOLDS["unbounded"]
+    fgsm_beats: float | None = None
+    fgsm = next((r for r in results if r.attack == "fgsm"), None)
+    pgd_result = next((r for r in results if r.attack == "pgd"), None)
+    if fgsm is not None and pgd_result is not None:
+        both = (fgsm.status[c] == int(FOOLED)) & (pgd_result.status[c] == int(FOOLED))
+        slack = max(fgsm.tol, 1e-9 * fgsm.eps_max)
+        fgsm_beats = frac(both & (fgsm.eps_hi[c] < pgd_result.eps_hi[c] - slack))
+        flags["fgsm_beats_pgd"] = fgsm_beats > MASKING_THRESHOLDS["fgsm_beats_pgd"]
+    return MaskingFlags(
+        n_correct=m,
+        zero_gradient_fraction=zero_f,
+        nonfinite_gradient_fraction=nonfinite_f,
+        beaten_fraction=beaten,
+        unbounded_budget=budget,
+        unbounded_success=success,
+        fgsm_beats_pgd_fraction=fgsm_beats,
+        flags=flags,
+    )
+
+
+def _is_white_box(attack: str) -> bool:
+    from sparank.attacks import ATTACKS
+
+    cls = ATTACKS.get(attack)
+    return bool(cls is not None and cls.white_box)

@@ -5,6 +5,8 @@ from sparank.attacks.base import (
     NOISE_ULPS,
     NORMS,
     Bounds,
+    Found,
+    MinimalAttack,
     Norm,
     Progress,
     Status,
@@ -13,16 +15,35 @@ from sparank.attacks.base import (
     check_model_dtype,
     check_norm,
     check_tol,
+    distances,
+    input_gradient,
     logits_of,
     loss_gradient_weights,
     min_tol,
     model_device,
+    normalise,
+    project,
     verify_points,
 )
-from sparank.attacks.fgsm import Crossing, fgsm_direction, first_crossing, ray_points
+from sparank.attacks.fgsm import FGSM, Crossing, fgsm_direction, first_crossing, ray_points, ray_search
+from sparank.attacks.transfer import RandomRay, Transfer
+
+#: every attack by the name the store and the CLI use
+ATTACKS: dict[str, type[MinimalAttack]] = {cls.name: cls for cls in (FGSM, Transfer, RandomRay)}
 
 __all__ = [
     "ALONE_SAMPLE",
+    "ATTACKS",
+    "FGSM",
+    "Found",
+    "MinimalAttack",
+    "RandomRay",
+    "Transfer",
+    "distances",
+    "input_gradient",
+    "normalise",
+    "project",
+    "ray_search",
     "NOISE_ULPS",
     "NORMS",
     "Bounds",

@@ -268,7 +268,12 @@ def input_gradient(
                 _check_finite(logits.detach(), owners, "logits")
             # per input, so each input's gradient is independent of the batch it is in
             weights = loss_gradient_weights(logits, y)
-            (grad,) = torch.autograd.grad((logits * weights).sum(), x)
+            if logits.requires_grad:
+                (grad,) = torch.autograd.grad((logits * weights).sum(), x, allow_unused=True)
+            else:  # the forward pass detaches its input: no gradient reaches x (a masked model)
+                grad = None
+        if grad is None:
+            grad = torch.zeros_like(x)
         if check:
             _check_finite(grad, owners, "input gradients")
         out[start : start + batch_size] = grad

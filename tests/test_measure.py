@@ -1,0 +1,199 @@
+"""The one attack convention: measure() verifies every claim, the FGSM ray as an attack, transfer, random rays,
+best ε* over attacks and the gradient-masking flags, on models whose answers are known."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pytest
+import torch
+from torch import nn
+
+from sparank.attacks import ATTACKS, FGSM, Found, MinimalAttack, RandomRay, Status, Transfer, distances, ray_points
+from sparank.linear import boxed_minimal_perturbation
+from sparank.robustness import best_of, fgsm_robustness, masking_flags, measure
+
+
+def affine(d: int = 6, k: int = 3, seed: int = 0) -> nn.Linear:
+    g = torch.Generator().manual_seed(seed)
+    model = nn.Linear(d, k).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(k, d, generator=g, dtype=torch.float64))
+        model.bias.copy_(torch.randn(k, generator=g, dtype=torch.float64) * 0.1)
+    return model
+
+
+def inputs_for(model: nn.Linear, n: int = 60, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, model.in_features, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    y[:3] = (y[:3] + 1) % model.out_features  # three clean-wrong inputs
+    return x, y
+
+
+@dataclass(frozen=True, kw_only=True)
+class Claims(MinimalAttack):
+    """A test attack that reports whatever it is told to: a point per input and a radius."""
+
+    name: ClassVar[str] = "claims"
+    points: torch.Tensor
+    radius: float
+
+    def settings(self) -> dict:
+        return {"attack": self.name, "radius": self.radius}
+
+    def run(self, model, inputs, labels, *, bounds, norm, eps_max, batch_size, progress=None) -> Found:
+        n = len(inputs)
+        return Found(
+            adversarials=self.points[:n].clone(),
+            found=torch.ones(n, dtype=torch.bool),
+            eps=torch.full((n,), self.radius, dtype=torch.float64),
+            eps_lo=torch.zeros(n, dtype=torch.float64),
+            no_direction=torch.zeros(n, dtype=torch.bool),
+            forward_rows=0,
+        )
+
+
+def binary_model() -> nn.Linear:
+    model = nn.Linear(2, 2).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=torch.float64))
+        model.bias.zero_()
+    return model  # class 0 iff x_0 > 0 (ties go to class 0: argmax picks the first)
+
+
+def test_measure_refuses_claims_that_are_not_adversarial_outside_the_box_or_outside_the_ball():
+    model = binary_model()
+    x = torch.tensor([[0.3, 0.0]], dtype=torch.float64)
+    y = torch.tensor([0])
+    bounds = (-1.0, 1.0)
+    not_adversarial = x + torch.tensor([[-0.1, 0.0]], dtype=torch.float64)  # still class 0
+    r = measure(Claims(points=not_adversarial, radius=0.1), model, x, y, bounds=bounds, eps_max=0.5)
+    assert r.status.tolist() == [int(Status.CENSORED)] and r.rejected == 1 and math.isinf(float(r.eps_hi[0]))
+    outside_ball = x + torch.tensor([[-0.5, 0.0]], dtype=torch.float64)  # class 1, distance 0.5 > radius 0.35
+    r = measure(Claims(points=outside_ball, radius=0.35), model, x, y, bounds=bounds, eps_max=1.0)
+    assert r.status.tolist() == [int(Status.CENSORED)] and r.rejected == 1
+    beyond_eps_max = x + torch.tensor([[-0.5, 0.0]], dtype=torch.float64)
+    r = measure(Claims(points=beyond_eps_max, radius=0.5), model, x, y, bounds=bounds, eps_max=0.4)
+    assert r.status.tolist() == [int(Status.CENSORED)] and r.rejected == 0  # not a claim within eps_max
+    out_of_box = torch.tensor([[-0.3, 1.5]], dtype=torch.float64)  # class 1 but x_1 > 1
+    r = measure(Claims(points=out_of_box, radius=2.0), model, x, y, bounds=bounds, eps_max=2.0)
+    assert r.status.tolist() == [int(Status.CENSORED)] and r.rejected == 1
+    good = x + torch.tensor([[-0.31, 0.0]], dtype=torch.float64)
+    r = measure(Claims(points=good, radius=0.31), model, x, y, bounds=bounds, eps_max=0.5, keep_adversarials=True)
+    assert r.status.tolist() == [int(Status.FOOLED)] and r.rejected == 0
+    assert float(r.eps_hi[0]) == 0.31 and float(r.distance[0]) == pytest.approx(0.31, abs=1e-15)
+    assert torch.equal(r.adversarials, good)
+
+
+def test_a_claim_on_the_boundary_is_pushed_past_it_and_verified_by_a_forward_pass():
+    model = binary_model()
+    x = torch.tensor([[0.3, 0.2]], dtype=torch.float64)
+    y = torch.tensor([0])
+    on_boundary = torch.tensor([[0.0, 0.2]], dtype=torch.float64)  # a tie: argmax says class 0
+    r = measure(Claims(points=on_boundary, radius=0.3), model, x, y, bounds=(-1.0, 1.0), eps_max=0.5, keep_adversarials=True)
+    assert r.status.tolist() == [int(Status.FOOLED)]
+    assert 0.3 < float(r.eps_hi[0]) < 0.3 * 1.01
+    with torch.no_grad():
+        assert int(model(r.adversarials).argmax()) == 1
+    assert float(distances(r.adversarials, x, "linf")[0]) <= float(r.eps_hi[0])
+
+
+def test_measure_never_attacks_clean_wrong_inputs_and_changes_nothing_it_is_given():
+    model = affine()
+    x, y = inputs_for(model)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 7.0)
+    before_x, before_params = x.clone(), [p.detach().clone() for p in model.parameters()]
+    model.train()
+    r = measure(FGSM(resolution=1e-2, tol=1e-9), model, x, y, eps_max=1.0)
+    assert model.training  # mode restored
+    assert torch.equal(x, before_x)
+    for p, q in zip(model.parameters(), before_params, strict=True):
+        assert torch.equal(p, q) and torch.equal(p.grad, torch.full_like(p, 7.0))
+    assert r.status[:3].tolist() == [int(Status.CLEAN_WRONG)] * 3
+    assert r.eps_hi[:3].tolist() == [0.0] * 3 and r.distance[:3].tolist() == [0.0] * 3
+
+
+def test_fgsm_as_an_attack_gives_fgsm_robustness_brackets_and_its_adversarials_are_the_ray_points():
+    model = affine()
+    x, y = inputs_for(model)
+    a = measure(FGSM(resolution=1e-2, tol=1e-9), model, x, y, eps_max=1.0, keep_adversarials=True)
+    b = fgsm_robustness(model, x, y, eps_max=1.0, resolution=1e-2, tol=1e-9)
+    assert torch.equal(a.eps_hi, b.eps_hi) and torch.equal(a.eps_lo, b.eps_lo) and torch.equal(a.status, b.status)
+    fooled = a.status == int(Status.FOOLED)
+    assert torch.equal(a.adversarials[fooled], ray_points(x[fooled], b.directions[fooled], b.eps_hi[fooled], (0.0, 1.0)))
+    with torch.no_grad():
+        assert (model(a.adversarials[fooled]).argmax(dim=1) != y[fooled]).all()
+    assert a.settings == {"attack": "fgsm", "resolution": 1e-2, "tol": 1e-9}
+
+
+def test_fgsm_is_at_least_best_which_is_at_least_the_exact_optimum_on_an_affine_model():
+    model = affine(d=8, k=4, seed=3)
+    x, y = inputs_for(model, n=80, seed=4)
+    fgsm = measure(FGSM(resolution=1e-2, tol=1e-9), model, x, y, eps_max=1.0)
+    rand = measure(RandomRay(draws=4, seed=0, tol=1e-9), model, x, y, eps_max=1.0)
+    best = best_of([fgsm, rand])
+    optimum = boxed_minimal_perturbation(model.weight.detach(), model.bias.detach(), x, y)
+    fooled = best.status == int(Status.FOOLED)
+    assert fooled.sum() > 40
+    assert (best.eps_hi <= fgsm.eps_hi).all() and (best.eps_hi <= rand.eps_hi).all()
+    assert (best.eps_hi[fooled] >= optimum[fooled] - 1e-12).all()
+    assert best.settings["of"] == [fgsm.settings, rand.settings]
+
+
+def test_transfer_from_a_model_to_itself_is_its_own_fgsm_measure(digits, digits_mlp):
+    x, y = digits.test_x[:120], digits.test_y[:120]
+    own = measure(FGSM(resolution=1e-2, tol=1e-6), digits_mlp, x, y)
+    self_transfer = measure(Transfer(source=digits_mlp, source_name="self"), digits_mlp, x, y)
+    assert torch.equal(own.eps_hi, self_transfer.eps_hi) and torch.equal(own.status, self_transfer.status)
+    assert self_transfer.settings == {"attack": "transfer", "kind": "fgsm", "source": "self", "resolution": 1e-2, "tol": 1e-6}
+    assert not ATTACKS["transfer"].white_box and ATTACKS["fgsm"].white_box
+
+
+class Quantised(nn.Module):
+    """A model whose first layer rounds its input to 1/4: the input gradient is exactly 0 everywhere."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(torch.round(x * 4) / 4)
+
+
+class Detached(nn.Module):
+    """A model that detaches its input inside forward: no gradient reaches the input at all."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.detach())
+
+
+@pytest.mark.parametrize("wrapper", [Quantised, Detached])
+def test_a_masked_gradient_raises_the_zero_gradient_flag_and_is_caught_by_a_gradient_free_attack(digits, digits_mlp, wrapper):
+    model = wrapper(digits_mlp)
+    x, y = digits.test_x[:60], digits.test_y[:60]
+    fgsm = measure(FGSM(), model, x, y)
+    correct = fgsm.status != int(Status.CLEAN_WRONG)
+    assert (fgsm.status[correct] == int(Status.NO_DIRECTION)).all()  # the ray never moves
+    rand = measure(RandomRay(draws=4), model, x, y)
+    assert (rand.status == int(Status.FOOLED)).sum() > 0
+    flags = masking_flags(model, x, y, [fgsm, rand])
+    assert flags.zero_gradient_fraction == 1.0 and flags.flags["gradient"]
+    assert flags.beaten_fraction > 0 and flags.flags["transfer_beats_white_box"]
+    assert flags.unbounded_success < 1.0 and flags.flags["unbounded"] and flags.masked
+
+
+def test_an_honest_model_raises_no_masking_flag(digits, digits_mlp):
+    x, y = digits.test_x[:60], digits.test_y[:60]
+    fgsm = measure(FGSM(), digits_mlp, x, y)
+    flags = masking_flags(digits_mlp, x, y, [fgsm])
+    assert flags.zero_gradient_fraction == 0.0 and flags.unbounded_success == 1.0
+    assert not flags.masked and flags.beaten_fraction is None  # no non-white-box attack ran
