@@ -112,7 +112,11 @@ def test_brackets_round_trip_with_inf_and_statuses(tmp_path: Path) -> None:
     assert torch.equal(table.eps_hi, result.eps_hi)
     assert table.eps_hi[2] == INF and table.eps_hi.dtype == torch.float64
     assert record.id == mid and record.run_id == run_id
-    assert record.config == {"n": 5, "seed": 1, "norm": "linf", "eps_max": 0.5, "resolution": 1e-2, "tol": 1e-6}
+    assert record.config == {
+        "n": 5, "seed": 1, "norm": "linf", "eps_max": 0.5, "resolution": 1e-2, "tol": 1e-6,
+        "attack": "fgsm", "attack_settings": {"attack": "fgsm"},
+    }  # fmt: skip
+    assert table.distance.isnan().all()  # a result without distances stores NULL, read back as NaN
     assert record.summary == result.summary().to_dict()
     assert record.summary["censored_fraction"] == pytest.approx(2 / 5)
 
@@ -355,7 +359,10 @@ def _unshare_works() -> bool:
 
     if shutil.which("unshare") is None:
         return False
-    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", "mount --bind -o ro / /mnt 2>/dev/null || mount -t tmpfs none /mnt"], capture_output=True)
+    probe = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", "mount --bind -o ro / /mnt 2>/dev/null || mount -t tmpfs none /mnt"],
+        capture_output=True,
+    )
     return probe.returncode == 0
 
 
@@ -382,11 +389,14 @@ def test_a_store_on_a_read_only_mount(tmp_path: Path) -> None:
     d = tmp_path / "s"
     sparank_cli = Path(sys.executable).parent / "sparank"
     shell = (
-        f"mount --bind -o ro {d} {d} && {sys.executable} -c \"$SCRIPT\" {d} && "
+        f'mount --bind -o ro {d} {d} && {sys.executable} -c "$SCRIPT" {d} && '
         f"{sparank_cli} show --store {d}; echo show=$?; {sparank_cli} train --epochs 1 --store {d}; echo train=$?"
     )
     done = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c", shell], capture_output=True, text=True, env={**os.environ, "SCRIPT": script}
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", shell],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SCRIPT": script},
     )
     output = done.stdout + done.stderr
     assert "read ['r0001']" in output
@@ -444,6 +454,7 @@ def test_a_version_1_store_is_read_and_upgraded(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / DB_NAME) as con:  # what sparank 1 wrote: no key column
         con.execute("DROP INDEX measurements_by_key")
         con.execute("ALTER TABLE measurements DROP COLUMN key")
+        con.execute("ALTER TABLE brackets DROP COLUMN distance")
         con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     con.close()
     with Store(tmp_path, readonly=True) as store:
@@ -465,3 +476,38 @@ def test_damaged_database_is_a_store_error_naming_the_file(tmp_path: Path) -> No
     with pytest.raises(StoreError, match=f"{DB_NAME} is damaged"):
         with Store(tmp_path, readonly=True) as store:
             store.runs()
+
+
+def test_distances_and_attack_settings_round_trip(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    distance = torch.tensor([0.0123, 0.0, INF, 0.29, INF], dtype=torch.float64)
+    settings = {"attack": "pgd", "steps": 20, "rel_stepsize": 0.125}
+    result = replace(make_result(), attack="pgd", settings=settings, distance=distance, rejected=2)
+    with Store(tmp_path) as store:
+        run_id = store.add_run(kind="train", config={})
+        mid = store.add_measurement(run_id, config={"n": 5}, result=result, indices=torch.arange(5))
+        table = store.brackets(mid)
+        (record,) = store.measurements(run_id)
+    assert torch.equal(table.distance, distance)
+    assert record.config["attack"] == "pgd" and record.config["attack_settings"] == settings
+    assert record.summary["attack"] == "pgd" and record.summary["rejected"] == 2
+
+
+def test_a_version_2_store_is_read_and_upgraded_with_distances(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    with Store(tmp_path) as store:
+        run_id = store.add_run(kind="train", config={})
+        old = store.add_measurement(run_id, config={}, result=make_result(), indices=torch.arange(5))
+    with sqlite3.connect(tmp_path / DB_NAME) as con:  # what sparank wrote before distances: no distance column
+        con.execute("ALTER TABLE brackets DROP COLUMN distance")
+        con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    con.close()
+    with Store(tmp_path, readonly=True) as store:
+        table = store.brackets(old)
+        assert torch.equal(table.eps_hi, make_result().eps_hi) and table.distance.isnan().all()
+    distance = torch.tensor([0.01, 0.0, INF, 0.3, INF], dtype=torch.float64)
+    with Store(tmp_path) as store:
+        new = store.add_measurement(run_id, config={}, result=replace(make_result(), distance=distance), indices=torch.arange(5))
+        assert torch.equal(store.brackets(new).distance, distance) and store.brackets(old).distance.isnan().all()

@@ -63,6 +63,8 @@ class Summary:
     quantiles: dict[str, float | None]
     curve_eps: list[float] = field(repr=False)
     curve_accuracy: list[float] = field(repr=False)
+    attack: str = "fgsm"  # the attack measured (RobustnessResult.attack)
+    rejected: int = 0  # adversarials the attack claimed that the re-check refused (counted as not fooled)
 
     @property
     def median(self) -> float | None:
@@ -163,6 +165,8 @@ class RobustnessResult:
             quantiles=quantiles,
             curve_eps=grid.tolist(),
             curve_accuracy=self.robust_accuracy(grid).tolist() if n else [],
+            attack=self.attack,
+            rejected=self.rejected,
         )
 
 

@@ -59,6 +59,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import sqlite3
@@ -85,7 +86,8 @@ DB_NAME = "sparank.sqlite"
 WEIGHTS_DIR = "weights"
 #: bumped whenever the tables change; a store with a larger version is refused.
 #: 2: ``measurements.key`` (a store of version 1 is upgraded when opened for writing)
-SCHEMA_VERSION = 2
+#: 3: ``brackets.distance``, the verified adversarial's ||x_adv − x|| (NULL in measurements stored before it)
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE meta (
@@ -121,6 +123,7 @@ CREATE TABLE brackets (
     eps_lo         REAL NOT NULL,
     eps_hi         REAL NOT NULL,
     status         INTEGER NOT NULL,
+    distance       REAL,
     PRIMARY KEY (measurement_id, position)
 ) WITHOUT ROWID;
 """
@@ -187,6 +190,7 @@ class BracketTable:
     eps_lo: Tensor  # float64
     eps_hi: Tensor  # float64; ε* = eps_hi (0 clean-wrong, inf censored)
     status: Tensor  # int64, values of sparank.robustness.Status
+    distance: Tensor  # float64, ||x_adv − x|| of the verified adversarial (inf none); NaN where not recorded (before schema 3)
 
     def __len__(self) -> int:
         return len(self.status)
@@ -373,6 +377,9 @@ class Store:
             if self._version == 1:  # version 1 had no measurement keys: add the column
                 con.execute("ALTER TABLE measurements ADD COLUMN key TEXT")
                 con.execute("CREATE UNIQUE INDEX measurements_by_key ON measurements(key)")
+            if self._version <= 2:  # version 2 had no adversarial distances: add the column (NULL for old rows)
+                con.execute("ALTER TABLE brackets ADD COLUMN distance REAL")
+            if self._version < SCHEMA_VERSION:
                 con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
                 self._version = SCHEMA_VERSION
             con.execute("COMMIT")
@@ -650,7 +657,8 @@ class Store:
         indices = torch.as_tensor(indices)
         if indices.shape != (n,) or indices.is_floating_point():
             raise ValueError(f"indices must be {n} integers, one per input of the result, got shape {tuple(indices.shape)} {indices.dtype}")
-        settings = {"norm": result.norm, "eps_max": result.eps_max, "resolution": result.resolution, "tol": result.tol}
+        settings: dict[str, Any] = {"norm": result.norm, "eps_max": result.eps_max, "resolution": result.resolution, "tol": result.tol}
+        settings.update(attack=result.attack, attack_settings=result.settings or {"attack": result.attack})
         for name, value in settings.items():
             if name in config and config[name] != value:
                 raise ValueError(f"config[{name!r}] = {config[name]!r} but the result was measured with {name} = {value!r}")
@@ -658,6 +666,9 @@ class Store:
         eps_hi = result.eps_hi.detach().to("cpu", torch.float64)
         if bool(eps_lo.isnan().any() or eps_hi.isnan().any()):
             raise ValueError("the result has NaN brackets; it cannot be stored (SQLite stores NaN as NULL)")
+        distance = None if result.distance is None else result.distance.detach().to("cpu", torch.float64)
+        if distance is not None and bool(distance.isnan().any()):
+            raise ValueError("the result has NaN distances; it cannot be stored")
         config_json = _to_json("config", {**config, **settings})
         summary_json = _to_json("summary", result.summary().to_dict())
         rows = zip(
@@ -667,6 +678,7 @@ class Store:
             eps_lo.tolist(),
             eps_hi.tolist(),
             result.status.tolist(),
+            [None] * n if distance is None else distance.tolist(),
             strict=True,
         )
 
@@ -689,8 +701,8 @@ class Store:
                 )
                 measurement_id = int(cursor.lastrowid)  # type: ignore[arg-type]
                 con.executemany(
-                    "INSERT INTO brackets (measurement_id, position, input_index, label, eps_lo, eps_hi, status)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO brackets (measurement_id, position, input_index, label, eps_lo, eps_hi, status, distance)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     ((measurement_id, *row) for row in rows),
                 )
                 con.execute("COMMIT")
@@ -729,16 +741,18 @@ class Store:
             if con.execute("SELECT 1 FROM measurements WHERE id = ?", (measurement_id,)).fetchone() is None:
                 raise StoreError(f"no measurement {measurement_id} in store {self.path}; see `sparank show --store {self.path}`")
             rows = con.execute(
-                "SELECT input_index, label, eps_lo, eps_hi, status FROM brackets WHERE measurement_id = ? ORDER BY position",
+                f"SELECT input_index, label, eps_lo, eps_hi, status, {'distance' if self._version >= 3 else 'NULL'} FROM brackets"
+                " WHERE measurement_id = ? ORDER BY position",
                 (measurement_id,),
             ).fetchall()
-        columns = list(zip(*rows, strict=True)) if rows else [()] * 5
+        columns = list(zip(*rows, strict=True)) if rows else [()] * 6
         return BracketTable(
             input_index=torch.tensor(columns[0], dtype=torch.int64),
             label=torch.tensor(columns[1], dtype=torch.int64),
             eps_lo=torch.tensor(columns[2], dtype=torch.float64),
             eps_hi=torch.tensor(columns[3], dtype=torch.float64),
             status=torch.tensor(columns[4], dtype=torch.int64),
+            distance=torch.tensor([math.nan if d is None else d for d in columns[5]], dtype=torch.float64),
         )
 
 
