@@ -59,7 +59,10 @@ ThreadsOpt = Annotated[
 ]
 DataDirOpt = Annotated[
     Path | None,
-    typer.Option("--data-dir", help="directory holding the IDX files; the only place looked when given (else $SPARANK_DATA, else /usr/share/datasets/<name>)"),
+    typer.Option(
+        "--data-dir",
+        help="directory holding the IDX files; the only place looked when given (else $SPARANK_DATA, else /usr/share/datasets/<name>)",
+    ),
 ]
 
 
@@ -299,7 +302,9 @@ def _train_run(
     data = load_dataset(dataset, data_dir=data_dir)
     count = count_parameters(spec, data.input_shape, data.num_classes)
     if count > MAX_PARAMETERS:
-        raise ValueError(f"--arch {spec} on {data.name} would have {count:,} parameters, over the limit of {MAX_PARAMETERS:,}; use smaller widths")
+        raise ValueError(
+            f"--arch {spec} on {data.name} would have {count:,} parameters, over the limit of {MAX_PARAMETERS:,}; use smaller widths"
+        )
     identity = {"dataset": data.name, "arch": str(spec), "train": config.to_dict(), "regulariser": reg.config(None)}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
     done = store.find_run(key)
@@ -404,7 +409,9 @@ def _sha256(path: Path) -> str:
 _MEASURE_OPTIONS = {"eps_max": "--eps-max", "resolution": "--resolution", "tol": "--tol", "batch_size": "--batch-size", "norm": "--norm"}
 
 
-def _check_measure_options(*, n: int | None, eval_seed: int | None, norm: str, eps_max: float, resolution: float, tol: float, batch_size: int) -> None:
+def _check_measure_options(
+    *, n: int | None, eval_seed: int | None, norm: str, eps_max: float, resolution: float, tol: float, batch_size: int
+) -> None:
     from sparank.robustness import check_measure_args
 
     _check_int("--n", n, low=1, fix="leave --n out to measure the whole test split")
@@ -434,6 +441,87 @@ def _measure_progress(total: int, label: str) -> tuple[Progress, Callable[[int, 
     return progress, on_progress
 
 
+#: the attacks `sparank measure --attack` knows (PROTOCOL §2–3); the default is the headline FGSM ray
+ATTACK_NAMES = ("fgsm", "pgd", "fmn", "deepfool", "transfer", "random")
+
+
+def _check_attack_options(*, attacks: Sequence[str], source: str | None, via: str, steps: int | None, restarts: int) -> None:
+    for name in attacks:
+        if name not in ATTACK_NAMES:
+            raise ValueError(f"--attack must be one of {', '.join(ATTACK_NAMES)}, got {name!r}")
+    if len(set(attacks)) != len(attacks):
+        raise ValueError(f"--attack names an attack twice ({', '.join(attacks)}); give each once")
+    if ("transfer" in attacks) != (source is not None):
+        raise ValueError(
+            "--attack transfer needs --source RUN (the model the adversarial is computed on)"
+            if source is None else "--source is only used with --attack transfer; add --attack transfer or leave --source out"
+        )  # fmt: skip
+    if via not in ("fgsm", "pgd"):
+        raise ValueError(f"--via must be fgsm (the source's FGSM ray) or pgd (the source's PGD steps), got {via!r}")
+    _check_int("--steps", steps, low=1, fix="leave it out for each attack's default")
+    _check_int("--restarts", restarts, low=0, fix="0 runs PGD from the FGSM start only")
+
+
+def _attack(
+    name: str,
+    *,
+    resolution: float,
+    tol: float,
+    steps: int | None,
+    restarts: int,
+    source: Any = None,
+    source_name: str = "",
+    via: str = "fgsm",
+) -> Any:
+    """The attack object for a CLI name and options (each attack checks its own settings)."""
+    from sparank.attacks import FGSM, RandomRay, Transfer
+
+    with _as_options({"resolution": "--resolution", "tol": "--tol", "steps": "--steps", "restarts": "--restarts"}):
+        if name == "fgsm":
+            return FGSM(resolution=resolution, tol=tol)
+        if name == "random":
+            return RandomRay(resolution=resolution, tol=tol)
+        if name == "transfer":
+            extra = {} if steps is None else {"steps": steps}
+            return Transfer(source=source, source_name=source_name, kind=via, resolution=resolution, tol=tol, **extra)
+        if name == "pgd":
+            from sparank.attacks.pgd import PGD
+
+            return PGD(restarts=restarts, fgsm_resolution=resolution, **({} if steps is None else {"steps": steps}))
+        if name == "fmn":
+            from sparank.attacks.fmn import FMN
+
+            return FMN(**({} if steps is None else {"steps": steps}))
+        from sparank.attacks.deepfool import DeepFool
+
+        return DeepFool(**({} if steps is None else {"steps": steps}))
+
+
+def _stored_model(store: Store, run_id: str, data: Any) -> Any:
+    from sparank.models import build_model, load_state
+
+    run = store.get_run(run_id)
+    model = build_model(run.config["arch"], data.input_shape, data.num_classes)
+    load_state(model, store.load_weights(run_id), source=f"run {run_id}")
+    return model
+
+
+def _stored_result(store: Store, m: Any) -> Any:
+    """A stored measurement as a RobustnessResult (no directions, no adversarials)."""
+    import torch
+
+    from sparank.robustness import RobustnessResult
+
+    table = store.brackets(m.id)
+    distance = torch.where(table.distance.isnan(), table.eps_hi, table.distance)  # stored before distances: ε* bounds it
+    c = m.config
+    return RobustnessResult(
+        eps_lo=table.eps_lo, eps_hi=table.eps_hi, status=table.status, labels=table.label, directions=None, norm=c["norm"],
+        eps_max=float(c["eps_max"]), resolution=float(c.get("resolution", 0.0)), tol=float(c.get("tol", 0.0)),
+        attack=c.get("attack", "fgsm"), settings=c.get("attack_settings") or {"attack": c.get("attack", "fgsm")}, distance=distance,
+    )  # fmt: skip
+
+
 def _measure_run(
     *,
     run_id: str,
@@ -447,56 +535,140 @@ def _measure_run(
     tol: float,
     batch_size: int,
     force: bool = False,
-) -> tuple[int, dict[str, Any], bool]:
-    """Measure ε* on a stored run's model and store the brackets.
+    attacks: Sequence[str] = ("fgsm",),
+    source: str | None = None,
+    via: str = "fgsm",
+    steps: int | None = None,
+    restarts: int = 0,
+) -> tuple[list[tuple[str, int, dict[str, Any], bool]], dict[str, Any] | None]:
+    """Measure a stored run with each attack, store every measurement as it finishes, then its best ε* and masking flags.
 
-    A measurement is keyed by (run, attack, settings, data source, evaluation
-    indices): the same measurement again is reused, not stored twice, unless
-    ``force`` (then it replaces the old one).
+    A measurement is keyed by (run, attack and its settings, data source,
+    evaluation indices): the same measurement again is reused, not stored twice,
+    unless ``force`` (then it replaces the old one). ``transfer`` measures both
+    directions: this run with ``source``'s adversarials, and ``source`` with this run's.
+    After the attacks, the best ε* over every attack stored for these inputs and
+    settings, with the model's gradient-masking flags, is stored (replacing the previous one).
 
     Returns:
-        (measurement id, summary as a dict, whether it was reused).
+        ([(run, measurement id, summary, reused) per attack], the best record's summary or None).
     """
     from sparank.data import eval_subset, load_dataset
-    from sparank.models import build_model, load_state
-    from sparank.robustness import fgsm_robustness
-    from sparank.store import DuplicateKeyError, measurement_key
 
     _check_measure_options(n=n, eval_seed=eval_seed, norm=norm, eps_max=eps_max, resolution=resolution, tol=tol, batch_size=batch_size)
+    _check_attack_options(attacks=attacks, source=source, via=via, steps=steps, restarts=restarts)
     if store.readonly:
         raise ValueError(f"store {store.path} is read-only; measuring writes to it")
     run = store.get_run(run_id)
+    if source is not None:
+        if source == run_id:
+            raise ValueError(f"--source {source} is the run measured; give another run (e.g. its dense counterpart)")
+        other = store.get_run(source)
+        if other.config.get("dataset") != run.config.get("dataset"):
+            raise ValueError(
+                f"--source {source} was trained on {other.config.get('dataset')} but run {run_id} on {run.config.get('dataset')}: transfer needs one dataset"
+            )
     data = load_dataset(run.config["dataset"], data_dir=data_dir)
     total = len(data.test_y)
     if n is not None and n > total:
         raise ValueError(f"--n must be at most {total} (the {data.name} test set size), got {n}; leave --n out to measure all {total}")
     indices, x, y = eval_subset(data, n, seed=eval_seed)
-    settings = {
-        "attack": "fgsm", "norm": norm, "eps_max": eps_max, "resolution": resolution, "tol": tol, "bounds": [0.0, 1.0],
-        "split": "test", "data_source": data.source,
-    }  # fmt: skip
+    models: dict[str, Any] = {}
+
+    def model_of(rid: str) -> Any:
+        if rid not in models:
+            models[rid] = _stored_model(store, rid, data)
+        return models[rid]
+
+    jobs: list[tuple[str, str, str | None]] = []  # (target run, attack, source run)
+    for name in attacks:
+        if name == "transfer":
+            assert source is not None
+            jobs += [(run_id, name, source), (source, name, run_id)]
+        else:
+            jobs.append((run_id, name, None))
+    done: list[tuple[str, int, dict[str, Any], bool]] = []
+    for target, name, src in jobs:
+        attack = _attack(name, resolution=resolution, tol=tol, steps=steps, restarts=restarts,
+                         source=None if src is None else model_of(src), source_name=src or "", via=via)  # fmt: skip
+        done.append(_measure_one(store, target, attack, data, indices, x, y, eval_seed=eval_seed, norm=norm, eps_max=eps_max,
+                                 batch_size=batch_size, force=force, model_of=model_of))  # fmt: skip
+    best = None
+    for target in dict.fromkeys(t for t, _, _ in jobs):
+        record = _store_best(store, target, data, indices, x, y, norm=norm, eps_max=eps_max, batch_size=batch_size, model_of=model_of)
+        if target == run_id:
+            best = record
+    return done, best
+
+
+def _group_settings(data: Any, *, norm: str, eps_max: float) -> dict[str, Any]:
+    return {"norm": norm, "eps_max": eps_max, "bounds": [0.0, 1.0], "split": "test", "data_source": data.source}
+
+
+def _measure_one(store: Store, run_id: str, attack: Any, data: Any, indices: Any, x: Any, y: Any, *, eval_seed: int | None, norm: str,
+                 eps_max: float, batch_size: int, force: bool, model_of: Callable[[str], Any]) -> tuple[str, int, dict[str, Any], bool]:  # fmt: skip
+    from sparank.robustness import measure
+    from sparank.store import DuplicateKeyError, measurement_key
+
+    # the FGSM key is {"attack": "fgsm", resolution, tol, norm, ...} as before attacks had settings: stored ones still match
+    settings = {**attack.settings(), **_group_settings(data, norm=norm, eps_max=eps_max)}
     key = measurement_key(run_id, settings, indices)
-    done = store.find_measurement(key)
-    if done is not None and not force:
-        err.print(f"measurement [bold]{done.id}[/] of run {run_id} has these settings and inputs: reusing it (--force measures again)")
-        return done.id, done.summary, True
-    model = build_model(run.config["arch"], data.input_shape, data.num_classes)
-    load_state(model, store.load_weights(run_id), source=f"run {run_id}")
-    progress, on_progress = _measure_progress(len(x), f"ε* of {run_id}")
+    found = store.find_measurement(key)
+    if found is not None and not force:
+        err.print(
+            f"measurement [bold]{found.id}[/] ({attack.name}) of run {run_id} has these settings and inputs: reusing it (--force measures again)"
+        )
+        return run_id, found.id, found.summary, True
+    model = model_of(run_id)
+    label = f"{attack.name} ε* of {run_id}" + (f" (source {attack.source_name})" if attack.name == "transfer" else "")
+    progress, on_progress = _measure_progress(len(x), label)
     with progress:
-        result = fgsm_robustness(
-            model, x, y, norm=norm, eps_max=eps_max, resolution=resolution, tol=tol, batch_size=batch_size,  # type: ignore[arg-type]
-            progress=on_progress,
-        )  # fmt: skip
+        result = measure(attack, model, x, y, norm=norm, eps_max=eps_max, batch_size=batch_size, progress=on_progress)  # type: ignore[arg-type]
     config = {
-        "n": len(x), "eval_seed": eval_seed, "split": "test", "bounds": [0.0, 1.0], "batch_size": batch_size, "attack": "fgsm",
+        "n": len(x), "eval_seed": eval_seed, "split": "test", "bounds": [0.0, 1.0], "batch_size": batch_size, "attack": attack.name,
         "dataset": data.name, **_data_record(data),
     }  # fmt: skip
     try:
         mid = store.add_measurement(run_id, config=config, result=result, indices=indices, key=key, replace=force)
     except DuplicateKeyError as race:  # another process stored the same measurement meanwhile
         mid = int(race.existing)
-    return mid, result.summary().to_dict(), False
+    return run_id, mid, result.summary().to_dict(), False
+
+
+def _store_best(store: Store, run_id: str, data: Any, indices: Any, x: Any, y: Any, *, norm: str, eps_max: float, batch_size: int,
+                model_of: Callable[[str], Any]) -> dict[str, Any] | None:  # fmt: skip
+    """Best ε* over every attack stored for these inputs and settings, with the masking flags; replaces the previous record."""
+    from sparank.robustness import best_of, masking_flags
+    from sparank.store import measurement_key
+
+    group = _group_settings(data, norm=norm, eps_max=eps_max)
+    index_list = [int(i) for i in indices.tolist()]
+    members = []
+    for m in store.measurements(run_id):
+        c = m.config
+        if c.get("attack", "fgsm") == "best" or any(c.get(k) != v for k, v in group.items() if k in c):
+            continue
+        if c.get("data_source", data.source) != data.source:
+            continue
+        table = store.brackets(m.id)
+        if table.input_index.tolist() != index_list:
+            continue
+        members.append(m)
+    latest: dict[str, Any] = {}
+    for m in members:  # the newest measurement per attack and settings
+        latest[json.dumps(m.config.get("attack_settings") or {"attack": m.config.get("attack", "fgsm")}, sort_keys=True)] = m
+    if not latest:
+        return None
+    results = [_stored_result(store, m) for m in latest.values()]
+    best = best_of(results)
+    flags = masking_flags(model_of(run_id), x, y, results, norm=norm, batch_size=batch_size)  # type: ignore[arg-type]
+    ids = [m.id for m in latest.values()]
+    key = measurement_key(run_id, {"attack": "best", **group}, indices)
+    config = {"n": len(x), "split": "test", "bounds": [0.0, 1.0], "attack": "best", "of": ids, "dataset": data.name, **_data_record(data)}
+    mid = store.add_measurement(run_id, config=config, result=best, indices=indices, key=key, replace=True,
+                                extra_summary={"of": ids, "masking": flags.to_dict()})  # fmt: skip
+    summary = best.summary().to_dict()
+    return {**summary, "measurement": mid, "of": ids, "masking": flags.to_dict()}
 
 
 def _fmt_eps(v: Any, eps_max: Any) -> str:
@@ -531,52 +703,97 @@ def _print_summary(title: str, summary: dict[str, Any]) -> None:
 @app.command()
 def measure(
     run_id: Annotated[str | None, typer.Argument(help="a run in the store (see `sparank show`)")] = None,
-    weights: Annotated[Path | None, typer.Option(help="measure a safetensors file instead of a stored run (needs --arch, --dataset)")] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="measure a safetensors file instead of a stored run (needs --arch, --dataset)")
+    ] = None,
     arch: Annotated[str | None, typer.Option(help="model spec of --weights, e.g. mlp:300,100")] = None,
     dataset: Annotated[str | None, typer.Option(help="dataset of --weights: digits | fashion-mnist | mnist")] = None,
+    attack: Annotated[
+        list[str] | None,
+        typer.Option("--attack", help="fgsm | pgd | fmn | deepfool | transfer | random; repeat for several (default fgsm)"),
+    ] = None,
+    source: Annotated[
+        str | None, typer.Option(help="with --attack transfer: the run whose adversarials are transferred (both directions are measured)")
+    ] = None,
+    via: Annotated[str, typer.Option(help="with --attack transfer: fgsm (the source's FGSM ray) | pgd (the source's PGD steps)")] = "fgsm",
+    steps: Annotated[int | None, typer.Option(help="iterations of pgd / fmn / deepfool (default: each attack's own)")] = None,
+    restarts: Annotated[int, typer.Option(help="pgd: extra random starts at each ε")] = 0,
     n: Annotated[int | None, typer.Option("--n", help="evaluation inputs from the test split (default: all)")] = None,
     eval_seed: Annotated[int | None, typer.Option(help="draw the n inputs with this seed (>= 0) instead of taking the first n")] = None,
     norm: Annotated[str, typer.Option(help="linf (sign of the gradient) | l2 (normalised gradient)")] = "linf",
     eps_max: Annotated[float, typer.Option(help="largest ε tried; inputs still correct there are censored")] = 0.5,
-    resolution: Annotated[float, typer.Option(help="scan step along the ray")] = 1e-2,
-    tol: Annotated[float, typer.Option(help="width of the verified brackets")] = 1e-6,
+    resolution: Annotated[float, typer.Option(help="scan step along the ray (fgsm, transfer, random; pgd's FGSM start)")] = 1e-2,
+    tol: Annotated[float, typer.Option(help="width of the verified brackets along a ray")] = 1e-6,
     batch_size: Annotated[int, typer.Option(help="rows per forward pass")] = 256,
     force: Annotated[bool, typer.Option("--force", help="measure again even if this measurement is stored (replaces it)")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summaries as JSON")] = False,
     data_dir: DataDirOpt = None,
     store: StoreOpt = DEFAULT_STORE,
     threads: ThreadsOpt = None,
 ) -> None:
-    """Measure ε* along the FGSM ray (PROTOCOL §2) for a stored run or a safetensors file, and store the brackets.
+    """Measure ε* (PROTOCOL §2-3) of a stored run or a safetensors file with one or more attacks, and store the results.
 
-    The same measurement (run, settings, inputs) is stored once: measuring it
-    again shows the stored one; --force measures again.
+    Every attack's adversarials are re-checked by a forward pass. After the
+    attacks, the best ε* over all attacks stored for these inputs and the
+    model's gradient-masking flags are stored and shown. The same measurement
+    (run, attack settings, inputs) is stored once: measuring it again shows the
+    stored one; --force measures again.
 
     Examples: sparank measure r0001 --n 500 ;
+    sparank measure r0001 --n 200 --attack fgsm --attack pgd --attack fmn --attack deepfool ;
+    sparank measure r0002 --n 200 --attack transfer --source r0001 ;
     sparank measure --weights model.safetensors --arch mlp:300,100 --dataset fashion-mnist --n 1000
     """
     from sparank.store import Store
 
+    attacks = list(attack or ["fgsm"])
     with _user_errors():
         _set_threads(threads)
         if (run_id is None) == (weights is None):
             raise ValueError("give either a RUN_ID or --weights FILE (with --arch and --dataset)")
         _check_measure_options(n=n, eval_seed=eval_seed, norm=norm, eps_max=eps_max, resolution=resolution, tol=tol, batch_size=batch_size)
+        _check_attack_options(attacks=attacks, source=source, via=via, steps=steps, restarts=restarts)
         if weights is not None:
             _check_weights_options(weights, arch=arch, dataset=dataset)
         with Store(store, create=weights is not None) as opened:
             if weights is not None:
                 run_id = _import_weights(weights, arch=arch, dataset=dataset, data_dir=data_dir, store=opened)  # type: ignore[arg-type]
             assert run_id is not None
-            mid, summary, _ = _measure_run(
+            done, best = _measure_run(
                 run_id=run_id, store=opened, data_dir=data_dir, n=n, eval_seed=eval_seed, norm=norm, eps_max=eps_max,
-                resolution=resolution, tol=tol, batch_size=batch_size, force=force,
+                resolution=resolution, tol=tol, batch_size=batch_size, force=force, attacks=attacks, source=source, via=via,
+                steps=steps, restarts=restarts,
             )  # fmt: skip
         if as_json:
-            out.print_json(json.dumps({"run": run_id, "measurement": mid, "summary": summary}))
-        else:
-            _print_summary(f"run {run_id}: ε* along the FGSM ray ({norm}), measurement {mid}", summary)
-            out.print(f"stored in {store.resolve()}", markup=False, soft_wrap=True)
+            records = [{"run": rid, "measurement": mid, "summary": summary} for rid, mid, summary, _ in done]
+            if len(done) == 1 and best is None:
+                out.print_json(json.dumps(records[0]))
+            else:
+                out.print_json(json.dumps({"run": run_id, "measurements": records, "best": best}))
+            return
+        for rid, mid, summary, _ in done:
+            name = summary.get("attack", "fgsm")
+            what = "ε* along the FGSM ray" if name == "fgsm" else f"ε* by {name}"
+            _print_summary(f"run {rid}: {what} ({norm}), measurement {mid}", summary)
+        if best is not None and len(best.get("of", [])) > 1:
+            _print_summary(f"run {run_id}: best ε* over measurements {', '.join(map(str, best['of']))} ({norm})", best)
+        if best is not None:
+            out.print(f"run {run_id}: " + _masking_line(best["masking"]), markup=False, soft_wrap=True)
+        out.print(f"stored in {store.resolve()}", markup=False, soft_wrap=True)
+
+
+def _masking_line(flags: dict[str, Any]) -> str:
+    """The gradient-masking flags in one line: which are raised, and the numbers behind them."""
+    parts = [f"zero/non-finite gradient {_num(flags.get('zero_gradient_fraction'), 3)}/{_num(flags.get('nonfinite_gradient_fraction'), 3)}"]
+    if flags.get("unbounded_success") is not None:
+        parts.append(f"unbounded-budget success {_num(flags['unbounded_success'], 3)}")
+    if flags.get("beaten_fraction") is not None:
+        parts.append(f"transfer/random beats white-box {_num(flags['beaten_fraction'], 3)}")
+    if flags.get("fgsm_beats_pgd_fraction") is not None:
+        parts.append(f"FGSM below PGD {_num(flags['fgsm_beats_pgd_fraction'], 3)}")
+    raised = [k for k, v in (flags.get("flags") or {}).items() if v]
+    head = "gradient masking: FLAGGED (" + ", ".join(raised) + ")" if raised else "gradient masking: no flag raised"
+    return head + "; " + ", ".join(parts)
 
 
 def _check_weights_options(weights: Path, *, arch: str | None, dataset: str | None) -> None:
@@ -630,16 +847,23 @@ def _import_weights(weights: Path, *, arch: str, dataset: str, data_dir: Path | 
     metrics = {"test_accuracy": accuracy(model, data.test_x, data.test_y)}
     try:
         return store.add_run(
-            kind="import", config=config, metrics=metrics, structure=model_structure(model).to_dict(), state_dict=model.state_dict(), key=key
+            kind="import",
+            config=config,
+            metrics=metrics,
+            structure=model_structure(model).to_dict(),
+            state_dict=model.state_dict(),
+            key=key,
         )
     except DuplicateKeyError as race:
         return str(race.existing)
 
 
 def _latest_summaries(store: Any) -> dict[str, dict[str, Any]]:
+    """The newest FGSM measurement of each run (the headline ε*; other attacks are shown by `show RUN`)."""
     latest: dict[str, dict[str, Any]] = {}
     for m in store.measurements():
-        latest[m.run_id] = m.summary
+        if m.config.get("attack", "fgsm") == "fgsm":
+            latest[m.run_id] = m.summary
     return latest
 
 
@@ -687,7 +911,13 @@ def _run_lines(run: Any, measurements: list[Any], *, width: int | None) -> list[
         kv.append(("data source", str(c["data_source"])))
     for f in c.get("data_files", []):
         kv.append(("data file", str(f)))
-    kv.append(("arch", f"{c.get('arch', '-')}" + (f"  (input {'x'.join(map(str, c['input_shape']))}, {c.get('num_classes')} classes)" if c.get("input_shape") else "")))
+    kv.append(
+        (
+            "arch",
+            f"{c.get('arch', '-')}"
+            + (f"  (input {'x'.join(map(str, c['input_shape']))}, {c.get('num_classes')} classes)" if c.get("input_shape") else ""),
+        )
+    )
     reg = dict(c.get("regulariser") or {})
     if reg:
         name = _regulariser_cell(reg)
@@ -730,14 +960,55 @@ def _run_lines(run: Any, measurements: list[Any], *, width: int | None) -> list[
             lines += ["  " + t for t in _table_lines(headers, rows, keep=[0, 2, 3, 4, 1, 6, 5], right=[2, 3, 4, 5, 6], width=_inner(width))]
 
     lines += ["", f"measurements: {len(measurements)}" + ("" if measurements else f" (sparank measure {run.id})")]
-    for m in measurements:
-        mc = m.config
-        settings = ", ".join(
-            f"{k}={mc[k]}" for k in ("attack", "method", "norm", "eps_max", "resolution", "tol", "n", "eval_seed") if mc.get(k) is not None
+    if measurements:
+        headers = [
+            "id",
+            "attack",
+            "settings",
+            "n",
+            "norm",
+            "eps_max",
+            "AUC",
+            "median_eps*",
+            "fooled",
+            "censored",
+            "no_dir",
+            "rejected",
+            "created",
+        ]
+        rows = []
+        for m in measurements:
+            mc, sm = m.config, m.summary
+            median = (sm.get("quantiles") or {}).get("50")
+            rows.append([
+                str(m.id), str(mc.get("attack", "fgsm")), _settings_cell(mc), str(mc.get("n", sm.get("n", "-"))), str(mc.get("norm", "-")),
+                _num(mc.get("eps_max"), 3), _num(sm.get("auc")), "censored" if median == "inf" else _num(median),
+                _num(sm.get("fooled_fraction"), 3), _num(sm.get("censored_fraction"), 3), _num(sm.get("no_direction_fraction"), 3),
+                str(sm.get("rejected", 0)), str(m.created)[:19],
+            ])  # fmt: skip
+        table = _table_lines(
+            headers, rows, keep=[0, 1, 6, 7, 8, 9, 3, 4, 5, 10, 11, 2, 12], right=[0, 3, 5, 6, 7, 8, 9, 10, 11], width=_inner(width)
         )
-        lines += ["", f"  measurement {m.id}  ({m.created}): {settings}"]
-        lines += ["    " + t for t in _summary_lines(m.summary)]
+        lines += ["  " + t for t in table]
+        best = [m for m in measurements if m.config.get("attack") == "best" and m.summary.get("masking")]
+        for m in best:
+            lines += [
+                "",
+                f"  measurement {m.id} (best ε* over {', '.join(map(str, m.config.get('of', [])))}): "
+                + _masking_line(m.summary["masking"]),
+            ]
     return lines
+
+
+def _settings_cell(config: dict[str, Any]) -> str:
+    """An attack's own settings, briefly (the norm, ε_max and n have their own columns)."""
+    settings = dict(config.get("attack_settings") or {})
+    settings.pop("attack", None)
+    if config.get("attack", "fgsm") == "fgsm" and not settings:  # stored before attacks had settings
+        settings = {k: config[k] for k in ("resolution", "tol") if k in config}
+    if config.get("attack") == "best":
+        return "of " + ",".join(map(str, config.get("of", [])))
+    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items()) or "-"
 
 
 def _inner(width: int | None) -> int | None:
@@ -865,16 +1136,26 @@ def _parse_lambdas(text: str) -> list[float]:
 @app.command()
 def linear(
     dataset: Annotated[str, typer.Option(help="digits | fashion-mnist | mnist")] = "digits",
-    out_dir: Annotated[Path, typer.Option("--out", help="where l1_path_<dataset>.{png,svg,csv,md} are written")] = Path("sparank-results/linear"),
+    out_dir: Annotated[Path, typer.Option("--out", help="where l1_path_<dataset>.{png,svg,csv,md} are written")] = Path(
+        "sparank-results/linear"
+    ),
     n: Annotated[int | None, typer.Option("--n", help="test inputs measured, the first N (default: all)")] = None,
-    lambdas: Annotated[str | None, typer.Option(help="comma-separated λ values (default: 12 log-spaced from 1e-4·λ_max to 0.9·λ_max)")] = None,
+    lambdas: Annotated[
+        str | None, typer.Option(help="comma-separated λ values (default: 12 log-spaced from 1e-4·λ_max to 0.9·λ_max)")
+    ] = None,
     methods: Annotated[str, typer.Option(help="comma-separated subset of l1, prox_l1, sklearn")] = "l1,prox_l1,sklearn",
     norm: Annotated[str, typer.Option(help="linf (FGSM) | l2")] = "linf",
     eps_max: Annotated[float, typer.Option(help="largest ε considered; inputs still correct there are censored")] = 0.5,
-    epochs: Annotated[int | None, typer.Option(help="epochs of l1/prox_l1 training (default: 100 on digits, 10 above 10,000 training inputs)")] = None,
-    sklearn_max_train: Annotated[int | None, typer.Option(help="fit scikit-learn on the first N training inputs (default: all on digits, 10,000 above)")] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="epochs of l1/prox_l1 training (default: 100 on digits, 10 above 10,000 training inputs)")
+    ] = None,
+    sklearn_max_train: Annotated[
+        int | None, typer.Option(help="fit scikit-learn on the first N training inputs (default: all on digits, 10,000 above)")
+    ] = None,
     sklearn_max_iter: Annotated[int | None, typer.Option(help="SAGA epochs per λ at most (default: 1000 on digits, 100 above)")] = None,
-    seeds: Annotated[str, typer.Option(help="comma-separated training seeds (data order, initialisation); ratios pool over them")] = "0,1,2",
+    seeds: Annotated[
+        str, typer.Option(help="comma-separated training seeds (data order, initialisation); ratios pool over them")
+    ] = "0,1,2",
     data_dir: DataDirOpt = None,
     store: Annotated[Path | None, typer.Option("--store", help="also record every model and measurement in this results store")] = None,
     threads: ThreadsOpt = None,
@@ -928,7 +1209,9 @@ def linear(
                 sk_config = replace(sk_config, max_train=sklearn_max_train)
             if sklearn_max_iter is not None:
                 sk_config = replace(sk_config, max_iter=sklearn_max_iter)
-            progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(), TimeElapsedColumn(), console=err)
+            progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(), TimeElapsedColumn(), console=err
+            )
             with progress:
                 task = progress.add_task(f"L1 path on {data.name}", total=None)
 
@@ -948,9 +1231,22 @@ def linear(
             median = "n/a" if p.median is None else ("censored" if p.median == float("inf") else f"{p.median:.4f}")
             ratios = [c.ratio for c in result.comparisons if c.method == p.method and c.lam == p.lam]
             shown = ["n/a" if r is None else f"{r:.3f}" for r in (ratios + [None] * 3)[:3]]
-            rows.append([p.method, f"{p.lam:.3g}", f"{p.clean_accuracy:.3f}", f"{p.sparsity:.3f}", f"{p.l1_norm:.4g}", f"{p.auc:.4f}", median, *shown])
+            rows.append(
+                [
+                    p.method,
+                    f"{p.lam:.3g}",
+                    f"{p.clean_accuracy:.3f}",
+                    f"{p.sparsity:.3f}",
+                    f"{p.l1_norm:.4g}",
+                    f"{p.auc:.4f}",
+                    median,
+                    *shown,
+                ]
+            )
         out.print(f"L1 path on {data.name}: exact FGSM ε* ({norm}) over {result.n_eval} test inputs", markup=False, soft_wrap=True)
-        _print_lines(_table_lines(headers, rows, keep=[0, 1, 5, 2, 6, 7, 8, 9, 3, 4], right=[1, 2, 3, 4, 5, 6, 7, 8, 9], width=_screen_width()))
+        _print_lines(
+            _table_lines(headers, rows, keep=[0, 1, 5, 2, 6, 7, 8, 9, 3, 4], right=[1, 2, 3, 4, 5, 6, 7, 8, 9], width=_screen_width())
+        )
         for kind, path in result.files.items():
             out.print(f"{kind}: {path}", markup=False, soft_wrap=True)
         if store is not None:
@@ -977,12 +1273,19 @@ def demo(
                 dataset="digits", arch="mlp:300,100", epochs=20, seed=0, lr=1e-3, batch_size=64, optimizer="adam",
                 regulariser="none", strength=None, data_dir=None, store=opened,
             )  # fmt: skip
-            mid, summary, _ = _measure_run(
+            done, best = _measure_run(
                 run_id=run_id, store=opened, data_dir=None, n=None, eval_seed=None, norm="linf", eps_max=0.5,
                 resolution=1e-2, tol=1e-6, batch_size=256,
             )  # fmt: skip
+        _, mid, summary, _ = done[0]
         _print_summary(f"digits, dense MLP 64-300-100-10 (run {run_id}): ε* along the FGSM ray", summary)
-        out.print(f"results stored in {store.resolve()} (run {run_id}, measurement {mid}); `sparank show --store {store}` lists them", markup=False, soft_wrap=True)
+        if best is not None:
+            out.print(_masking_line(best["masking"]), markup=False, soft_wrap=True)
+        out.print(
+            f"results stored in {store.resolve()} (run {run_id}, measurement {mid}); `sparank show --store {store}` lists them",
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 def main() -> None:  # pragma: no cover - entry point for `python -m sparank`

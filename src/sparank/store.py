@@ -629,6 +629,7 @@ class Store:
         indices: Tensor,
         key: str | None = None,
         replace: bool = False,
+        extra_summary: dict[str, Any] | None = None,
     ) -> int:
         """Record a robustness measurement of a run and all its brackets in one transaction; returns its id.
 
@@ -644,6 +645,7 @@ class Store:
                 found again by :meth:`find_measurement`.
             replace: if a measurement with ``key`` exists, delete it (and its
                 brackets) in the same transaction instead of refusing.
+            extra_summary: more entries for the stored summary (e.g. the masking flags of a best-ε* record).
 
         Raises:
             DuplicateKeyError: a measurement with this ``key`` exists and ``replace`` is False.
@@ -670,7 +672,7 @@ class Store:
         if distance is not None and bool(distance.isnan().any()):
             raise ValueError("the result has NaN distances; it cannot be stored")
         config_json = _to_json("config", {**config, **settings})
-        summary_json = _to_json("summary", result.summary().to_dict())
+        summary_json = _to_json("summary", {**result.summary().to_dict(), **(extra_summary or {})})
         rows = zip(
             range(n),
             indices.tolist(),
