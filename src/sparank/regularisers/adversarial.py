@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from sparank.attacks import fgsm_direction
+from sparank.attacks.pgd import pgd as pgd_attack
 from sparank.regularisers.base import Regulariser, check_int, check_positive
 
 ATTACKS = ("fgsm", "pgd")
@@ -31,15 +32,17 @@ def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> Tensor:
 def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, steps: int, step_size: float, random_start: bool) -> Tensor:
     """L∞ PGD: ``steps`` signed-gradient ascent steps of ``step_size``, each projected onto the ε-ball around ``x`` and ``[0, 1]``.
 
-    With ``random_start`` the first iterate is uniform in the ε-ball (global
-    torch RNG, so seeded runs repeat). Returns the detached adversarial batch.
+    :func:`sparank.attacks.pgd.pgd` with ``rel_stepsize = step_size / ε`` and every input
+    taking every step (``early_stop=False``: training wants the strongest point of the
+    run, not the first misclassified one). With ``random_start`` the first iterate is
+    uniform in the ε-ball, drawn from the global torch RNG (no generator), so a seeded
+    training run repeats, and repeats the numbers it gave before this function called
+    the attack package. Returns the detached adversarial batch.
     """
-    x = x.detach()
-    x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)) if random_start else x.clone()
-    x_adv = x_adv.clamp(*BOUNDS)
-    for _ in range(steps):
-        x_adv = x_adv + step_size * fgsm_direction(model, x_adv, y)
-        x_adv = torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp(*BOUNDS)
+    x_adv, _ = pgd_attack(
+        model, x, y, eps, norm="linf", bounds=BOUNDS, steps=steps, rel_stepsize=step_size / eps, random_start=random_start,
+        early_stop=False,
+    )  # fmt: skip
     return x_adv.detach()
 
 
@@ -125,7 +128,7 @@ class Adversarial(Regulariser):
                 x_adv = pgd(
                     model, x[:n_adv], y[:n_adv], self.strength,
                     steps=self.steps, step_size=self.pgd_step_size, random_start=self.random_start,
-                )
+                )  # fmt: skip
         finally:
             model.train(was_training)
         return torch.cat([x_adv, x[n_adv:]]) if n_adv < len(x) else x_adv
