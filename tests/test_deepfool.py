@@ -195,6 +195,86 @@ def test_every_adversarial_on_the_digits_mlp_passes_a_forward_pass(digits_mlp, d
     assert float((r.eps_hi[both] <= fgsm.eps_hi[both]).double().mean()) > 0.8
 
 
+def boxed_l2_optimum(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Exact minimal L2 perturbation of ``W x + b`` inside the box, per input: (distance, perturbation) by bisection.
+
+    For one competitor ``k`` (``a = w_y − w_k``, margin ``m``) the KKT point of ``min ||δ||₂`` subject to
+    ``a·δ <= −m`` and ``lo <= x + δ <= hi`` is ``δ(λ) = clip(−λ a, lo − x, hi − x)`` with the smallest
+    ``λ >= 0`` reaching the constraint (``a·δ(λ)`` falls monotonically in ``λ``); then the best ``k``.
+    """
+    z = x @ w.T + b
+    best = torch.full((len(x),), math.inf, dtype=torch.float64)
+    steps = torch.zeros_like(x)
+    for i in range(len(x)):
+        for k in range(len(w)):
+            if k == int(y[i]):
+                continue
+            a, m = w[y[i]] - w[k], float(z[i, y[i]] - z[i, k])
+            low, room = lo - x[i], hi - x[i]
+            if float((a * torch.clamp(-1e9 * a, low, room)).sum()) > -m:
+                continue  # the box cannot reach this boundary
+            lam_lo, lam_hi = 0.0, 1.0
+            while float((a * torch.clamp(-lam_hi * a, low, room)).sum()) > -m:
+                lam_hi *= 2
+            for _ in range(200):
+                mid = 0.5 * (lam_lo + lam_hi)
+                lam_lo, lam_hi = (mid, lam_hi) if float((a * torch.clamp(-mid * a, low, room)).sum()) > -m else (lam_lo, mid)
+            delta = torch.clamp(-lam_hi * a, low, room)
+            if float(delta.norm()) < best[i]:
+                best[i], steps[i] = float(delta.norm()), delta
+    return best, steps
+
+
+def inputs_on_the_box(n: int, d: int, seed: int) -> torch.Tensor:
+    """Inputs in [0, 1]^d with about a third of the coordinates at 0, a sixth at 1, the rest in [0.4, 0.6]."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(n, d, generator=g, dtype=torch.float64)
+    mid = 0.4 + 0.2 * torch.rand(n, d, generator=g, dtype=torch.float64)
+    return torch.where(u < 1 / 3, 0.0, torch.where(u < 1 / 2, 1.0, mid))
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_face_step_is_the_boxed_optimum_of_an_affine_model_when_only_bound_coordinates_bind(norm):
+    g = torch.Generator().manual_seed(8)
+    model = Affine(torch.randn(4, 10, generator=g), 0.3 * torch.randn(4, generator=g)).eval()
+    x = inputs_on_the_box(200, 10, seed=9)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    w, b = model.weight.detach(), model.bias.detach()
+    if norm == "linf":
+        optimum = boxed_minimal_perturbation(w, b, x, y, bounds=(0.0, 1.0))
+        free_ok = optimum < 0.4  # the step moves a free coordinate by at most the distance: it stays inside
+    else:
+        optimum, delta = boxed_l2_optimum(w, b, x, y, 0.0, 1.0)
+        free = (x > 0) & (x < 1)
+        free_ok = torch.isfinite(optimum) & ~(free & (delta.abs() >= 0.4)).any(dim=1)
+    assert int(free_ok.sum()) >= 30
+    xs, ys = x[free_ok], y[free_ok]
+    found = DeepFool(overshoot=0.0, steps=1).run(model, xs, ys, bounds=Bounds(0.0, 1.0), norm=norm, eps_max=10.0, batch_size=64)
+    torch.testing.assert_close(norm_of(found.adversarials - xs, norm), optimum[free_ok], rtol=1e-9, atol=0.0)
+    with torch.no_grad():
+        z = model(found.adversarials)
+    gap = z.amax(dim=1) - z.gather(1, ys[:, None]).squeeze(1)  # 0 on the boundary
+    assert bool((gap.abs() <= 1e-12 * z.abs().amax(dim=1)).all())
+    # the clip alone: the paper's unrestricted step, clipped, falls short of the boundary where the box binds
+    clip = DeepFool(overshoot=0.0, steps=1, box="clip").run(model, xs, ys, bounds=Bounds(0.0, 1.0), norm=norm, eps_max=10.0, batch_size=64)
+    z0 = model(xs).detach()
+    diff = w.unsqueeze(0) - w[ys].unsqueeze(1)  # (n, K, D): w_k − w_y
+    dual = diff.abs().sum(2) if norm == "linf" else diff.norm(dim=2)
+    dist = ((z0 - z0.gather(1, ys[:, None])).abs() / dual).scatter(1, ys[:, None], math.inf)
+    wl = diff[torch.arange(len(xs)), dist.argmin(dim=1)]
+    step = dist.amin(dim=1)[:, None] * (wl.sign() if norm == "linf" else wl / wl.norm(dim=1, keepdim=True))
+    torch.testing.assert_close(clip.adversarials, (xs + step).clamp(0.0, 1.0), rtol=1e-12, atol=1e-12)
+
+
+def test_face_mode_fools_every_input_of_the_digits_mlp_in_a_few_steps(digits_mlp, digits):
+    x, y = digits.test_x[:200], digits.test_y[:200]
+    correct = digits_mlp(x).argmax(dim=1) == y
+    for norm in ("l2", "linf"):
+        found = DeepFool(steps=5).run(digits_mlp, x[correct], y[correct], bounds=Bounds(0.0, 1.0), norm=norm, eps_max=8.0, batch_size=256)
+        assert bool(found.found.all())  # 100 % success at an unbounded budget: no false masking flag
+
+
 def test_a_binding_box_keeps_points_inside_and_never_beats_the_boxed_optimum():
     model, x, y = random_affine(k=4, d=8, n=60, seed=6)
     r = measure(DeepFool(), model, x, y, bounds=(0.0, 1.0), norm="linf", eps_max=1.0, keep_adversarials=True)

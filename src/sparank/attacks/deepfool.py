@@ -72,17 +72,20 @@ class DeepFool(MinimalAttack):
     Clipping alone stalls where the box binds: on digits in [0, 1] most of
     each step pushes pixels that are already 0 below 0, the clip removes it,
     and the iterate creeps towards the boundary by a fixed fraction per step
-    without crossing it (about 18 % of the inputs of the test MLP were not
-    fooled in 50 steps; Foolbox gets across by adding 1e-4 to every step).
+    without crossing it (17-19 % of the digits MLP's test inputs were not
+    fooled in 50 steps, in L2 and L∞; Foolbox gets across by adding 1e-4 to
+    every step, and lands just past the boundary: the clip has eaten its overshoot).
     So by default (``box="face"``) the linearisation is also restricted to
     the directions the box allows: at each step a coordinate that sits on a
     bound is left out of ``w'_k`` (for every candidate ``k``) where ``w'_k``
     points out of the box there. The step is then the smallest one onto the
     linearised boundary that does not push a bound coordinate out (exact
     for an affine model as long as the step moves no other coordinate past
-    a bound), and trained networks are fooled in 2-4 steps. ``box="clip"``
-    is the clip alone (Foolbox's DeepFool without its 1e-4). For a box wide
-    enough not to bind, both are the paper's algorithm.
+    a bound), every test input of the digits MLP is fooled within 5 steps,
+    and the overshoot applies as in the paper (distances about 2 % above
+    Foolbox's on the inputs both fool). ``box="clip"`` is the clip alone
+    (Foolbox's DeepFool without its 1e-4: the same points, to 1e-3, where both fool).
+    For a box wide enough not to bind, both are the paper's algorithm.
 
     Settings:
         steps: the most linearisation steps per input (the paper's iterations; it
@@ -251,7 +254,8 @@ class DeepFool(MinimalAttack):
                 progress(done, total)
             idx = active[moving]
             p_total[idx] += r[moving].view((-1,) + x0.shape[1:])
-            x[idx] = (x0[idx].double() + (1.0 + self.overshoot) * p_total[idx]).clamp(bounds.lo, bounds.hi).to(x0.dtype)
+            # clamped in the inputs' dtype, as every attack here does (a double clamp can round past the box)
+            x[idx] = (x0[idx].double() + (1.0 + self.overshoot) * p_total[idx]).to(x0.dtype).clamp_(bounds.lo, bounds.hi)
             active = idx
         return x, found, no_direction, rows, done
 
