@@ -84,7 +84,7 @@ class DeepFool(MinimalAttack):
     a bound), every test input of the digits MLP is fooled within 5 steps,
     and the overshoot applies as in the paper (distances about 2 % above
     Foolbox's on the inputs both fool). ``box="clip"`` is the clip alone
-    (Foolbox's DeepFool without its 1e-4: the same points, to 1e-3, where both fool).
+    (Foolbox's DeepFool without its 1e-4: within 0.5 % of its distances on 90 % of the inputs both fool).
     For a box wide enough not to bind, both are the paper's algorithm.
 
     Settings:
