@@ -119,6 +119,45 @@ def test_pgd_one_step_without_random_start_is_fgsm(digits_mlp: nn.Module, batch)
     assert torch.equal(pgd, Adversarial(0.07).inputs(digits_mlp, x, y))
 
 
+def reference_pgd(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, steps: int, step_size: float, random_start: bool
+) -> torch.Tensor:
+    """The training PGD loop as it was written before it called :func:`sparank.attacks.pgd.pgd` (the reference)."""
+    from sparank.attacks import fgsm_direction
+
+    x = x.detach()
+    x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)) if random_start else x.clone()
+    x_adv = x_adv.clamp(0.0, 1.0)
+    for _ in range(steps):
+        x_adv = x_adv + step_size * fgsm_direction(model, x_adv, y)
+        x_adv = torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
+    return x_adv.detach()
+
+
+@pytest.mark.parametrize(
+    ("eps", "options"),
+    [
+        (0.1, {}),
+        (0.3, {"steps": 3, "random_start": False}),
+        (8 / 255, {"steps": 10, "step_size": 2 / 255}),
+        (0.07, {"steps": 4, "step_size": 0.013}),
+        (0.23, {"steps": 1, "step_size": 0.23, "random_start": False}),
+    ],
+)
+def test_pgd_training_inputs_are_bit_identical_to_the_reference_loop(digits_mlp: nn.Module, batch, eps: float, options: dict) -> None:
+    """Seeded adversarial training repeats the numbers it gave before: same points, same draws from the global RNG."""
+    x, y = batch
+    method = Adversarial(eps, attack="pgd", **options)
+    digits_mlp.eval()
+    torch.manual_seed(11)
+    expected = reference_pgd(digits_mlp, x, y, eps, steps=method.steps, step_size=method.pgd_step_size, random_start=method.random_start)
+    rng_after = torch.rand(4)
+    torch.manual_seed(11)
+    got = method.inputs(digits_mlp, x, y)
+    assert torch.equal(got, expected)
+    assert torch.equal(torch.rand(4), rng_after)  # the same number of draws from the global RNG
+
+
 def test_pgd_is_stronger_than_fgsm_on_average(digits_mlp: nn.Module, batch) -> None:
     x, y = batch
     torch.manual_seed(0)
