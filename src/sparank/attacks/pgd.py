@@ -346,7 +346,7 @@ def pgd_minimal(
     x, y = inputs.detach(), labels
     n, device = len(x), x.device
     source = model if gradient_model is None else gradient_model
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # on the CPU: the same draws on any device
 
     directions = fgsm_direction(source, x, y, norm=norm, batch_size=batch_size)
     tol = max(float(fgsm_tol), min_tol(x.dtype, box, eps_max))
@@ -503,8 +503,6 @@ class PGD(MinimalAttack):
         batch_size: int,
         progress: Progress | None = None,
     ) -> Found:
-        if self.fgsm_resolution > eps_max:
-            raise ValueError(f"fgsm_resolution must be in (0, eps_max={eps_max}], got {self.fgsm_resolution}")
         return pgd_minimal(
             model, inputs, labels, bounds=bounds, norm=norm, eps_max=eps_max, steps=self.steps, rel_stepsize=self.rel_stepsize,
             restarts=self.restarts, seed=self.seed, search_steps=self.search_steps, fgsm_resolution=self.fgsm_resolution,
