@@ -1,13 +1,30 @@
-"""Tests of the hierarchical bootstrap (sparank.compare) on synthetic data whose answer is known."""
+"""Tests of sparank.compare (bootstrap, paired comparison, Holm, verdicts) on synthetic data whose answer is known."""
 
 from __future__ import annotations
 
+import itertools
 import math
+import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
+from scipy.stats import binom
 
-from sparank.compare import hierarchical_bootstrap, paired_log_ratios
+from sparank.compare import (
+    LESS_ROBUST,
+    MORE_ROBUST,
+    NO_DIFFERENCE,
+    _bootstrap,
+    _hierarchical_means,
+    bootstrap_p_value,
+    hierarchical_bootstrap,
+    holm,
+    paired_comparison,
+    paired_log_ratios,
+    verdict_flip,
+    verdicts,
+)
 
 
 def test_planted_ratio_is_inside_the_interval_and_the_estimate_is_the_pooled_median():
@@ -77,3 +94,275 @@ def test_validation_errors():
         hierarchical_bootstrap([np.ones(3)], rng=rng, confidence=95)
     with pytest.raises(ValueError, match="same inputs"):
         paired_log_ratios(np.ones(3), np.ones(4), cap=0.5)
+
+
+# --------------------------------------------------------------------------- paired comparison and verdicts
+
+EPS_MAX = 0.5
+
+
+def _arm(rng: np.random.Generator, mu: float, n: int, *, wrong: float = 0.1) -> np.ndarray:
+    """Synthetic ε* of one model: log-normal around exp(mu), censored (inf) above EPS_MAX, a fraction clean-wrong (0)."""
+    eps = np.exp(mu + 0.5 * rng.standard_normal(n))
+    eps[eps > EPS_MAX] = np.inf
+    eps[rng.random(n) < wrong] = 0.0
+    return eps
+
+
+def _dense_seeds(rng: np.random.Generator, n_seeds: int = 3, n: int = 200) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Seed-level random effects (the seed's location of log ε*) and the dense model's ε* per seed."""
+    mus = math.log(0.08) + 0.3 * rng.standard_normal(n_seeds)
+    return mus, [_arm(rng, mu, n) for mu in mus]
+
+
+def _planted(rng: np.random.Generator, dense: list[np.ndarray], factor: float) -> list[np.ndarray]:
+    """ε*_reg = ε*_dense × factor × log-normal noise (sd 0.1 in log): the median log-ratio is log(factor) (before capping)."""
+    return [d * factor * np.exp(0.1 * rng.standard_normal(len(d))) for d in dense]
+
+
+@pytest.mark.parametrize(("factor", "verdict"), [(0.8, LESS_ROBUST), (1.25, MORE_ROBUST)])
+def test_planted_factor_gives_its_verdict_interval_and_differences(factor, verdict):
+    """×0.8 (×1.25): less (more) robust, interval on that side and containing log(factor); AUC, A(ε), accuracy from a direct count."""
+    rng = np.random.default_rng(11)
+    _, dense = _dense_seeds(rng)
+    reg = _planted(rng, dense, factor)
+    n_boot = 300
+    c = paired_comparison(reg, dense, eps_max=EPS_MAX, rng=np.random.default_rng(0), reference_eps=[0.05, 0.1, EPS_MAX], n_boot=n_boot)
+    assert verdicts([c]) == [verdict]
+    assert c.log_ratio.contains(math.log(factor))
+    if factor < 1:
+        assert c.log_ratio.high < 0 and c.auc_difference.high < 0 and c.robust_accuracy_at(0.05).high < 0
+    else:
+        assert c.log_ratio.low > 0 and c.auc_difference.low > 0 and c.robust_accuracy_at(0.05).low > 0
+    # every replicate on one side of 0: the smallest p-value the definition allows
+    assert c.p_value == pytest.approx(2 / (n_boot + 1))
+    # the differences, counted directly over the pooled inputs
+    r, d = np.concatenate(reg), np.concatenate(dense)
+    assert c.auc_difference.estimate == pytest.approx(np.minimum(r, EPS_MAX).mean() - np.minimum(d, EPS_MAX).mean())
+    assert (c.auc_reg, c.auc_dense) == pytest.approx((np.minimum(r, EPS_MAX).mean(), np.minimum(d, EPS_MAX).mean()))
+    for eps in (0.05, 0.1, EPS_MAX):
+        assert c.robust_accuracy_at(eps).estimate == pytest.approx(np.mean(r > eps) - np.mean(d > eps))
+    assert c.clean_accuracy_change.estimate == pytest.approx(np.mean(r > 0) - np.mean(d > 0)) == 0  # the same clean-wrong inputs
+    assert c.clean_accuracy_change.low == c.clean_accuracy_change.high == 0
+    both = (r > 0) & (d > 0)
+    assert c.log_ratio.estimate == pytest.approx(np.median(np.log(np.minimum(r[both], EPS_MAX) / np.minimum(d[both], EPS_MAX))))
+    assert (c.n_seeds, c.n_inputs, c.n_paired) == (3, 600, int(both.sum()))
+    assert c.ratio.estimate == pytest.approx(math.exp(c.log_ratio.estimate))
+
+
+def test_a_model_against_itself_is_no_difference_with_p_one():
+    rng = np.random.default_rng(2)
+    _, dense = _dense_seeds(rng)
+    c = paired_comparison(dense, dense, eps_max=EPS_MAX, rng=np.random.default_rng(0), reference_eps=[0.1], n_boot=200)
+    assert c.p_value == 1.0
+    assert (c.log_ratio.estimate, c.log_ratio.low, c.log_ratio.high) == (0.0, 0.0, 0.0)
+    assert (c.auc_difference.estimate, c.auc_difference.low, c.auc_difference.high) == (0.0, 0.0, 0.0)
+    assert c.robust_accuracy_at(0.1).estimate == 0.0
+    assert verdicts([c]) == [NO_DIFFERENCE]
+
+
+def test_two_draws_from_one_distribution_are_no_difference():
+    rng = np.random.default_rng(3)
+    mus, dense = _dense_seeds(rng)
+    reg = [_arm(rng, mu, 200) for mu in mus]  # the same seed effects, fresh inputs-level draws
+    c = paired_comparison(reg, dense, eps_max=EPS_MAX, rng=np.random.default_rng(0), n_boot=300)
+    assert c.log_ratio.contains(0.0) and c.auc_difference.contains(0.0)
+    assert c.p_value > 0.05
+    assert verdicts([c]) == [NO_DIFFERENCE]
+
+
+def test_log_ratio_interval_is_the_hierarchical_bootstrap_of_the_paired_log_ratios():
+    """The same generator state gives exactly :func:`hierarchical_bootstrap`'s interval (it is used, not re-implemented)."""
+    rng = np.random.default_rng(4)
+    _, dense = _dense_seeds(rng, n=80)
+    reg = _planted(rng, dense, 0.9)
+    c = paired_comparison(reg, dense, eps_max=EPS_MAX, rng=np.random.default_rng(9), n_boot=150)
+    groups = [paired_log_ratios(r, d, cap=EPS_MAX) for r, d in zip(reg, dense)]
+    assert c.log_ratio == hierarchical_bootstrap(groups, rng=np.random.default_rng(9), n_boot=150)
+
+
+def test_false_positive_rate_after_holm_is_at_most_alpha():
+    """200 null studies (3 seeds × 100 inputs, 5 regularised arms against one dense arm per seed, seed effects shared).
+
+    Each arm of a seed is drawn from the same distribution, so every null holds; Holm
+    over the 5 comparisons must keep the family-wise error rate at alpha = 0.05. The
+    count of studies with any significant verdict is Binomial(200, FWER): the test
+    fails if it exceeds the 0.999 quantile of Binomial(200, 0.05) (21), so a correct
+    procedure fails it with probability < 0.1 %. n_boot = 200 suffices here: the
+    smallest p-value, 2/201 ≈ 0.00995, is below Holm's first threshold 0.05/5, and the
+    +1 in the p-value keeps its Monte Carlo error conservative.
+    """
+    alpha, studies, m = 0.05, 200, 5
+    limit = binom.ppf(0.999, studies, alpha)
+    rng = np.random.default_rng(2024)
+    false_positive = 0
+    for _ in range(studies):
+        mus = math.log(0.1) + 0.3 * rng.standard_normal(3)
+        dense = [_arm(rng, mu, 100) for mu in mus]
+        comparisons = [paired_comparison([_arm(rng, mu, 100) for mu in mus], dense, eps_max=EPS_MAX, rng=rng, n_boot=200) for _ in range(m)]
+        false_positive += any(v != NO_DIFFERENCE for v in verdicts(comparisons, alpha=alpha))
+    assert false_positive <= limit
+
+
+def test_masks_define_correctness_and_are_checked():
+    reg = [np.array([0.1, 0.0, 0.2, np.inf])]
+    dense = [np.array([0.2, 0.1, 0.0, 0.3])]
+    # input 1 of reg: correct but ε* = 0 (an infimum at a tie): clean accuracy counts it, the log-ratios cannot
+    reg_ok = [np.array([True, True, True, True])]
+    dense_ok = [np.array([True, True, False, True])]
+    c = paired_comparison(reg, dense, eps_max=EPS_MAX, rng=np.random.default_rng(0), reg_correct=reg_ok, dense_correct=dense_ok, n_boot=50)
+    assert (c.clean_accuracy_reg, c.clean_accuracy_dense) == (1.0, 0.75)
+    assert c.n_paired == 2  # inputs 0 and 3
+    assert c.log_ratio.estimate == pytest.approx(np.median([math.log(0.1 / 0.2), math.log(EPS_MAX / 0.3)]))
+    assert c.auc_reg == pytest.approx((0.1 + 0.0 + 0.2 + EPS_MAX) / 4)
+    without = paired_comparison(reg, dense, eps_max=EPS_MAX, rng=np.random.default_rng(0), n_boot=50)
+    assert without.clean_accuracy_reg == 0.75  # ε* = 0 read as clean-wrong
+    with pytest.raises(ValueError, match="dense_correct"):
+        paired_comparison(reg, dense, eps_max=EPS_MAX, rng=np.random.default_rng(0), dense_correct=[np.array([True, False, False, True])])
+
+
+def test_paired_comparison_validation_errors():
+    rng = np.random.default_rng(0)
+    one = [np.array([0.1, 0.2])]
+    with pytest.raises(ValueError, match="eps_max"):
+        paired_comparison(one, one, eps_max=0.0, rng=rng)
+    with pytest.raises(ValueError, match="one ε\\* array per seed"):
+        paired_comparison(one, one + one, eps_max=EPS_MAX, rng=rng)
+    with pytest.raises(ValueError, match="same"):
+        paired_comparison(one, [np.array([0.1, 0.2, 0.3])], eps_max=EPS_MAX, rng=rng)
+    with pytest.raises(ValueError, match="NaN or negative"):
+        paired_comparison([np.array([0.1, np.nan])], one, eps_max=EPS_MAX, rng=rng)
+    with pytest.raises(ValueError, match="reference_eps"):
+        paired_comparison(one, one, eps_max=EPS_MAX, rng=rng, reference_eps=[0.6])
+    with pytest.raises(ValueError, match="no input is correct"):
+        paired_comparison([np.array([0.0, 0.1])], [np.array([0.1, 0.0])], eps_max=EPS_MAX, rng=rng)
+    with pytest.raises(ValueError, match="n_boot"):
+        paired_comparison(one, one, eps_max=EPS_MAX, rng=rng, n_boot=0)
+    with pytest.raises(ValueError, match="not a reference"):
+        paired_comparison(one, one, eps_max=EPS_MAX, rng=rng, n_boot=10).robust_accuracy_at(0.1)
+
+
+def test_mean_bootstrap_matches_the_two_stage_variance_and_the_loop():
+    """The count-based two-stage bootstrap of means: its variance is the closed form, and it agrees with the loop on unequal groups."""
+    rng = np.random.default_rng(5)
+    g, n, n_boot = 10, 50, 4000
+    groups = [rng.normal(rng.normal(0, 1), 2, size=(n, 1)) for _ in range(g)]
+    reps = _hierarchical_means(groups, rng=np.random.default_rng(0), n_boot=n_boot)[:, 0]
+    means = np.array([x.mean() for x in groups])
+    within = np.array([x.var() for x in groups])  # population variances: resampling draws from the empirical law
+    var_theory = (means.var() + within.mean() / n) / g  # G independent draws of (group, then mean of n values)
+    assert reps.var() == pytest.approx(var_theory, rel=0.1)  # relative MC sd of a variance at B = 4000: ~2 %
+    assert abs(reps.mean() - means.mean()) < 4 * math.sqrt(var_theory / n_boot)
+    unequal = [rng.normal(o, 1, size=k) for o, k in ((0.0, 10), (1.0, 40), (3.0, 25))]
+    counts = _hierarchical_means([u[:, None] for u in unequal], rng=np.random.default_rng(1), n_boot=n_boot)[:, 0]
+    _, loop = _bootstrap(unequal, rng=np.random.default_rng(2), statistic=lambda v: float(np.mean(v)), n_boot=n_boot, confidence=0.95)
+    assert counts.std() == pytest.approx(loop.std(), rel=0.08)  # two MC sds of ~1.1 % each: 8 % is > 5 sigma
+    assert abs(counts.mean() - loop.mean()) < 5 * loop.std() * math.sqrt(2 / n_boot)
+
+
+def test_bootstrap_p_value_by_hand():
+    assert bootstrap_p_value(np.array([1.0, 2.0, 3.0])) == pytest.approx(2 * 1 / 4)
+    assert bootstrap_p_value(np.zeros(10)) == 1.0
+    assert bootstrap_p_value(np.array([-1.0, 0.0, 1.0, 2.0])) == 1.0  # 2 · 3/5 capped at 1
+    assert bootstrap_p_value(np.array([-1.0] * 199)) == pytest.approx(0.01)
+    assert bootstrap_p_value(np.array([-2.0, -1.0] * 10 + [0.5])) == pytest.approx(2 * 2 / 22)
+    with pytest.raises(ValueError, match="replicates"):
+        bootstrap_p_value(np.array([]))
+
+
+def test_p_at_most_alpha_implies_the_percentile_interval_excludes_zero():
+    """The claim in bootstrap_p_value's docstring, checked over many replicate sets with ties at 0, and its edge counterexample."""
+    rng = np.random.default_rng(6)
+    significant = 0
+    for _ in range(3000):
+        b = int(rng.integers(1, 400))
+        reps = (rng.integers(-3, 4, size=b) + rng.integers(-4, 5)).astype(np.float64)
+        for alpha in (0.01, 0.05, 0.2, 0.5):
+            p = bootstrap_p_value(reps)
+            low, high = np.quantile(reps, [alpha / 2, 1 - alpha / 2])
+            if p <= alpha:
+                significant += 1
+                assert low > 0 or high < 0
+                assert (low > 0) == (np.count_nonzero(reps <= 0) < np.count_nonzero(reps >= 0))
+    assert significant > 1000  # the implication was exercised
+    # the converse fails only at the edge: B = 2000, 50 replicates ≤ 0, the 50th just below 0
+    reps = np.concatenate([np.full(49, -1.0), [-0.001], np.ones(1950)])
+    low, _ = np.quantile(reps, [0.025, 0.975])
+    assert low > 0 and bootstrap_p_value(reps) == pytest.approx(102 / 2001) and bootstrap_p_value(reps) > 0.05
+
+
+def _holm_by_closed_testing(p: list[float], alpha: float) -> list[bool]:
+    """Holm as the closed test of Bonferroni tests: reject H_i iff every subset S ∋ i has min_{j∈S} p_j ≤ alpha/|S|."""
+    m = len(p)
+    out = []
+    for i in range(m):
+        subsets = (s for k in range(1, m + 1) for s in itertools.combinations(range(m), k) if i in s)
+        out.append(all(min(p[j] for j in s) <= alpha / len(s) for s in subsets))
+    return out
+
+
+def test_holm_by_hand():
+    # sorted 0.005 ≤ .0125, 0.01 ≤ .0167, 0.03 > .025: stop
+    assert holm([0.01, 0.04, 0.03, 0.005], alpha=0.05) == [True, False, False, True]
+    # step-down gains over Bonferroni (.0125): 0.013 ≤ .0167, 0.02 ≤ .025, 0.04 ≤ .05
+    assert holm([0.04, 0.001, 0.02, 0.013], alpha=0.05) == [True, True, True, True]
+    # stops at the first failure even though 0.04 ≤ 0.05
+    assert holm([0.001, 0.03, 0.02, 0.04], alpha=0.05) == [True, False, False, False]
+    assert holm([0.02, 0.02], alpha=0.05) == [True, True] and holm([0.03, 0.03], alpha=0.05) == [False, False]
+    assert holm([], alpha=0.05) == []
+    with pytest.raises(ValueError, match="p_values"):
+        holm([0.5, 1.2])
+    with pytest.raises(ValueError, match="alpha"):
+        holm([0.5], alpha=0.0)
+
+
+def test_holm_agrees_with_closed_testing():
+    rng = np.random.default_rng(7)
+    for _ in range(400):
+        m = int(rng.integers(1, 7))
+        p = list(np.round(rng.uniform(0, 0.06, size=m) ** rng.uniform(0.5, 2), 3))  # ties and values near the thresholds
+        alpha = float(rng.choice([0.05, 0.1]))
+        assert holm(p, alpha=alpha) == _holm_by_closed_testing(p, alpha)
+
+
+def _with_p(c, p: float, estimate: float):
+    """A comparison with a chosen two-sided p on the side of ``estimate`` (the other tail near 1)."""
+    small = p / 2
+    interval = replace(c.log_ratio, estimate=estimate)
+    return replace(c, log_ratio=interval, p_value=p, p_more=small if estimate > 0 else 1.0, p_less=small if estimate < 0 else 1.0)
+
+
+def test_verdicts_apply_holm_across_the_comparisons():
+    rng = np.random.default_rng(8)
+    _, dense = _dense_seeds(rng, n=30)
+    base = paired_comparison(dense, dense, eps_max=EPS_MAX, rng=np.random.default_rng(0), n_boot=300)
+    a, b, c = _with_p(base, 0.001, 0.2), _with_p(base, 0.02, -0.1), _with_p(base, 0.04, 0.3)
+    assert verdicts([a, b, c]) == [MORE_ROBUST, LESS_ROBUST, MORE_ROBUST]  # .001 ≤ .0167, .02 ≤ .025, .04 ≤ .05
+    b2 = _with_p(base, 0.03, -0.1)
+    assert verdicts([a, b2, c]) == [MORE_ROBUST, NO_DIFFERENCE, NO_DIFFERENCE]  # each alone would be significant
+    assert verdicts([b2]) == [LESS_ROBUST]
+    with pytest.warns(UserWarning, match="other side"):
+        odd = replace(a, p_more=1.0, p_less=0.0005)  # significant, but the replicates below 0 and the median above
+        assert verdicts([odd]) == [NO_DIFFERENCE]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        verdicts([a])
+
+
+def test_verdicts_refuse_an_n_boot_that_cannot_reach_holm():
+    rng = np.random.default_rng(9)
+    _, dense = _dense_seeds(rng, n=30)
+    c = paired_comparison(dense, dense, eps_max=EPS_MAX, rng=np.random.default_rng(0), n_boot=200)
+    assert verdicts([c] * 5) == [NO_DIFFERENCE] * 5  # 2/201 ≤ 0.05/5
+    needed = math.ceil(2 * 6 / 0.05 - 1)  # 2/(B+1) ≤ alpha/m
+    with pytest.raises(ValueError, match=f"n_boot >= {needed}"):
+        verdicts([c] * 6)
+
+
+def test_verdict_flip():
+    assert verdict_flip(MORE_ROBUST, NO_DIFFERENCE) and verdict_flip(NO_DIFFERENCE, LESS_ROBUST)
+    assert verdict_flip(MORE_ROBUST, LESS_ROBUST, reversal_only=True)
+    assert not verdict_flip(MORE_ROBUST, NO_DIFFERENCE, reversal_only=True)
+    assert not verdict_flip(LESS_ROBUST, LESS_ROBUST) and not verdict_flip(NO_DIFFERENCE, NO_DIFFERENCE)
+    with pytest.raises(ValueError, match="best"):
+        verdict_flip(MORE_ROBUST, "robuster")
