@@ -107,13 +107,13 @@ def test_measuring_twice_stores_one_measurement_and_force_replaces_it(trained_st
     assert "reusing it" in again.stderr
     assert json.loads(first.stdout)["measurement"] == json.loads(again.stdout)["measurement"]
     with Store(trained_store, readonly=True) as st:
-        keyed = [m for m in st.measurements() if m.config["n"] == 30]
+        keyed = [m for m in st.measurements() if m.config["n"] == 30 and m.config["attack"] == "fgsm"]
     assert len(keyed) == 1
     assert keyed[0].config["data_source"].startswith("scikit-learn") and keyed[0].config["data_files"][0].endswith("digits.csv.gz")
     forced = run(*args, "--force")
     assert forced.exit_code == 0 and "reusing" not in forced.output
     with Store(trained_store, readonly=True) as st:
-        assert len([m for m in st.measurements() if m.config["n"] == 30]) == 1
+        assert len([m for m in st.measurements() if m.config["n"] == 30 and m.config["attack"] == "fgsm"]) == 1
     other = run("measure", "r0001", "--n", "30", "--eval-seed", "4", "--store", str(trained_store), "--threads", "1", "--json")
     assert json.loads(other.stdout)["measurement"] != json.loads(again.stdout)["measurement"]  # other inputs: a new measurement
 
@@ -126,7 +126,7 @@ def test_the_same_weights_file_is_imported_once(tmp_path):
     assert second.exit_code == 0 and "reusing it" in second.stderr
     with Store(tmp_path / "s", readonly=True) as st:
         (r,) = st.runs()
-        assert len(st.measurements()) == 2 and r.config["data_source"].startswith("scikit-learn")
+        assert len([m for m in st.measurements() if m.config["attack"] == "fgsm"]) == 2 and r.config["data_source"].startswith("scikit-learn")
 
 
 def test_every_store_the_cli_opens_is_closed(trained_store, monkeypatch):
@@ -177,7 +177,7 @@ def test_show_one_run_is_for_people_and_json_is_for_programs(trained_store):
     assert human.exit_code == 0
     with pytest.raises(json.JSONDecodeError):
         json.loads(human.stdout)
-    for part in ("run r0001", "data source", "arch", "history", "structure:", "fc1", "measurements:", "AUC of A(ε)", "no direction"):
+    for part in ("run r0001", "data source", "arch", "history", "structure:", "fc1", "measurements:", "AUC", "median_eps*", "no_dir", "gradient masking"):
         assert part in human.stdout, part
     assert json.loads(run("show", "r0001", "--json", "--store", str(trained_store)).stdout)["id"] == "r0001"
 
@@ -220,3 +220,38 @@ def test_a_dense_counterpart_with_a_methods_fine_tune_budget(tmp_path):
     assert counterpart.metrics["budget"]["steps"] > plain.metrics["budget"]["steps"]
     refused = runner.invoke(app, ["train", *common, "--regulariser", "l1", "--fine-tune-epochs", "1"])
     assert refused.exit_code == 2 and "--fine-tune-epochs" in refused.output and "magnitude" in refused.output
+
+
+def test_several_attacks_are_stored_side_by_side_with_best_and_masking_flags(tmp_path):
+    store = str(tmp_path)
+    for seed in ("0", "1"):
+        trained = run("train", "--arch", "mlp:32", "--epochs", "3", "--seed", seed, "--store", store, "--threads", "1")
+        assert trained.exit_code == 0, trained.output
+    args = ["measure", "r0001", "--n", "40", "--store", store, "--threads", "1"]
+    result = run(*args, "--attack", "fgsm", "--attack", "pgd", "--attack", "deepfool", "--attack", "fmn", "--steps", "20", "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert [m["summary"]["attack"] for m in payload["measurements"]] == ["fgsm", "pgd", "deepfool", "fmn"]
+    best = payload["best"]
+    assert sorted(best["of"]) == sorted(m["measurement"] for m in payload["measurements"])
+    with Store(tmp_path, readonly=True) as st:
+        tables = {m.config["attack"]: st.brackets(m.id) for m in st.measurements("r0001")}
+        configs = {m.config["attack"]: m.config for m in st.measurements("r0001")}
+    assert configs["pgd"]["attack_settings"]["steps"] == 20 and configs["fmn"]["attack_settings"]["steps"] == 20
+    for name in ("fgsm", "pgd", "deepfool", "fmn"):  # best ε* is at most each attack's verified distance
+        finite = tables[name].distance.isfinite()
+        assert (tables["best"].eps_hi[finite] <= tables[name].distance[finite]).all()
+    assert best["masking"]["unbounded_success"] == 1.0 and best["masking"]["masked"] is False
+    transfer = run(*args, "--attack", "transfer", "--source", "r0002", "--json")
+    assert transfer.exit_code == 0, transfer.output
+    both = json.loads(transfer.stdout)["measurements"]
+    assert [(m["run"], m["summary"]["attack"]) for m in both] == [("r0001", "transfer"), ("r0002", "transfer")]
+    with Store(tmp_path, readonly=True) as st:
+        sources = [m.config["attack_settings"]["source"] for m in st.measurements() if m.config["attack"] == "transfer"]
+    assert sources == ["r0002", "r0001"]
+    shown = run("show", "r0001", "--store", store)
+    assert shown.exit_code == 0
+    for word in ("fgsm", "pgd", "deepfool", "fmn", "transfer", "best", "gradient masking"):
+        assert word in shown.stdout, word
+    again = run(*args, "--attack", "pgd", "--steps", "20")
+    assert again.exit_code == 0 and "reusing it" in again.stderr

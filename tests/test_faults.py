@@ -184,6 +184,16 @@ CLI_FAULTS = [
     Fault("tol-zero", ("measure", "r0001", "--tol", "0", "--store", "{store}"), "--tol must be", before_work=True),
     Fault("norm-unknown", ("measure", "r0001", "--norm", "l3", "--store", "{store}"), "--norm", before_work=True),
     Fault("measure-batch-size-zero", ("measure", "r0001", "--batch-size", "0", "--store", "{store}"), "--batch-size must be", before_work=True),
+    # attacks (PROTOCOL §3)
+    Fault("attack-unknown", ("measure", "r0001", "--attack", "cw", "--store", "{store}"), "--attack must be one of fgsm, pgd", before_work=True),
+    Fault("attack-twice", ("measure", "r0001", "--attack", "pgd", "--attack", "pgd", "--store", "{store}"), "names an attack twice", before_work=True),
+    Fault("transfer-without-source", ("measure", "r0001", "--attack", "transfer", "--store", "{store}"), "needs --source RUN", before_work=True),
+    Fault("source-without-transfer", ("measure", "r0001", "--source", "r0001", "--store", "{store}"), "only used with --attack transfer", before_work=True),
+    Fault("transfer-from-itself", ("measure", "r0001", "--attack", "transfer", "--source", "r0001", "--store", "{store}"), "is the run measured"),
+    Fault("transfer-source-missing", ("measure", "r0001", "--attack", "transfer", "--source", "r0404", "--store", "{store}"), "r0404"),
+    Fault("via-unknown", ("measure", "r0001", "--attack", "transfer", "--source", "r0001", "--via", "cw", "--store", "{store}"), "--via must be", before_work=True),
+    Fault("steps-zero", ("measure", "r0001", "--attack", "pgd", "--steps", "0", "--store", "{store}"), "--steps must be an integer >= 1", before_work=True),
+    Fault("restarts-negative", ("measure", "r0001", "--attack", "pgd", "--restarts", "-1", "--store", "{store}"), "--restarts must be", before_work=True),
     # --weights files
     Fault("weights-missing", ("measure", "--weights", "{tmp}/nope.safetensors", "--arch", "mlp", "--dataset", "digits", "--store", "{tmp}/s"), "does not exist", before_work=True),
     Fault("weights-a-directory", ("measure", "--weights", "{tmp}", "--arch", "mlp", "--dataset", "digits", "--store", "{tmp}/s"), "is a directory", before_work=True),

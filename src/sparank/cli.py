@@ -487,7 +487,13 @@ def _attack(
         if name == "pgd":
             from sparank.attacks.pgd import PGD
 
-            return PGD(restarts=restarts, fgsm_resolution=resolution, **({} if steps is None else {"steps": steps}))
+            # with --steps, Madry et al.'s step of 2.5·ε/steps
+            return PGD(
+                restarts=restarts,
+                fgsm_resolution=resolution,
+                fgsm_tol=tol,
+                **({} if steps is None else {"steps": steps, "rel_stepsize": 2.5 / steps}),
+            )
         if name == "fmn":
             from sparank.attacks.fmn import FMN
 
@@ -659,11 +665,14 @@ def _store_best(store: Store, run_id: str, data: Any, indices: Any, x: Any, y: A
         latest[json.dumps(m.config.get("attack_settings") or {"attack": m.config.get("attack", "fgsm")}, sort_keys=True)] = m
     if not latest:
         return None
+    ids = [m.id for m in latest.values()]
+    key = measurement_key(run_id, {"attack": "best", **group}, indices)
+    stored = store.find_measurement(key)
+    if stored is not None and stored.config.get("of") == ids:  # nothing new since it was computed
+        return {**stored.summary, "measurement": stored.id}
     results = [_stored_result(store, m) for m in latest.values()]
     best = best_of(results)
     flags = masking_flags(model_of(run_id), x, y, results, norm=norm, batch_size=batch_size)  # type: ignore[arg-type]
-    ids = [m.id for m in latest.values()]
-    key = measurement_key(run_id, {"attack": "best", **group}, indices)
     config = {"n": len(x), "split": "test", "bounds": [0.0, 1.0], "attack": "best", "of": ids, "dataset": data.name, **_data_record(data)}
     mid = store.add_measurement(run_id, config=config, result=best, indices=indices, key=key, replace=True,
                                 extra_summary={"of": ids, "masking": flags.to_dict()})  # fmt: skip
@@ -766,17 +775,24 @@ def measure(
             )  # fmt: skip
         if as_json:
             records = [{"run": rid, "measurement": mid, "summary": summary} for rid, mid, summary, _ in done]
-            if len(done) == 1 and best is None:
-                out.print_json(json.dumps(records[0]))
+            if len(done) == 1:
+                out.print_json(json.dumps({**records[0], "best": best}))
             else:
                 out.print_json(json.dumps({"run": run_id, "measurements": records, "best": best}))
             return
-        for rid, mid, summary, _ in done:
+        if len(done) == 1:
+            rid, mid, summary, _ = done[0]
             name = summary.get("attack", "fgsm")
             what = "ε* along the FGSM ray" if name == "fgsm" else f"ε* by {name}"
             _print_summary(f"run {rid}: {what} ({norm}), measurement {mid}", summary)
-        if best is not None and len(best.get("of", [])) > 1:
-            _print_summary(f"run {run_id}: best ε* over measurements {', '.join(map(str, best['of']))} ({norm})", best)
+        else:
+            with Store(store, readonly=True) as st:
+                shown = {m.id: m for m in st.measurements()}
+            ids = [mid for _, mid, _, _ in done] + ([best["measurement"]] if best is not None else [])
+            out.print(
+                f"run {run_id}: ε* by each attack ({norm}), and the best over all stored for these inputs:", markup=False, soft_wrap=True
+            )
+            _print_lines(["  " + t for t in _measurement_table([shown[i] for i in ids if i in shown], width=_inner(_screen_width()))])
         if best is not None:
             out.print(f"run {run_id}: " + _masking_line(best["masking"]), markup=False, soft_wrap=True)
         out.print(f"stored in {store.resolve()}", markup=False, soft_wrap=True)
@@ -961,35 +977,7 @@ def _run_lines(run: Any, measurements: list[Any], *, width: int | None) -> list[
 
     lines += ["", f"measurements: {len(measurements)}" + ("" if measurements else f" (sparank measure {run.id})")]
     if measurements:
-        headers = [
-            "id",
-            "attack",
-            "settings",
-            "n",
-            "norm",
-            "eps_max",
-            "AUC",
-            "median_eps*",
-            "fooled",
-            "censored",
-            "no_dir",
-            "rejected",
-            "created",
-        ]
-        rows = []
-        for m in measurements:
-            mc, sm = m.config, m.summary
-            median = (sm.get("quantiles") or {}).get("50")
-            rows.append([
-                str(m.id), str(mc.get("attack", "fgsm")), _settings_cell(mc), str(mc.get("n", sm.get("n", "-"))), str(mc.get("norm", "-")),
-                _num(mc.get("eps_max"), 3), _num(sm.get("auc")), "censored" if median == "inf" else _num(median),
-                _num(sm.get("fooled_fraction"), 3), _num(sm.get("censored_fraction"), 3), _num(sm.get("no_direction_fraction"), 3),
-                str(sm.get("rejected", 0)), str(m.created)[:19],
-            ])  # fmt: skip
-        table = _table_lines(
-            headers, rows, keep=[0, 1, 6, 7, 8, 9, 3, 4, 5, 10, 11, 2, 12], right=[0, 3, 5, 6, 7, 8, 9, 10, 11], width=_inner(width)
-        )
-        lines += ["  " + t for t in table]
+        lines += ["  " + t for t in _measurement_table(measurements, width=_inner(width))]
         best = [m for m in measurements if m.config.get("attack") == "best" and m.summary.get("masking")]
         for m in best:
             lines += [
@@ -998,6 +986,22 @@ def _run_lines(run: Any, measurements: list[Any], *, width: int | None) -> list[
                 + _masking_line(m.summary["masking"]),
             ]
     return lines
+
+
+def _measurement_table(measurements: list[Any], *, width: int | None) -> list[str]:
+    """Measurements side by side: attack, settings, AUC, median ε*, the status fractions and refused claims."""
+    headers = ["id", "attack", "settings", "n", "norm", "eps_max", "AUC", "median_eps*", "fooled", "censored", "no_dir", "rejected", "created"]  # fmt: skip
+    rows = []
+    for m in measurements:
+        mc, sm = m.config, m.summary
+        median = (sm.get("quantiles") or {}).get("50")
+        rows.append([
+            str(m.id), str(mc.get("attack", "fgsm")), _settings_cell(mc), str(mc.get("n", sm.get("n", "-"))), str(mc.get("norm", "-")),
+            _num(mc.get("eps_max"), 3), _num(sm.get("auc")), "censored" if median == "inf" else _num(median),
+            _num(sm.get("fooled_fraction"), 3), _num(sm.get("censored_fraction"), 3), _num(sm.get("no_direction_fraction"), 3),
+            str(sm.get("rejected", 0)), str(m.created)[:19],
+        ])  # fmt: skip
+    return _table_lines(headers, rows, keep=[0, 1, 6, 7, 8, 9, 3, 4, 5, 10, 11, 2, 12], right=[0, 3, 5, 6, 7, 8, 9, 10, 11], width=width)
 
 
 def _settings_cell(config: dict[str, Any]) -> str:

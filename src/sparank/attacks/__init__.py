@@ -25,25 +25,34 @@ from sparank.attacks.base import (
     project,
     verify_points,
 )
+from sparank.attacks.deepfool import DeepFool, rho_adv
 from sparank.attacks.fgsm import FGSM, Crossing, fgsm_direction, first_crossing, ray_points, ray_search
+from sparank.attacks.fmn import FMN
+from sparank.attacks.pgd import PGD, pgd, pgd_minimal
 from sparank.attacks.transfer import RandomRay, Transfer
 
 #: every attack by the name the store and the CLI use
-ATTACKS: dict[str, type[MinimalAttack]] = {cls.name: cls for cls in (FGSM, Transfer, RandomRay)}
+ATTACKS: dict[str, type[MinimalAttack]] = {cls.name: cls for cls in (FGSM, PGD, FMN, DeepFool, Transfer, RandomRay)}
 
 __all__ = [
     "ALONE_SAMPLE",
     "ATTACKS",
+    "DeepFool",
     "FGSM",
+    "FMN",
     "Found",
     "MinimalAttack",
+    "PGD",
     "RandomRay",
     "Transfer",
     "distances",
     "input_gradient",
     "normalise",
+    "pgd",
+    "pgd_minimal",
     "project",
     "ray_search",
+    "rho_adv",
     "NOISE_ULPS",
     "NORMS",
     "Bounds",

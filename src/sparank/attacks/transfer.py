@@ -67,7 +67,7 @@ class Transfer(MinimalAttack):
         if self.kind == "fgsm":
             record.update(resolution=self.resolution, tol=self.tol)
         else:
-            record.update(steps=self.steps, rel_stepsize=self.rel_stepsize, fgsm_resolution=self.resolution)
+            record.update(steps=self.steps, rel_stepsize=self.rel_stepsize, fgsm_resolution=self.resolution, fgsm_tol=self.tol)
         return record
 
     def run(
@@ -94,7 +94,7 @@ class Transfer(MinimalAttack):
 
             return pgd_minimal(
                 model, inputs, labels, bounds=bounds, norm=norm, eps_max=eps_max, batch_size=batch_size, progress=progress,
-                steps=self.steps, rel_stepsize=self.rel_stepsize, fgsm_resolution=self.resolution, gradient_model=self.source,
+                steps=self.steps, rel_stepsize=self.rel_stepsize, fgsm_resolution=self.resolution, fgsm_tol=self.tol, gradient_model=self.source,
             )  # fmt: skip
         finally:
             self.source.train(was_training)
