@@ -189,6 +189,15 @@ def test_a_masked_gradient_raises_the_zero_gradient_flag_and_is_caught_by_a_grad
     assert flags.zero_gradient_fraction == 1.0 and flags.flags["gradient"]
     assert flags.beaten_fraction > 0 and flags.flags["transfer_beats_white_box"]
     assert flags.unbounded_success < 1.0 and flags.flags["unbounded"] and flags.masked
+    # the unmasked model's own FGSM ray, transferred, fools the masked one wherever the mask does not change the class
+    transfer = measure(Transfer(source=digits_mlp, source_name="unmasked"), model, x, y, keep_adversarials=True)
+    fooled = transfer.status == int(Status.FOOLED)
+    assert fooled.sum() >= correct.sum() // 2
+    with torch.no_grad():
+        assert (model(transfer.adversarials[fooled]).argmax(dim=1) != y[fooled]).all()
+    flags = masking_flags(model, x, y, [fgsm, transfer], unbounded=False)
+    assert flags.beaten_fraction == pytest.approx(float(fooled.sum()) / float(correct.sum()))
+    assert flags.flags["transfer_beats_white_box"] and "unbounded" not in flags.flags
 
 
 def test_an_honest_model_raises_no_masking_flag(digits, digits_mlp):

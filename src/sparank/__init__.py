@@ -8,7 +8,20 @@ bracket.
 from sparank.attacks import Bounds, fgsm_direction, first_crossing, ray_points
 from sparank.data import DATASETS, Dataset, DatasetError, eval_subset, load_dataset, load_digits, read_idx
 from sparank.models import build_model, parse_spec
-from sparank.robustness import CENSORED, CLEAN_WRONG, FOOLED, NO_DIRECTION, RobustnessResult, Status, Summary, fgsm_robustness
+from sparank.robustness import (
+    CENSORED,
+    CLEAN_WRONG,
+    FOOLED,
+    NO_DIRECTION,
+    MaskingFlags,
+    RobustnessResult,
+    Status,
+    Summary,
+    best_of,
+    fgsm_robustness,
+    masking_flags,
+    measure,
+)
 from sparank.store import Store, StoreError
 from sparank.structure import layer_structure, model_structure
 from sparank.regularisers import counterpart
@@ -23,6 +36,7 @@ __all__ = [
     "NO_DIRECTION",
     "DATASETS",
     "Bounds",
+    "MaskingFlags",
     "Dataset",
     "DatasetError",
     "Store",
@@ -32,6 +46,7 @@ __all__ = [
     "Summary",
     "TrainConfig",
     "TrainingBudget",
+    "best_of",
     "build_model",
     "counterpart",
     "fgsm_direction",
@@ -41,6 +56,8 @@ __all__ = [
     "layer_structure",
     "load_dataset",
     "load_digits",
+    "masking_flags",
+    "measure",
     "model_structure",
     "read_idx",
     "parse_spec",
