@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test data bench mutate clean
+.PHONY: demo test data browser bench mutate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,16 @@ data:
 	  || echo "note: could not install dataset-fashion-mnist; Fashion-MNIST tests will be skipped"; \
 	else echo "note: not root; Fashion-MNIST tests will be skipped (sudo apt-get install dataset-fashion-mnist)"; fi
 
-test: $(STAMP) data
+# Debian's chromium, for the test that opens the report in a real browser (Playwright drives it;
+# its own browser download is unreachable here); optional: that test is skipped with the reason.
+browser:
+	@if command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)) >/dev/null 2>&1 \
+	  || echo "note: could not install chromium; the browser test of the report will be skipped"; \
+	else echo "note: not root; the browser test of the report will be skipped (sudo apt-get install chromium)"; fi
+
+test: $(STAMP) data browser
 	$(PY) -m pytest
 
 demo: $(STAMP)
