@@ -366,3 +366,231 @@ def test_verdict_flip():
     assert not verdict_flip(LESS_ROBUST, LESS_ROBUST) and not verdict_flip(NO_DIFFERENCE, NO_DIFFERENCE)
     with pytest.raises(ValueError, match="best"):
         verdict_flip(MORE_ROBUST, "robuster")
+
+
+# --------------------------------------------------------------------------- a whole store: study_comparisons
+
+import torch  # noqa: E402
+
+from sparank.compare import StudyRecords, study_comparisons  # noqa: E402
+from sparank.robustness import CENSORED, CLEAN_WRONG, FOOLED, RobustnessResult  # noqa: E402
+from sparank.store import Store  # noqa: E402
+
+_FGSM = {"attack": "fgsm", "resolution": 0.01, "tol": 1e-6}
+_PGD = {"attack": "pgd", "steps": 10}
+_TRAIN = {"epochs": 10, "batch_size": 64, "lr": 0.01, "optimizer": "adam", "momentum": 0.9}
+
+
+def _result(eps: np.ndarray, attack: str = "fgsm", settings: dict | None = None) -> RobustnessResult:
+    """A stored-shape result with ε* = ``eps`` (0: clean-wrong, inf: censored)."""
+    eps_t = torch.as_tensor(eps, dtype=torch.float64)
+    status = torch.full(eps_t.shape, int(FOOLED), dtype=torch.int64)
+    status[eps_t == 0] = int(CLEAN_WRONG)
+    status[eps_t.isinf()] = int(CENSORED)
+    return RobustnessResult(
+        eps_lo=torch.where(eps_t.isinf(), torch.full_like(eps_t, EPS_MAX), eps_t * 0.999),
+        eps_hi=eps_t,
+        status=status,
+        labels=torch.zeros(len(eps_t), dtype=torch.int64),
+        directions=None,
+        norm="linf",
+        eps_max=EPS_MAX,
+        resolution=0.01 if attack == "fgsm" else 0.0,
+        tol=1e-6 if attack == "fgsm" else 0.0,
+        attack=attack,
+        settings=settings or _FGSM,
+    )
+
+
+def _add_run(
+    store: Store,
+    method: str,
+    strength: float | None,
+    seed: int,
+    fgsm: np.ndarray | None,
+    *,
+    accuracy: float = 0.9,
+    fine_tune: int = 0,
+    best: np.ndarray | None = None,
+    indices: np.ndarray | None = None,
+    masked: bool = False,
+    sparsity: float = 0.0,
+    rank_ratio: float = 0.8,
+    train: dict | None = None,
+) -> str:
+    """A run shaped like the CLI's (config, metrics with budget, structure), its FGSM ε* and optionally best ε* over FGSM and PGD."""
+    reg = {"name": method, "strength": strength, "layers": ["fc1", "out"], "extra_epochs": fine_tune}
+    if fine_tune:
+        reg["fine_tune_epochs"] = fine_tune
+    run_id = store.add_run(
+        kind="train",
+        config={"dataset": "digits", "arch": "mlp:16", "train": {**(train or _TRAIN), "seed": seed}, "regulariser": reg},
+        metrics={
+            "test_accuracy": accuracy,
+            "budget": {"epochs": 10 + fine_tune, "steps": 220 + 22 * fine_tune, "fine_tune_epochs": fine_tune},
+        },
+        structure={"sparsity": sparsity, "effective_sparsity": sparsity, "mean_effective_rank_ratio": rank_ratio},
+    )
+    if fgsm is not None:
+        idx = torch.arange(len(fgsm)) if indices is None else torch.as_tensor(indices)
+        store.add_measurement(run_id, config={"n": len(fgsm), "attack": "fgsm", "data_source": "test"}, result=_result(fgsm), indices=idx)
+    if best is not None:
+        masking = {"masked": masked, "flags": {"gradient": masked, "unbounded": False}}
+        result = _result(best, "best", {"attack": "best", "of": [_FGSM, _PGD]})
+        store.add_measurement(
+            run_id,
+            config={"n": len(best), "attack": "best", "data_source": "test"},
+            result=result,
+            indices=torch.arange(len(best)),
+            extra_summary={"masking": masking},
+        )
+    return run_id
+
+
+def _log_median(reg: list[np.ndarray], dense: list[np.ndarray]) -> float:
+    """The pooled median log-ratio over inputs correct in both, by hand."""
+    logs = []
+    for r, d in zip(reg, dense):
+        r, d = np.minimum(r, EPS_MAX), np.minimum(d, EPS_MAX)
+        both = (r > 0) & (d > 0)
+        logs.append(np.log(r[both] / d[both]))
+    return float(np.median(np.concatenate(logs)))
+
+
+def test_study_comparisons_find_planted_differences_with_their_sign_and_size(tmp_path):
+    """×0.7 is less robust, ×1.3 more robust, an identical copy no difference (p = 1); estimates are the hand-computed medians."""
+    rng = np.random.default_rng(1)
+    _mus, dense = _dense_seeds(rng, n_seeds=3, n=150)
+    weaker, stronger = _planted(rng, dense, 0.7), _planted(rng, dense, 1.3)
+    with Store(tmp_path / "s") as store:
+        for seed in (2, 0, 1):  # stored out of seed order
+            _add_run(store, "l1", 1e-3, seed, weaker[seed], accuracy=0.88)
+            _add_run(store, "none", None, seed, dense[seed])
+            _add_run(store, "nuclear", 1e-3, seed, stronger[seed])
+            _add_run(store, "prox_l1", 0.3, seed, dense[seed].copy())
+        rows = study_comparisons(store, reference_eps=[0.05, 1.0])
+    by = {r.method: r for r in rows}
+    assert [r.method for r in rows] == ["l1", "prox_l1", "nuclear"]  # sparse, then low-rank
+    assert [r.index for r in rows] == [1, 2, 3]
+    assert by["l1"].fgsm_verdict == LESS_ROBUST and by["nuclear"].fgsm_verdict == MORE_ROBUST
+    assert by["prox_l1"].fgsm_verdict == NO_DIFFERENCE and by["prox_l1"].fgsm.p_value == 1.0
+    assert by["l1"].fgsm.ratio.contains(0.7) and by["nuclear"].fgsm.ratio.contains(1.3)
+    assert by["l1"].fgsm.log_ratio.estimate == pytest.approx(_log_median(weaker, dense), abs=1e-12)
+    assert by["nuclear"].fgsm.log_ratio.estimate == pytest.approx(_log_median(stronger, dense), abs=1e-12)
+    assert by["l1"].seeds == (0, 1, 2) and by["l1"].fgsm.n_seeds == 3
+    dense_ids = {s: rid for s, rid in zip(by["l1"].seeds, by["l1"].dense_run_ids)}
+    with Store(tmp_path / "s", readonly=True) as store:
+        for seed, rid in dense_ids.items():
+            run = store.get_run(rid)
+            assert run.config["regulariser"]["name"] == "none" and run.config["train"]["seed"] == seed
+    assert by["l1"].fgsm.reference_eps == (0.05,)  # 1.0 > ε_max: left out, and said so
+    assert any("above ε_max" in note for note in by["l1"].notes)
+    assert by["l1"].test_accuracy == pytest.approx(0.88) and by["l1"].test_accuracy_dense == pytest.approx(0.9)
+    assert by["l1"].best is None and "no cross-check attack ran" in " ".join(by["l1"].notes)
+    # the L1 model's control: no l2 run in this store
+    assert by["l1"].control is not None and by["l1"].control.fgsm is None and by["nuclear"].control is not None
+
+
+def test_a_rerun_of_the_dense_model_is_no_difference_and_holm_spans_the_store(tmp_path):
+    """Two draws of one distribution and an identical copy: no significant difference; verdicts are one Holm family per ε* kind."""
+    rng = np.random.default_rng(5)
+    _mus, dense = _dense_seeds(rng, n_seeds=3, n=150)
+    redraw = [_arm(rng, math.log(np.median(d[np.isfinite(d) & (d > 0)])), len(d)) for d in dense]
+    with Store(tmp_path / "s") as store:
+        for seed in range(3):
+            _add_run(store, "none", None, seed, dense[seed], best=dense[seed])
+            _add_run(store, "l2", 0.0, seed, dense[seed].copy(), best=dense[seed].copy())
+            _add_run(store, "group_lasso", 0.1, seed, redraw[seed], best=redraw[seed])
+            _add_run(store, "svt", 0.1, seed, dense[seed] * 0.6, best=dense[seed])
+        records = StudyRecords.from_store(store)
+    rows = study_comparisons(records, reference_eps=[0.05])
+    by = {r.method: r for r in rows}
+    assert by["l2"].fgsm_verdict == NO_DIFFERENCE and by["l2"].fgsm.p_value == 1.0 and by["l2"].fgsm.ratio.estimate == 1.0
+    assert by["group_lasso"].fgsm_verdict == NO_DIFFERENCE and by["group_lasso"].best_verdict == NO_DIFFERENCE
+    # svt: weaker under FGSM, the same under the best attack: a flip
+    assert by["svt"].fgsm_verdict == LESS_ROBUST and by["svt"].best_verdict == NO_DIFFERENCE and by["svt"].flip is True
+    assert by["svt"].best_attacks == ("fgsm", "pgd")
+    for kind in ("fgsm", "best"):
+        family = [getattr(r, kind) for r in rows]
+        assert [getattr(r, f"{kind}_verdict") for r in rows] == verdicts(family)
+    # the controls are their own family: group_lasso vs the l2 run (identical to the dense model) gives the same ratio
+    control = by["group_lasso"].control
+    assert control.l2_run_ids == tuple(by["l2"].run_ids)
+    assert control.fgsm.log_ratio.estimate == by["group_lasso"].fgsm.log_ratio.estimate
+
+
+def test_counterpart_has_the_same_budget_seed_and_inputs(tmp_path):
+    """A fine-tuned method pairs with `none` fine-tuned as long; other inputs or another training are left out with a reason."""
+    rng = np.random.default_rng(2)
+    _mus, dense = _dense_seeds(rng, n_seeds=2, n=120)
+    with Store(tmp_path / "s") as store:
+        plain = [_add_run(store, "none", None, s, dense[s] * 0.5) for s in range(2)]
+        tuned = [_add_run(store, "none", None, s, dense[s], fine_tune=5) for s in range(2)]
+        _add_run(store, "svd_truncate", 0.25, 0, dense[0].copy(), fine_tune=5)
+        _add_run(store, "svd_truncate", 0.25, 1, dense[1][:100].copy(), fine_tune=5, indices=np.arange(100))
+        _add_run(store, "magnitude", 0.5, 0, dense[0] * 0.5, fine_tune=3)  # no `none` fine-tuned 3 epochs
+        _add_run(store, "l1", 1e-3, 0, dense[0] * 0.5, train={**_TRAIN, "lr": 0.1})  # no `none` with this training
+        _add_run(store, "l1", 1e-3, 1, dense[1] * 0.5)
+        rows = study_comparisons(store, reference_eps=[])
+    by = {(r.method, r.train["lr"]): r for r in rows}
+    svd = by[("svd_truncate", 0.01)]
+    assert svd.dense_run_ids == (tuned[0],) and svd.seeds == (0,) and svd.fgsm.ratio.estimate == 1.0
+    assert any("seed 1" in n and "evaluation inputs differ" in n for n in svd.notes)
+    magnitude = by[("magnitude", 0.01)]
+    assert magnitude.fgsm is None and magnitude.fgsm_verdict is None and magnitude.seeds == ()
+    assert any("no dense counterpart" in n and "'fine_tune_epochs': 3" in n for n in magnitude.notes)
+    l1 = by[("l1", 0.01)]
+    assert l1.dense_run_ids == (plain[1],) and l1.fgsm.ratio.estimate == 1.0
+    assert by[("l1", 0.1)].fgsm is None and any("no dense counterpart" in n for n in by[("l1", 0.1)].notes)
+
+
+def test_control_is_the_l2_run_of_the_seed_closest_in_accuracy(tmp_path):
+    """Per seed, the l2 run nearest in test accuracy; a planted ×0.8 against it is found; masking flags are carried."""
+    rng = np.random.default_rng(3)
+    _mus, dense = _dense_seeds(rng, n_seeds=2, n=150)
+    with Store(tmp_path / "s") as store:
+        l2 = {}
+        for s in range(2):
+            _add_run(store, "none", None, s, dense[s], accuracy=0.95, best=dense[s])
+            # seed 0: λ=1e-3 is closer to 0.90; seed 1: λ=1e-2 is
+            l2[(s, 1e-3)] = _add_run(store, "l2", 1e-3, s, dense[s] * 2.0, accuracy=0.92 if s == 0 else 0.80, best=dense[s] * 2.0)
+            l2[(s, 1e-2)] = _add_run(store, "l2", 1e-2, s, dense[s] * 3.0, accuracy=0.85 if s == 0 else 0.89, best=dense[s] * 3.0)
+        control_eps = {0: dense[0] * 2.0, 1: dense[1] * 3.0}
+        weaker = _planted(rng, [control_eps[0], control_eps[1]], 0.8)
+        for s in range(2):
+            _add_run(store, "magnitude_gradual", 0.8, s, weaker[s], accuracy=0.90, best=weaker[s], masked=(s == 1), sparsity=0.8)
+        rows = study_comparisons(store, reference_eps=[0.05])
+    row = next(r for r in rows if r.method == "magnitude_gradual")
+    assert row.control.l2_run_ids == (l2[(0, 1e-3)], l2[(1, 1e-2)]) and row.control.l2_strengths == (1e-3, 1e-2)
+    assert row.control.fgsm_verdict == LESS_ROBUST and row.control.fgsm.ratio.contains(0.8)
+    assert row.control.fgsm.log_ratio.estimate == pytest.approx(_log_median(weaker, [control_eps[0], control_eps[1]]), abs=1e-12)
+    assert row.control.l2_test_accuracy == pytest.approx((0.92 + 0.89) / 2)
+    assert row.masking_checked and row.masked_runs == (row.run_ids[1],) and row.masking_flags == ("gradient",)
+    assert row.sparsity == pytest.approx(0.8) and row.sparsity_dense == pytest.approx(0.0)
+    # the l2 rows themselves have no control
+    assert all(r.control is None for r in rows if r.method == "l2")
+
+
+def test_study_comparisons_on_real_runs_an_irrelevant_setting_is_no_difference(tmp_path):
+    """Trained through the CLI: l2 at λ = 0 trains the same weights as `none`, so every input's ε* is equal: p = 1."""
+    from typer.testing import CliRunner
+
+    from sparank.cli import app
+
+    runner = CliRunner()
+    store = str(tmp_path / "s")
+    for seed in (0, 1):
+        for extra in ([], ["--regulariser", "l2", "--strength", "0"]):
+            args = ["train", "--dataset", "digits", "--arch", "mlp:16", "--epochs", "3", "--lr", "0.01", "--seed", str(seed)]
+            result = runner.invoke(app, [*args, *extra, "--store", store, "--threads", "1"])
+            assert result.exit_code == 0, result.output
+    with Store(store) as s:
+        ids = [r.id for r in s.runs()]
+    for rid in ids:
+        result = runner.invoke(app, ["measure", rid, "--n", "60", "--attack", "fgsm", "--attack", "pgd", "--steps", "5", "--store", store])
+        assert result.exit_code == 0, result.output
+    rows = study_comparisons(Store(store, readonly=True), reference_eps=[0.05])
+    assert len(rows) == 1 and rows[0].method == "l2" and rows[0].seeds == (0, 1)
+    assert rows[0].fgsm_verdict == NO_DIFFERENCE and rows[0].fgsm.p_value == 1.0 and rows[0].fgsm.ratio.estimate == 1.0
+    assert rows[0].best_verdict == NO_DIFFERENCE and rows[0].best_attacks == ("fgsm", "pgd") and rows[0].flip is False
+    assert rows[0].fgsm.clean_accuracy_change.estimate == 0.0

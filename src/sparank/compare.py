@@ -25,13 +25,18 @@ Pure numpy; every random draw comes from the ``numpy.random.Generator`` passed i
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from sparank.store import Store
 
 #: bootstrap replicates by default: enough for a stable 95 % percentile interval
 DEFAULT_N_BOOT = 2000
@@ -529,3 +534,564 @@ def verdict_flip(fgsm: Verdict, best: Verdict, *, reversal_only: bool = False) -
     if reversal_only:
         return {fgsm, best} == {MORE_ROBUST, LESS_ROBUST}
     return fgsm != best
+
+
+# --------------------------------------------------------------------------- a whole store: every run against its counterpart (§6)
+
+#: the families of PROTOCOL §5, by regulariser name (anything else: "other")
+DENSE = "none"
+CONTROL = "l2"
+
+
+def method_family(name: str) -> str:
+    """``"dense"`` (none), ``"baseline"`` (l2), ``"sparse"``, ``"low-rank"``, ``"reference"`` (adversarial) or ``"other"``."""
+    from sparank.regularisers import adversarial, lowrank, sparse
+
+    if name == DENSE:
+        return "dense"
+    if name == CONTROL:
+        return "baseline"
+    for family, module in (("sparse", sparse), ("low-rank", lowrank), ("reference", adversarial)):
+        if name in {cls.name for cls in module.METHODS}:
+            return family
+    return "other"
+
+
+#: keys of a stored regulariser config that are derived from the trained model, not chosen: left out of a method's identity
+_DERIVED = ("name", "strength", "extra_epochs", "ranks", "units_removed")
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _number(value: Any) -> float | None:
+    """A stored number (``"inf"``/``"nan"`` strings as floats), or None."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """One trained run of a store, as the study comparison reads it (``config``, ``metrics``, ``structure``)."""
+
+    id: str
+    dataset: str
+    arch: str
+    train: dict[str, Any]  # training settings without the seed
+    seed: int
+    method: str  # the regulariser's name
+    strength: float | None
+    options: dict[str, Any]  # the regulariser's options (what it was asked, not what it derived)
+    budget: dict[str, Any] | None  # metrics["budget"]: epochs, steps, train_epochs, fine_tune_epochs
+    test_accuracy: float | None  # on the whole test split
+    sparsity: float | None  # fraction of weights exactly 0
+    effective_sparsity: float | None  # fraction with |w| <= 1e-3·max|w| (PROTOCOL §4)
+    effective_rank_ratio: float | None  # mean over layers of effective rank / full rank
+
+    @property
+    def family(self) -> str:
+        return method_family(self.method)
+
+    @property
+    def group(self) -> tuple[str, str, str]:
+        """(dataset, arch, training settings): runs of one grid, whose seeds pair up."""
+        return (self.dataset, self.arch, _canonical(self.train))
+
+    @property
+    def identity(self) -> tuple[str, str, str, str, str]:
+        """(dataset, arch, train, method, strength and options): the seeds of one comparison share it."""
+        return (*self.group, self.method, _canonical({"strength": self.strength, **self.options}))
+
+
+@dataclass(frozen=True)
+class StudyMeasurement:
+    """The FGSM or best-ε* measurement of one run on one set of inputs: ε* per input as numpy arrays ``(N,)``."""
+
+    id: int
+    run_id: str
+    kind: Literal["fgsm", "best"]
+    norm: str
+    eps_max: float
+    settings: str  # canonical JSON of the attack settings and data source: equal settings measure alike
+    attacks: tuple[str, ...]  # the attacks measured ("fgsm"; for best, those it is the best of)
+    indices: np.ndarray  # (N,) int64, test-split indices
+    eps: np.ndarray  # (N,) float64, ε* (0 clean-wrong, inf censored or no direction)
+    correct: np.ndarray  # (N,) bool, classified correctly at ε = 0
+    summary: dict[str, Any]  # the stored Summary.to_dict() (with "masking" for best)
+
+    @property
+    def masking(self) -> dict[str, Any] | None:
+        return self.summary.get("masking")
+
+
+@dataclass(frozen=True)
+class StudyRecords:
+    """What :func:`study_comparisons` needs from a store, read once: its trained runs and their FGSM / best measurements."""
+
+    runs: tuple[StudyRun, ...]
+    measurements: tuple[StudyMeasurement, ...]  # oldest first
+    skipped: tuple[tuple[str, str], ...] = ()  # (run id, why it is not part of any comparison)
+
+    @classmethod
+    def from_store(cls, store: Store) -> StudyRecords:
+        """Read every run of a store and, per run, each FGSM and best-ε* measurement with its brackets.
+
+        A run is part of the study when its config names a dataset, an architecture, a
+        regulariser and a seed (``config["spec"]`` of :mod:`sparank.run` or the CLI's
+        ``config["train"]["seed"]``); linear-path and imported runs are listed in ``skipped``.
+        """
+        from sparank.robustness import CLEAN_WRONG
+
+        runs: list[StudyRun] = []
+        skipped: list[tuple[str, str]] = []
+        for record in store.runs():
+            run, why = _study_run(record)
+            if run is None:
+                skipped.append((record.id, why))
+            else:
+                runs.append(run)
+        kept = {r.id for r in runs}
+        measurements: list[StudyMeasurement] = []
+        for m in store.measurements():
+            if m.run_id not in kept:
+                continue
+            c = m.config
+            attack = c.get("attack", "fgsm")
+            if attack not in ("fgsm", "best") or c.get("method") == "closed_form":
+                continue
+            table = store.brackets(m.id)
+            settings = {"attack_settings": c.get("attack_settings") or {"attack": attack}, "data_source": c.get("data_source")}
+            settings.update({k: c[k] for k in ("bounds", "split") if k in c})
+            if attack == "best":
+                attacks = tuple(str(s.get("attack", "?")) for s in (c.get("attack_settings") or {}).get("of", []))
+            else:
+                attacks = ("fgsm",)
+            measurements.append(
+                StudyMeasurement(
+                    id=m.id,
+                    run_id=m.run_id,
+                    kind=attack,
+                    norm=str(c["norm"]),
+                    eps_max=float(c["eps_max"]),
+                    settings=_canonical(settings),
+                    attacks=attacks,
+                    indices=table.input_index.numpy().astype(np.int64),
+                    eps=table.eps_hi.numpy().astype(np.float64),
+                    correct=(table.status != int(CLEAN_WRONG)).numpy(),
+                    summary=m.summary,
+                )
+            )
+        return cls(runs=tuple(runs), measurements=tuple(measurements), skipped=tuple(skipped))
+
+    def run(self, run_id: str) -> StudyRun:
+        for r in self.runs:
+            if r.id == run_id:
+                return r
+        raise KeyError(run_id)
+
+    def of(self, run_id: str, kind: str) -> list[StudyMeasurement]:
+        """The run's measurements of this kind, newest first."""
+        return [m for m in reversed(self.measurements) if m.run_id == run_id and m.kind == kind]
+
+
+def _study_run(record: Any) -> tuple[StudyRun | None, str]:
+    """A stored run as a :class:`StudyRun`, or None and the reason it is not one."""
+    if record.kind in ("linear", "import"):
+        return None, f"kind {record.kind!r}: not a trained run of a study grid"
+    config = record.config or {}
+    spec = config.get("spec") or {}
+    reg = config.get("regulariser") or {}
+    train = dict(config.get("train") or spec.get("train") or {})
+    seed = spec.get("seed", config.get("seed", train.get("seed")))
+    train.pop("seed", None)
+    method = spec.get("regulariser", reg.get("name"))
+    if not config.get("dataset") or not config.get("arch") or method is None or seed is None:
+        return None, "its config names no dataset, arch, regulariser or seed"
+    if spec:
+        options = dict(spec.get("options") or {})
+        if spec.get("fine_tune_epochs") is not None:
+            options["fine_tune_epochs"] = spec["fine_tune_epochs"]
+        strength = spec.get("strength", reg.get("strength"))
+    else:
+        options = {k: v for k, v in reg.items() if k not in _DERIVED}
+        strength = reg.get("strength")
+    metrics = record.metrics or {}
+    structure = record.structure or {}
+    return (
+        StudyRun(
+            id=record.id,
+            dataset=str(config["dataset"]),
+            arch=str(config["arch"]),
+            train=train,
+            seed=int(seed),
+            method=str(method),
+            strength=_number(strength),
+            options=options,
+            budget=metrics.get("budget"),
+            test_accuracy=_number(metrics.get("test_accuracy")),
+            sparsity=_number(structure.get("sparsity")),
+            effective_sparsity=_number(structure.get("effective_sparsity")),
+            effective_rank_ratio=_number(structure.get("mean_effective_rank_ratio")),
+        ),
+        "",
+    )
+
+
+@dataclass(frozen=True)
+class ControlComparison:
+    """A sparse or low-rank method against the ``l2`` run of the same grid and seed closest in clean accuracy (PROTOCOL §6)."""
+
+    l2_run_ids: tuple[str, ...]  # per seed compared (FGSM), in seed order
+    l2_strengths: tuple[float | None, ...]
+    l2_test_accuracy: float | None  # mean over those runs
+    fgsm: PairedComparison | None
+    fgsm_verdict: Verdict | None
+    best: PairedComparison | None
+    best_verdict: Verdict | None
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    """One regularised method at one strength against its dense counterpart, over seeds: a row of the verdict table.
+
+    ``fgsm`` and ``best`` are :func:`paired_comparison` of FGSM ε* and of best ε* (where cross-check
+    attacks ran), regularised run against its counterpart of the same seed; their verdicts are
+    Holm-corrected across the store's comparisons of the same ε* kind. A comparison that could not
+    be made is None, and ``notes`` say why.
+    """
+
+    index: int  # 1-based position in the table
+    dataset: str
+    arch: str
+    train: dict[str, Any]
+    method: str
+    family: str  # method_family(method)
+    strength: float | None
+    options: dict[str, Any]
+    norm: str | None
+    eps_max: float | None
+    seeds: tuple[int, ...]  # seeds in the FGSM comparison
+    run_ids: tuple[str, ...]  # the regularised runs, in seed order
+    dense_run_ids: tuple[str, ...]  # their counterparts, in the same order
+    fgsm: PairedComparison | None
+    fgsm_verdict: Verdict | None
+    best: PairedComparison | None
+    best_verdict: Verdict | None
+    best_attacks: tuple[str, ...]  # the attacks best ε* is the best of
+    flip: bool | None  # verdict_flip(fgsm_verdict, best_verdict), None without both
+    test_accuracy: float | None  # mean over run_ids, whole test split
+    test_accuracy_dense: float | None
+    sparsity: float | None  # means over run_ids / dense_run_ids
+    sparsity_dense: float | None
+    effective_sparsity: float | None
+    effective_sparsity_dense: float | None
+    effective_rank_ratio: float | None
+    effective_rank_ratio_dense: float | None
+    masking_checked: bool  # masking flags were stored (with best ε*) for every regularised run
+    masked_runs: tuple[str, ...]  # regularised runs with a masking flag raised
+    masking_flags: tuple[str, ...]  # the flags raised, over those runs
+    control: ControlComparison | None  # sparse and low-rank methods only
+    notes: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """``l1 λ=0.001`` etc.: the method and its strength."""
+        strength = "" if self.strength is None else f" {_strength_symbol(self.method)}={self.strength:g}"
+        return f"{self.method}{strength}"
+
+
+def _strength_symbol(method: str) -> str:
+    return {"magnitude": "s", "magnitude_gradual": "s", "factorised": "r", "svd_truncate": "r", "adversarial": "ε"}.get(method, "λ")
+
+
+def _mean_of(values: Sequence[float | None]) -> float | None:
+    kept = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(kept)) if kept and len(kept) == len(values) else None
+
+
+def _match(reg: StudyMeasurement, candidates: Sequence[StudyMeasurement]) -> StudyMeasurement | None:
+    """The newest of ``candidates`` measured like ``reg`` (norm, ε_max, settings) on the same inputs in the same order."""
+    for m in candidates:
+        if (m.norm, m.eps_max, m.settings, m.attacks) == (reg.norm, reg.eps_max, reg.settings, reg.attacks) and np.array_equal(
+            m.indices, reg.indices
+        ):
+            return m
+    return None
+
+
+def _why_unmatched(kind: str, reg: StudyMeasurement, other_id: str, candidates: Sequence[StudyMeasurement]) -> str:
+    name = "FGSM" if kind == "fgsm" else "best-ε*"
+    if not candidates:
+        return f"{other_id} has no {name} measurement"
+    same = [m for m in candidates if (m.norm, m.eps_max) == (reg.norm, reg.eps_max)]
+    if not same:
+        return f"{other_id} was measured with other norm / ε_max than {reg.run_id} ({reg.norm}, {reg.eps_max:g})"
+    if not any(np.array_equal(m.indices, reg.indices) for m in same):
+        return (
+            f"the {name} evaluation inputs differ ({reg.run_id}: {len(reg.indices)} inputs, "
+            f"{other_id}: {', '.join(str(len(m.indices)) for m in same)}); measure both on the same inputs"
+        )
+    return f"{reg.run_id} and {other_id} were measured with different {name} settings or attacks"
+
+
+@dataclass
+class _Pending:
+    """One comparison's paired data, before the bootstrap: per seed (seed, regularised ε* measurement, other's, other run)."""
+
+    pairs: list[tuple[int, StudyMeasurement, StudyMeasurement, StudyRun]]
+    notes: list[str]
+    comparison: PairedComparison | None = None
+    verdict: Verdict | None = None
+
+
+def study_comparisons(
+    store_or_records: Store | StudyRecords,
+    *,
+    reference_eps: Sequence[float],
+    alpha: float = 0.05,
+    n_boot: int | None = None,
+    seed: int = 0,
+) -> list[ComparisonRow]:
+    """Every regularised method and strength of a store against its dense counterpart, over seeds (PROTOCOL §6).
+
+    Runs are grouped by (dataset, arch, training settings). In a group, each run of a
+    regulariser other than ``none`` is paired with its **counterpart**: the ``none`` run of
+    the same seed and the same training budget (``metrics["budget"]``: a method that
+    fine-tunes is paired with ``none`` fine-tuned as long), measured with the same settings
+    on the same inputs in the same order (else that seed is left out, and a note says why).
+    The seeds of one (method, strength, options) form one :func:`paired_comparison`, on FGSM ε*
+    and, where cross-check attacks ran (a best-ε* record of more than FGSM), on best ε*.
+
+    Verdicts (:func:`verdicts`) are Holm-corrected within four families: FGSM ε* against the
+    dense counterpart, best ε* against it, and the same two for the controls. The **control**
+    of a sparse or low-rank method: per seed, the ``l2`` run of the same group and seed, measured
+    on the same inputs, closest in clean (test) accuracy (ties: the smaller strength).
+
+    Args:
+        store_or_records: a :class:`~sparank.store.Store` or :meth:`StudyRecords.from_store` of it.
+        reference_eps: ε values for the robust-accuracy differences; those above a comparison's
+            ``eps_max`` are left out of it (with a note).
+        alpha: the family-wise error rate of Holm's correction; the intervals' coverage is ``1 − alpha``.
+        n_boot: bootstrap replicates per comparison; None: the larger of :data:`DEFAULT_N_BOOT`
+            and the smallest that Holm needs for the largest family (``2m/alpha − 1``).
+        seed: the bootstrap's base seed; each comparison draws from its own generator, seeded by
+            this and its identity, so a row's interval does not depend on the other rows.
+
+    Returns:
+        One :class:`ComparisonRow` per (group, method, strength, options, norm, ε_max), ordered by
+        group, family, method and strength; rows that could not be compared carry notes.
+
+    Raises:
+        ValueError: ``alpha`` outside (0, 1), a negative reference ε, or an ``n_boot`` too small for Holm.
+    """
+    from sparank.store import Store
+
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}; e.g. 0.05")
+    refs = tuple(float(e) for e in reference_eps)
+    if any(not (math.isfinite(e) and e >= 0) for e in refs):
+        raise ValueError(f"reference_eps must be finite and >= 0, got {list(refs)}; e.g. [0.02, 0.05, 0.1]")
+    records = StudyRecords.from_store(store_or_records) if isinstance(store_or_records, Store) else store_or_records
+    family_order = {"sparse": 0, "low-rank": 1, "baseline": 2, "reference": 3, "other": 4}
+
+    by_identity: dict[tuple[str, ...], list[StudyRun]] = {}
+    for run in records.runs:
+        if run.method != DENSE:
+            by_identity.setdefault(run.identity, []).append(run)
+    dense_runs = [r for r in records.runs if r.method == DENSE]
+    l2_runs = [r for r in records.runs if r.method == CONTROL]
+
+    plans = []  # (identity, norm, eps_max, runs, {kind: (dense _Pending, control _Pending | None)})
+    for identity, runs in sorted(
+        by_identity.items(),
+        key=lambda item: (item[0][:3], family_order.get(method_family(item[0][3]), 9), item[0][3], item[1][0].strength or 0.0, item[0][4]),
+    ):
+        runs = sorted(runs, key=lambda r: (r.seed, r.id))
+        keys = list(dict.fromkeys((m.norm, m.eps_max) for r in runs for m in records.of(r.id, "fgsm")))
+        for norm, eps_max in keys or [(None, None)]:
+            per_kind = {}
+            for kind in ("fgsm", "best"):
+                dense = _collect(records, runs, kind, norm, eps_max, lambda r: _counterparts(r, dense_runs), "dense counterpart")
+                control = None
+                if method_family(runs[0].method) in ("sparse", "low-rank"):
+                    control = _collect(records, runs, kind, norm, eps_max, lambda r: _l2_candidates(r, l2_runs, records), "l2 control")
+                per_kind[kind] = (dense, control)
+            plans.append((identity, norm, eps_max, runs, per_kind))
+
+    sizes = [sum(bool(plan[4][kind][i] and plan[4][kind][i].pairs) for plan in plans) for kind in ("fgsm", "best") for i in (0, 1)]
+    needed = math.ceil(2 * max(sizes + [1]) / alpha - 1 - 1e-9)
+    boot = max(DEFAULT_N_BOOT, needed) if n_boot is None else n_boot
+    for plan_index, (identity, _norm, eps_max, _runs, per_kind) in enumerate(plans):
+        for kind in ("fgsm", "best"):
+            for which, pending in zip(("dense", "control"), per_kind[kind]):
+                if pending is None or not pending.pairs:
+                    continue
+                used = tuple(e for e in refs if e <= (eps_max or 0.0))
+                if len(used) < len(refs):
+                    note = f"reference ε above ε_max = {eps_max:g} left out: {[e for e in refs if e not in used]}"
+                    if note not in pending.notes:
+                        pending.notes.append(note)
+                digest = hashlib.sha256(_canonical([list(identity), kind, which, _norm, eps_max]).encode()).digest()
+                rng = np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
+                try:
+                    pending.comparison = paired_comparison(
+                        [p[1].eps for p in pending.pairs],
+                        [p[2].eps for p in pending.pairs],
+                        eps_max=float(eps_max),  # type: ignore[arg-type]
+                        rng=rng,
+                        reg_correct=[p[1].correct for p in pending.pairs],
+                        dense_correct=[p[2].correct for p in pending.pairs],
+                        reference_eps=used,
+                        n_boot=boot,
+                        confidence=1 - alpha,
+                    )
+                except ValueError as e:
+                    pending.notes.append(f"{kind} comparison not made: {e}")
+    for kind in ("fgsm", "best"):
+        for i in (0, 1):
+            family = [plan[4][kind][i] for plan in plans if plan[4][kind][i] is not None and plan[4][kind][i].comparison is not None]
+            for pending, verdict in zip(family, verdicts([p.comparison for p in family], alpha=alpha)):  # type: ignore[misc]
+                pending.verdict = verdict
+
+    rows: list[ComparisonRow] = []
+    for identity, norm, eps_max, runs, per_kind in plans:
+        (fgsm, fgsm_control), (best, best_control) = per_kind["fgsm"], per_kind["best"]
+        used_runs = [p[3] for p in fgsm.pairs]
+        reg_runs = [records.run(p[1].run_id) for p in fgsm.pairs] or list(runs)
+        notes = list(dict.fromkeys(fgsm.notes + best.notes))
+        best_measurements = [m for r in reg_runs for m in records.of(r.id, "best")[:1]]
+        masking = [m.masking for m in best_measurements if m.masking is not None]
+        masked = tuple(m.run_id for m in best_measurements if m.masking is not None and m.masking.get("masked"))
+        raised = tuple(sorted({flag for m in best_measurements if m.masking for flag, up in (m.masking.get("flags") or {}).items() if up}))
+        best_attacks = best.pairs[0][1].attacks if best.pairs else ()
+        control = None
+        if fgsm_control is not None:
+            assert best_control is not None
+            l2_used = [p[3] for p in fgsm_control.pairs]
+            control = ControlComparison(
+                l2_run_ids=tuple(r.id for r in l2_used),
+                l2_strengths=tuple(r.strength for r in l2_used),
+                l2_test_accuracy=_mean_of([r.test_accuracy for r in l2_used]) if l2_used else None,
+                fgsm=fgsm_control.comparison,
+                fgsm_verdict=fgsm_control.verdict,
+                best=best_control.comparison,
+                best_verdict=best_control.verdict,
+                notes=tuple(dict.fromkeys(fgsm_control.notes + best_control.notes)),
+            )
+        first = runs[0]
+        rows.append(
+            ComparisonRow(
+                index=len(rows) + 1,
+                dataset=first.dataset,
+                arch=first.arch,
+                train=first.train,
+                method=first.method,
+                family=first.family,
+                strength=first.strength,
+                options=first.options,
+                norm=norm,
+                eps_max=eps_max,
+                seeds=tuple(p[0] for p in fgsm.pairs),
+                run_ids=tuple(r.id for r in reg_runs),
+                dense_run_ids=tuple(r.id for r in used_runs),
+                fgsm=fgsm.comparison,
+                fgsm_verdict=fgsm.verdict,
+                best=best.comparison,
+                best_verdict=best.verdict,
+                best_attacks=best_attacks,
+                flip=None if fgsm.verdict is None or best.verdict is None else verdict_flip(fgsm.verdict, best.verdict),
+                test_accuracy=_mean_of([r.test_accuracy for r in reg_runs]),
+                test_accuracy_dense=_mean_of([r.test_accuracy for r in used_runs]) if used_runs else None,
+                sparsity=_mean_of([r.sparsity for r in reg_runs]),
+                sparsity_dense=_mean_of([r.sparsity for r in used_runs]) if used_runs else None,
+                effective_sparsity=_mean_of([r.effective_sparsity for r in reg_runs]),
+                effective_sparsity_dense=_mean_of([r.effective_sparsity for r in used_runs]) if used_runs else None,
+                effective_rank_ratio=_mean_of([r.effective_rank_ratio for r in reg_runs]),
+                effective_rank_ratio_dense=_mean_of([r.effective_rank_ratio for r in used_runs]) if used_runs else None,
+                masking_checked=bool(reg_runs) and len(masking) == len(reg_runs),
+                masked_runs=masked,
+                masking_flags=raised,
+                control=control,
+                notes=tuple(notes),
+            )
+        )
+    return rows
+
+
+def _counterparts(run: StudyRun, dense_runs: Sequence[StudyRun]) -> list[StudyRun]:
+    """The ``none`` runs of ``run``'s group and seed with its training budget, oldest first."""
+    return [d for d in dense_runs if d.group == run.group and d.seed == run.seed and (run.budget is None or d.budget == run.budget)]
+
+
+def _l2_candidates(run: StudyRun, l2_runs: Sequence[StudyRun], records: StudyRecords) -> list[StudyRun]:
+    """The ``l2`` runs of ``run``'s group and seed, closest in test accuracy first (ties: smaller strength)."""
+    same = [r for r in l2_runs if r.group == run.group and r.seed == run.seed]
+    target = run.test_accuracy
+    if target is None:
+        return sorted(same, key=lambda r: (r.strength or 0.0, r.id))
+    return sorted(same, key=lambda r: (math.inf if r.test_accuracy is None else abs(r.test_accuracy - target), r.strength or 0.0, r.id))
+
+
+def _collect(
+    records: StudyRecords,
+    runs: Sequence[StudyRun],
+    kind: str,
+    norm: str | None,
+    eps_max: float | None,
+    others: Callable[[StudyRun], list[StudyRun]],
+    what: str,
+) -> _Pending:
+    """Per seed, the regularised run's ``kind`` measurement (newest at this norm and ε_max) and its partner's on the same inputs."""
+    pending = _Pending(pairs=[], notes=[])
+    name = "FGSM" if kind == "fgsm" else "best ε*"
+    seen: set[int] = set()
+    missing: list[StudyRun] = []
+    for run in runs:
+        if run.seed in seen:
+            pending.notes.append(f"seed {run.seed}: {run.id} repeats a seed already compared; left out")
+            continue
+        mine = [m for m in records.of(run.id, kind) if (m.norm, m.eps_max) == (norm, eps_max)]
+        if kind == "best":
+            mine = [m for m in mine if set(m.attacks) - {"fgsm"}]
+        if not mine:
+            missing.append(run)
+            continue
+        candidates = others(run)
+        if not candidates:
+            budget = "" if run.budget is None else f", budget {run.budget}"
+            pending.notes.append(
+                f"seed {run.seed}: no {what} for {run.id} (same dataset, arch, training, seed{budget if what.startswith('dense') else ''})"
+            )
+            continue
+        found = None
+        for other in candidates:
+            theirs = records.of(other.id, kind)
+            for m in mine:
+                match = _match(m, theirs)
+                if match is not None:
+                    found = (m, match, other)
+                    break
+            if found:
+                break
+        if found is None:
+            other = candidates[0]
+            pending.notes.append(
+                f"seed {run.seed}: {name} of {run.id} not paired with {what} {other.id}: "
+                + _why_unmatched(kind, mine[0], other.id, records.of(other.id, kind))
+            )
+            continue
+        seen.add(run.seed)
+        pending.pairs.append((run.seed, found[0], found[1], found[2]))
+    if missing and kind == "best" and len(missing) == len(runs):
+        pending.notes.append("no cross-check attack ran: no best-ε* comparison")
+    elif missing:
+        pending.notes += [
+            f"seed {r.seed}: {r.id} has no {name} measurement" + (" of a cross-check attack" if kind == "best" else "") for r in missing
+        ]
+    return pending
