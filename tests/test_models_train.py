@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -9,7 +11,7 @@ from torch import nn
 from sparank.models import build_model, load_state, parse_spec, weight_layers
 from sparank.regularisers import REGISTRY, Regulariser, counterpart, get
 from sparank.regularisers.lowrank import Nuclear
-from sparank.train import TrainConfig, TrainingBudget, accuracy, train, train_model, training_budget
+from sparank.train import TrainConfig, TrainingBudget, accuracy, seeded_generator, train, train_model, training_budget
 
 
 @pytest.mark.parametrize(
@@ -28,7 +30,16 @@ def test_default_mlp_is_fc_300_100():
     assert shapes == [(300, 784), (100, 300), (10, 100)]
 
 
-@pytest.mark.parametrize(("spec", "message"), [("resnet", "unknown architecture"), ("mlp:3x", "bad widths"), ("mlp:0", "positive"), ("cnn:4,8", "three widths"), ("linear:5", "takes no widths")])
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("resnet", "unknown architecture"),
+        ("mlp:3x", "bad widths"),
+        ("mlp:0", "positive"),
+        ("cnn:4,8", "three widths"),
+        ("linear:5", "takes no widths"),
+    ],
+)
 def test_bad_specs_name_the_problem(spec, message):
     with pytest.raises(ValueError, match=message):
         parse_spec(spec)
@@ -125,10 +136,20 @@ def test_history_counts_every_optimiser_step_and_the_budget_sums_both_phases(dig
     assert budget.to_dict()["steps"] == 3 * steps
 
 
-@pytest.mark.parametrize(("name", "options", "extra"), [
-    ("magnitude", {}, 3), ("svd_truncate", {}, 5), ("magnitude_gradual", {}, 0), ("l0", {"fine_tune_epochs": 2}, 2),
-    ("l1", {}, 0), ("nuclear", {}, 0), ("factorised", {}, 0), ("adversarial", {}, 0), ("none", {"fine_tune_epochs": 4}, 4),
-])
+@pytest.mark.parametrize(
+    ("name", "options", "extra"),
+    [
+        ("magnitude", {}, 3),
+        ("svd_truncate", {}, 5),
+        ("magnitude_gradual", {}, 0),
+        ("l0", {"fine_tune_epochs": 2}, 2),
+        ("l1", {}, 0),
+        ("nuclear", {}, 0),
+        ("factorised", {}, 0),
+        ("adversarial", {}, 0),
+        ("none", {"fine_tune_epochs": 4}, 4),
+    ],
+)
 def test_every_method_states_its_extra_epochs_and_its_counterpart_matches_them(name, options, extra):
     reg = get(name, **options)
     assert reg.extra_epochs == extra and reg.config()["extra_epochs"] == extra
@@ -164,3 +185,106 @@ def test_options_are_declared_once_and_recorded_and_shown():
     assert reg.config() == {"name": "nuclear", "strength": 1e-2, "layers": None, "every": 4, "exact_steps": 7, "extra_epochs": 0}
     assert repr(reg) == "Nuclear(strength=0.01, layers=None, every=4, exact_steps=7)"
     assert get("none").config() == {"name": "none", "strength": None, "layers": None, "fine_tune_epochs": 0, "extra_epochs": 0}
+
+
+# --------------------------------------------------------------------------- randomness: per-run generators, never the global RNG
+
+
+@pytest.mark.parametrize(("spec", "shape"), [("mlp:32,16", (1, 8, 8)), ("cnn:4,8,16", (1, 8, 8)), ("linear", (1, 8, 8))])
+def test_a_generator_initialises_exactly_as_torch_does_and_leaves_the_global_rng_alone(spec, shape):
+    torch.manual_seed(5)
+    expected = build_model(spec, shape, 10).state_dict()  # torch's own reset_parameters from the global RNG
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    got = build_model(spec, shape, 10, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(p.device.type == "cpu" for p in got.parameters())
+    for k, v in expected.items():
+        assert torch.equal(got.state_dict()[k], v), k
+
+
+def test_seeded_generator_streams():
+    assert torch.equal(torch.rand(5, generator=seeded_generator(7, "init")), torch.rand(5, generator=torch.Generator().manual_seed(7)))
+    assert torch.equal(torch.rand(5, generator=seeded_generator(7, "shuffle")), torch.rand(5, generator=torch.Generator().manual_seed(7)))
+    regulariser = torch.rand(5, generator=seeded_generator(7, "regulariser"))
+    assert torch.equal(regulariser, torch.rand(5, generator=seeded_generator(7, "regulariser")))
+    assert not torch.equal(regulariser, torch.rand(5, generator=torch.Generator().manual_seed(7)))
+    assert not torch.equal(regulariser, torch.rand(5, generator=seeded_generator(8, "regulariser")))
+    with pytest.raises(ValueError, match="stream"):
+        seeded_generator(7, "dropout")
+
+
+#: regularisers that draw random numbers while training (hard-concrete noise, PGD's random start), and one that does not
+RANDOM_METHODS = [("none", None, {}), ("l0", 0.5, {}), ("adversarial", 0.1, {"attack": "pgd", "steps": 2})]
+
+
+def _weights(digits, name, strength, options, seed):
+    config = TrainConfig(epochs=2, batch_size=128, seed=seed)
+    model, _ = train_model("mlp:16", digits, config, get(name, strength, **options))
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize(("name", "strength", "options"), RANDOM_METHODS)
+def test_same_seed_same_weights_whatever_ran_before_and_whatever_the_global_rng(digits, name, strength, options):
+    torch.manual_seed(1)
+    before = torch.get_rng_state()
+    first = _weights(digits, name, strength, options, seed=3)
+    assert torch.equal(torch.get_rng_state(), before)  # training neither used nor advanced the global RNG
+    torch.manual_seed(2)  # another global state, consumed, and another run in between
+    torch.rand(1000)
+    other = _weights(digits, name, strength, options, seed=4)
+    torch.randn(77)
+    again = _weights(digits, name, strength, options, seed=3)
+    for k, v in first.items():
+        assert torch.equal(v, again[k]), k
+    assert not torch.equal(first["fc1.weight"], other["fc1.weight"])
+
+
+def test_l0_noise_comes_from_the_runs_regulariser_stream(digits, monkeypatch):
+    # the same initialisation and data order with another regulariser stream gives other weights: the gates draw from it
+    config = TrainConfig(epochs=1, batch_size=128, seed=3)
+    same, _ = train_model("mlp:16", digits, config, get("l0", 0.5))
+    again, _ = train_model("mlp:16", digits, config, get("l0", 0.5))
+    assert torch.equal(same.fc1.weight, again.fc1.weight)
+
+    def other_noise(seed: int, stream: str) -> torch.Generator:
+        return torch.Generator().manual_seed(seed if stream != "regulariser" else 999)
+
+    monkeypatch.setattr(sys.modules["sparank.train"], "seeded_generator", other_noise)  # (sparank.train is also a function)
+    other, _ = train_model("mlp:16", digits, config, get("l0", 0.5))
+    assert not torch.equal(same.fc1.weight, other.fc1.weight)
+
+
+def test_concurrent_threads_train_each_spec_to_its_serial_weights(digits):
+    """The Dask-worker situation: runs of other seeds and methods train at the same time in the same process."""
+    import threading
+    import time
+
+    jobs = [("l0", 0.5, {}, 3), ("adversarial", 0.1, {"attack": "pgd", "steps": 2}, 4), ("none", None, {}, 3), ("l0", 0.5, {}, 5)]
+    serial = [_weights(digits, *job) for job in jobs]
+    start = threading.Barrier(len(jobs))
+    got: list[dict | None] = [None] * len(jobs)
+    errors: list[BaseException] = []
+    spans: list[tuple[float, float]] = []
+
+    def work(i: int) -> None:
+        try:
+            start.wait()
+            began = time.perf_counter()
+            torch.manual_seed(100 + i)  # each thread also moves the global RNG
+            got[i] = _weights(digits, *jobs[i])
+            spans.append((began, time.perf_counter()))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert max(b for b, _ in spans) < min(e for _, e in spans)  # they did run at the same time
+    for i, expected in enumerate(serial):
+        assert got[i] is not None
+        for k, v in expected.items():
+            assert torch.equal(got[i][k], v), (jobs[i], k)

@@ -158,6 +158,25 @@ def test_pgd_training_inputs_are_bit_identical_to_the_reference_loop(digits_mlp:
     assert torch.equal(torch.rand(4), rng_after)  # the same number of draws from the global RNG
 
 
+def test_pgd_random_start_draws_from_the_runs_generator(digits_mlp: nn.Module, batch) -> None:
+    """In training the loop sets ``generator``: the random starts come from it and the global RNG is left alone."""
+    x, y = batch
+    method = Adversarial(0.1, attack="pgd", steps=2)
+
+    def inputs(seed: int) -> torch.Tensor:
+        method.generator = torch.Generator().manual_seed(seed)
+        return method.inputs(digits_mlp, x, y)
+
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    a = inputs(5)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(1)
+    assert torch.equal(inputs(5), a)
+    assert not torch.equal(inputs(6), a)  # the random start is used
+    assert float((a - x).abs().max()) <= 0.1 + 1e-6 and float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+
+
 def test_pgd_is_stronger_than_fgsm_on_average(digits_mlp: nn.Module, batch) -> None:
     x, y = batch
     torch.manual_seed(0)

@@ -298,6 +298,29 @@ def test_hard_concrete_prob_nonzero_matches_sampled_gates():
     assert gate.gate()[0].tolist()[:2] == [0.0, pytest.approx(1.2 / (1 + math.e) - 0.1)]
 
 
+def test_hard_concrete_noise_comes_from_its_generator_not_the_global_rng():
+    log_alpha = torch.tensor([-3.0, -1.0, 0.0, 2.0]).repeat(1000, 1)
+    gate = HardConcreteGate(log_alpha, torch.Generator().manual_seed(4))
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    z = gate.gate()
+    assert torch.equal(torch.get_rng_state(), state)
+    # the paper's sample, by hand, from a generator seeded alike
+    u = torch.rand(log_alpha.shape, generator=torch.Generator().manual_seed(4)).clamp(1e-6, 1 - 1e-6)
+    s = torch.sigmoid((u.log() - (1 - u).log() + log_alpha) / (2 / 3))
+    assert torch.allclose(z, (s * 1.2 - 0.1).clamp(0, 1), atol=1e-6)
+    assert not torch.equal(z, gate.gate())  # a new draw each forward
+
+
+def test_l0_gates_get_the_regularisers_generator(digits):
+    reg = regularisers.get("l0", 1.0)
+    reg.generator = torch.Generator().manual_seed(9)
+    model = build_model(SPEC, digits.input_shape, digits.num_classes)
+    reg.prepare(model)
+    gates = [m.parametrizations.weight[0] for m in weight_layers(model).values()]
+    assert gates and all(g.generator is reg.generator for g in gates)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "strength"), [("l0", 1.0), ("magnitude_gradual", 0.8)])
 def test_finalise_bakes_in_exactly_what_the_eval_model_computed(digits, name, strength):

@@ -53,7 +53,9 @@ def parse_spec(spec: str) -> ModelSpec:
         raise ValueError(f"'linear' takes no widths (got {spec!r}); use 'linear'")
     default = ",".join(str(w) for w in DEFAULT_WIDTHS[arch])
     if not rest.strip():
-        raise ValueError(f"spec {spec!r} has a colon but no widths; give them (e.g. '{arch}:{default}') or write '{arch}' for the default {default}")
+        raise ValueError(
+            f"spec {spec!r} has a colon but no widths; give them (e.g. '{arch}:{default}') or write '{arch}' for the default {default}"
+        )
     parts = [w.strip() for w in rest.split(",")]
     if not all(p.isdigit() for p in parts):
         raise ValueError(f"bad widths {rest!r} in spec {spec!r}; give comma-separated positive integers, e.g. '{arch}:{default}'")
@@ -61,7 +63,9 @@ def parse_spec(spec: str) -> ModelSpec:
     if any(w <= 0 for w in widths):
         raise ValueError(f"widths in spec {spec!r} must be positive integers, e.g. '{arch}:{default}'")
     if arch == "cnn" and len(widths) != 3:
-        raise ValueError(f"'cnn' takes exactly three widths: conv1 filters, conv2 filters, hidden units (got {spec!r}); e.g. 'cnn:16,32,128'")
+        raise ValueError(
+            f"'cnn' takes exactly three widths: conv1 filters, conv2 filters, hidden units (got {spec!r}); e.g. 'cnn:16,32,128'"
+        )
     return ModelSpec(arch, widths)
 
 
@@ -87,9 +91,19 @@ def count_parameters(spec: str | ModelSpec, input_shape: tuple[int, ...], num_cl
 
 
 def build_model(
-    spec: str | ModelSpec, input_shape: tuple[int, ...], num_classes: int, *, max_parameters: int | None = MAX_PARAMETERS
+    spec: str | ModelSpec,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    max_parameters: int | None = MAX_PARAMETERS,
+    generator: torch.Generator | None = None,
 ) -> nn.Sequential:
     """Build the classifier for ``spec`` on inputs shaped ``input_shape`` (C, H, W) with ``num_classes`` outputs.
+
+    Each layer is initialised as torch's ``reset_parameters`` does; with ``generator`` (a CPU
+    ``torch.Generator``) every draw comes from it (:func:`init_parameters`) and the global RNG is
+    neither used nor advanced, so the same generator state gives the same weights in any thread
+    or process; without it, from the global RNG (``torch.manual_seed``), as torch's own layers.
 
     Raises:
         ValueError: a bad spec, fewer than 2 classes, an input shape the
@@ -108,17 +122,18 @@ def build_model(
             f"model {spec} on inputs {tuple(input_shape)} would have {count:,} parameters ({count * 4 / 1e9:.1f} GB of float32), "
             f"over the limit of {max_parameters:,}; use smaller widths (e.g. 'mlp:300,100')"
         )
+    device = "meta" if generator is not None else None  # shapes only: initialised below from the generator
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     d = math.prod(input_shape)
     if spec.arch in ("linear", "mlp"):
         layers["flatten"] = nn.Flatten()
         width = d
         for i, w in enumerate(spec.widths, start=1):
-            layers[f"fc{i}"] = nn.Linear(width, w)
+            layers[f"fc{i}"] = nn.Linear(width, w, device=device)
             layers[f"relu{i}"] = nn.ReLU()
             width = w
-        layers["out"] = nn.Linear(width, num_classes)
-        return nn.Sequential(layers)
+        layers["out"] = nn.Linear(width, num_classes, device=device)
+        return _initialised(nn.Sequential(layers), generator)
 
     if len(input_shape) != 3:
         raise ValueError(f"'cnn' needs image inputs shaped (C, H, W), got input_shape={input_shape}")
@@ -126,17 +141,46 @@ def build_model(
     c1, c2, hidden = spec.widths
     if height < 4 or width_px < 4:
         raise ValueError(f"'cnn' pools twice by 2 and needs images of at least 4x4, got {height}x{width_px}")
-    layers["conv1"] = nn.Conv2d(channels, c1, kernel_size=3, padding=1)
+    layers["conv1"] = nn.Conv2d(channels, c1, kernel_size=3, padding=1, device=device)
     layers["relu1"] = nn.ReLU()
     layers["pool1"] = nn.MaxPool2d(2)
-    layers["conv2"] = nn.Conv2d(c1, c2, kernel_size=3, padding=1)
+    layers["conv2"] = nn.Conv2d(c1, c2, kernel_size=3, padding=1, device=device)
     layers["relu2"] = nn.ReLU()
     layers["pool2"] = nn.MaxPool2d(2)
     layers["flatten"] = nn.Flatten()
-    layers["fc1"] = nn.Linear(c2 * (height // 4) * (width_px // 4), hidden)
+    layers["fc1"] = nn.Linear(c2 * (height // 4) * (width_px // 4), hidden, device=device)
     layers["relu3"] = nn.ReLU()
-    layers["out"] = nn.Linear(hidden, num_classes)
-    return nn.Sequential(layers)
+    layers["out"] = nn.Linear(hidden, num_classes, device=device)
+    return _initialised(nn.Sequential(layers), generator)
+
+
+def _initialised(model: nn.Sequential, generator: torch.Generator | None) -> nn.Sequential:
+    """``model`` itself (initialised from the global RNG) or, with ``generator``, built on the meta device: allocated and initialised from it."""
+    if generator is None:
+        return model
+    model.to_empty(device=generator.device)
+    init_parameters(model, generator)
+    return model
+
+
+@torch.no_grad()
+def init_parameters(model: nn.Module, generator: torch.Generator) -> None:
+    """Re-initialise every Linear and Conv layer of ``model`` in place as their ``reset_parameters`` does, drawing from ``generator``.
+
+    Per layer, in ``model.modules()`` order: the weight from ``kaiming_uniform_(a=√5)``
+    (uniform in ±1/√fan_in), then the bias uniform in ±1/√fan_in (0 when fan_in is 0),
+    exactly torch's default initialisation of ``nn.Linear`` and ``nn.Conv*d`` but with
+    ``generator=`` (the global RNG is not touched). The generator must be on the
+    parameters' device.
+    """
+    for module in model.modules():
+        if not isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            continue
+        nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)
+        if module.bias is not None:
+            fan_in = module.weight[0].numel()  # in_features, or in_channels·kernel size
+            bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+            nn.init.uniform_(module.bias, -bound, bound, generator=generator)
 
 
 def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -149,7 +193,11 @@ def load_state(model: nn.Module, state_dict: dict[str, torch.Tensor], *, source:
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
-    mismatched = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape]
+    mismatched = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
     problems = []
     if missing:
         problems.append(f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")

@@ -3,7 +3,10 @@
 The loop is plain mini-batch training (Adam or SGD with momentum) on
 cross-entropy; a :class:`~sparank.regularisers.Regulariser` plugs in through
 its hooks (inputs, penalty, after_step, finalise). For a given seed the result
-is deterministic: the same seed gives the same weights.
+is deterministic: the same seed gives the same weights, in any thread or
+process, whatever else runs there: every random draw of a run (initialisation,
+data order, a regulariser's noise) comes from a ``torch.Generator`` of its own
+(:func:`seeded_generator`), never from the global RNG.
 
 Every epoch record carries the optimiser steps taken so far (training and
 fine-tuning), and :func:`training_budget` sums a history into the run's total
@@ -13,6 +16,7 @@ counterpart of the same budget (``sparank.regularisers.counterpart``).
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -36,7 +40,7 @@ class TrainConfig:
     lr: float = 1e-3  # Adam's default step; use ~0.05 for SGD
     optimizer: Literal["adam", "sgd"] = "adam"
     momentum: float = 0.9  # SGD only
-    seed: int = 0  # seeds initialisation, shuffling and any randomness in regularisers
+    seed: int = 0  # seeds initialisation, shuffling and any randomness in regularisers (seeded_generator)
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -50,6 +54,30 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+#: the streams of a run's randomness (:func:`seeded_generator`)
+STREAMS = ("init", "shuffle", "regulariser")
+
+
+def seeded_generator(seed: int, stream: str) -> torch.Generator:
+    """A new CPU ``torch.Generator`` for one stream of a training run's randomness.
+
+    ``"init"`` (the weights, :func:`~sparank.models.build_model`) and ``"shuffle"``
+    (the order of the mini-batches) are seeded with ``seed`` itself: the initial
+    weights equal torch's default initialisation after ``torch.manual_seed(seed)``,
+    and two runs with one seed share initialisation and data order whatever their
+    regularisers draw. ``"regulariser"`` (hard-concrete noise, random PGD starts...)
+    is seeded with ``sha256("regulariser:<seed>")``'s first 63 bits, a stream apart.
+    """
+    if stream not in STREAMS:
+        raise ValueError(f"stream must be one of {', '.join(STREAMS)}, got {stream!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    if stream != "regulariser":
+        return torch.Generator().manual_seed(seed)
+    derived = int.from_bytes(hashlib.sha256(f"{stream}:{seed}".encode()).digest()[:8], "little") >> 1
+    return torch.Generator().manual_seed(derived)
 
 
 @dataclass(frozen=True)
@@ -131,13 +159,16 @@ def train(
     with the same settings, no penalty, the regulariser's ``after_step`` with
     the fine-tune's own progress). ``on_epoch`` is called after every epoch
     (progress display). Shuffling uses a generator seeded from
-    ``config.seed``. The history's ``steps`` count every optimiser step;
-    :func:`training_budget` sums it up.
+    ``config.seed``, and the regulariser's ``generator`` is set, before its
+    ``prepare``, to the run's ``"regulariser"`` stream (:func:`seeded_generator`):
+    nothing here draws from the global RNG. The history's ``steps`` count every
+    optimiser step; :func:`training_budget` sums it up.
     """
     reg = regulariser if regulariser is not None else Dense()
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = seeded_generator(config.seed, "shuffle")
     history: list[EpochRecord] = []
     steps_done = 0
+    reg.generator = seeded_generator(config.seed, "regulariser")
     reg.prepare(model)
 
     def run_epochs(epochs: int, phase: str) -> None:
@@ -199,8 +230,13 @@ def train_model(
     *,
     on_epoch: Callable[[EpochRecord], None] | None = None,
 ) -> tuple[nn.Sequential, list[EpochRecord]]:
-    """Build ``spec`` for ``data`` with weights seeded from ``config.seed``, train it, return it with its history."""
-    torch.manual_seed(config.seed)
-    model = build_model(spec, data.input_shape, data.num_classes)
+    """Build ``spec`` for ``data`` with weights seeded from ``config.seed``, train it, return it with its history.
+
+    The weights are drawn from the run's ``"init"`` generator (:func:`seeded_generator`), the same
+    numbers as ``torch.manual_seed(config.seed)`` then torch's default initialisation, but the
+    global RNG is neither used nor changed: the same config gives bit-identical weights in any
+    thread, also while other runs train concurrently.
+    """
+    model = build_model(spec, data.input_shape, data.num_classes, generator=seeded_generator(config.seed, "init"))
     history = train(model, data, config, regulariser, on_epoch=on_epoch)
     return model, history

@@ -29,19 +29,22 @@ def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> Tensor:
     return (x + eps * fgsm_direction(model, x, y)).clamp(*BOUNDS).detach()
 
 
-def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, steps: int, step_size: float, random_start: bool) -> Tensor:
+def pgd(
+    model: nn.Module, x: Tensor, y: Tensor, eps: float, *, steps: int, step_size: float, random_start: bool,
+    generator: torch.Generator | None = None,
+) -> Tensor:  # fmt: skip
     """L∞ PGD: ``steps`` signed-gradient ascent steps of ``step_size``, each projected onto the ε-ball around ``x`` and ``[0, 1]``.
 
     :func:`sparank.attacks.pgd.pgd` with ``rel_stepsize = step_size / ε`` and every input
     taking every step (``early_stop=False``: training wants the strongest point of the
     run, not the first misclassified one). With ``random_start`` the first iterate is
-    uniform in the ε-ball, drawn from the global torch RNG (no generator), so a seeded
-    training run repeats, and repeats the numbers it gave before this function called
-    the attack package. Returns the detached adversarial batch.
+    uniform in the ε-ball, drawn from ``generator`` (adversarial training passes the
+    run's own), or from the global torch RNG when it is None (the numbers this function
+    gave before it called the attack package). Returns the detached adversarial batch.
     """
     x_adv, _ = pgd_attack(
         model, x, y, eps, norm="linf", bounds=BOUNDS, steps=steps, rel_stepsize=step_size / eps, random_start=random_start,
-        early_stop=False,
+        generator=generator, early_stop=False,
     )  # fmt: skip
     return x_adv.detach()
 
@@ -60,7 +63,8 @@ class Adversarial(Regulariser):
 
     Options: ``attack`` ``"fgsm"`` or ``"pgd"``; for PGD, ``steps`` (default
     7), ``step_size`` (default ``2.5 · ε / steps``, Madry et al.'s choice) and
-    ``random_start`` (default True).
+    ``random_start`` (default True), drawn from the run's generator
+    (``generator``, set by the training loop).
     """
 
     name = "adversarial"
@@ -127,7 +131,7 @@ class Adversarial(Regulariser):
             else:
                 x_adv = pgd(
                     model, x[:n_adv], y[:n_adv], self.strength,
-                    steps=self.steps, step_size=self.pgd_step_size, random_start=self.random_start,
+                    steps=self.steps, step_size=self.pgd_step_size, random_start=self.random_start, generator=self.generator,
                 )  # fmt: skip
         finally:
             model.train(was_training)

@@ -13,6 +13,12 @@ A regulariser is a small object; the loop in ``sparank.train`` calls, in order:
   rank truncation, then ``fine_tune(epochs)`` to recover; it must leave a
   plain ``nn.Module`` whose ``state_dict`` loads into ``build_model(spec)``.
 
+**Randomness.** Before ``prepare`` the loop sets ``generator`` to the run's
+own ``torch.Generator`` (``sparank.train.seeded_generator(seed, "regulariser")``);
+a method draws every random number from it (``torch.rand(..., generator=self.generator)``),
+never from the global RNG, so that a seed gives the same weights in any thread
+or process. Outside the loop it is None (the global RNG).
+
 Which layers a method touches is explicit: ``layers`` names them (qualified
 module names); ``None`` means every weight matrix and conv kernel, never
 biases. An empty ``layers`` is an error: a method that touches nothing is
@@ -69,6 +75,9 @@ class Regulariser:
     strength_range: ClassVar[tuple[float, float]] = (0.0, math.inf)
     #: the strength used when none is given
     default_strength: ClassVar[float | None] = None
+    #: where the method's random draws come from: set by the training loop before ``prepare``
+    #: (the run's "regulariser" stream); None outside it, meaning the global RNG
+    generator: torch.Generator | None = None
 
     def __init__(self, strength: float | None = None, *, layers: Sequence[str] | None = None) -> None:
         self.strength = check_strength(type(self), strength)

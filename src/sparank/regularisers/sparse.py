@@ -509,20 +509,28 @@ class HardConcreteGate(nn.Module):
     ``log_alpha`` (same shape as the weight) is a plain tensor attribute, not
     an ``nn.Parameter``: the training loop's optimiser does not see it and no
     state-dict key is added; :class:`L0` trains it with its own optimiser.
+    The noise ``u`` is drawn from ``generator`` (on its device, then moved to
+    ``log_alpha``'s), or from the global RNG when it is None.
     """
 
     beta = 2.0 / 3.0
     gamma = -0.1
     zeta = 1.1
 
-    def __init__(self, log_alpha: Tensor) -> None:
+    def __init__(self, log_alpha: Tensor, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.log_alpha = log_alpha
+        self.generator = generator
 
     def gate(self) -> Tensor:
         """The gate z, shaped like the weight: sampled in training mode, deterministic in eval mode."""
         if self.training:
-            u = torch.rand_like(self.log_alpha).clamp(1e-6, 1.0 - 1e-6)
+            if self.generator is None:
+                u = torch.rand_like(self.log_alpha)
+            else:
+                u = torch.rand(self.log_alpha.shape, generator=self.generator, dtype=self.log_alpha.dtype, device=self.generator.device)
+                u = u.to(self.log_alpha.device)
+            u = u.clamp(1e-6, 1.0 - 1e-6)
             s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + self.log_alpha) / self.beta)
         else:
             s = torch.sigmoid(self.log_alpha)
@@ -593,7 +601,7 @@ class L0(Regulariser):
         self._gates = {}
         for name, module in self.targets(model).items():
             log_alpha = torch.full_like(module.weight, self.init_log_alpha, requires_grad=True)
-            self._gates[name] = HardConcreteGate(log_alpha)
+            self._gates[name] = HardConcreteGate(log_alpha, self.generator)  # the run's generator (set by the loop)
             parametrize.register_parametrization(module, "weight", self._gates[name])
         # fused: one pass over the ~10⁵–10⁶ gates instead of a dozen (the same Adam update)
         self._gate_optimizer = torch.optim.Adam([g.log_alpha for g in self._gates.values()], lr=self.gate_lr, fused=True)
