@@ -706,20 +706,15 @@ def _study_run(record: Any) -> tuple[StudyRun | None, str]:
     config = record.config or {}
     spec = config.get("spec") or {}
     reg = config.get("regulariser") or {}
-    train = dict(config.get("train") or spec.get("train") or {})
+    train = dict(config.get("train") or spec.get("train") or {})  # TrainConfig.to_dict(): the seed is taken out below
     seed = spec.get("seed", config.get("seed", train.get("seed")))
     train.pop("seed", None)
-    method = spec.get("regulariser", reg.get("name"))
+    method = reg.get("name", spec.get("regulariser"))
     if not config.get("dataset") or not config.get("arch") or method is None or seed is None:
         return None, "its config names no dataset, arch, regulariser or seed"
-    if spec:
-        options = dict(spec.get("options") or {})
-        if spec.get("fine_tune_epochs") is not None:
-            options["fine_tune_epochs"] = spec["fine_tune_epochs"]
-        strength = spec.get("strength", reg.get("strength"))
-    else:
-        options = {k: v for k, v in reg.items() if k not in _DERIVED}
-        strength = reg.get("strength")
+    # the stored regulariser config holds every option resolved (defaults included), from the CLI and from run.py alike
+    options = {k: v for k, v in reg.items() if k not in _DERIVED}
+    strength = reg.get("strength", spec.get("strength"))
     metrics = record.metrics or {}
     structure = record.structure or {}
     return (

@@ -47,7 +47,6 @@ its solver did not converge on is refused: its comparisons are left empty.
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 import warnings
@@ -62,8 +61,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sparank.attacks import Norm
-from sparank.data import Dataset, eval_subset
 from sparank.compare import hierarchical_bootstrap, paired_log_ratios
+from sparank.data import Dataset, eval_subset
 from sparank.linear import (
     affine_parameters,
     binary_as_multiclass,
@@ -72,6 +71,7 @@ from sparank.linear import (
     unboxed_minimal_perturbation,
 )
 from sparank.regularisers import get as get_regulariser
+from sparank.report import plot_path, write_path_table
 from sparank.robustness import CLEAN_WRONG, RobustnessResult
 from sparank.structure import layer_structure
 from sparank.train import TrainConfig, train_model
@@ -165,7 +165,7 @@ DEFAULT_N_L2 = 12
 DEFAULT_L2_RANGE = (1e-5, 3.0)
 #: the controls every L1 model is compared with, in table order
 CONTROLS = ("reference", "rescaled", "l2_accuracy", "l2_norm")
-_CONTROL_TITLES = {
+CONTROL_TITLES = {
     "reference": "same method, smallest λ",
     "rescaled": "reference × ‖W‖₁ ratio",
     "l2_accuracy": "L2 path, matched accuracy",
@@ -329,25 +329,6 @@ def _sklearn_path(
         if progress is not None:
             progress(lam, fits[lam][4])
     return fits
-
-
-def paired_ratio(result: RobustnessResult, reference: RobustnessResult) -> tuple[float | None, float | None]:
-    """Paired comparison over the inputs both classify correctly, ε* capped at eps_max (PROTOCOL §6, no bootstrap).
-
-    Both results must be over the same inputs, in the same order.
-
-    Returns:
-        ``exp(median log(ε*/ε*_ref))`` (above 1: ``result`` needs a larger ε on the
-        typical input) and the fraction of those inputs whose ε* is strictly smaller
-        than the reference's; ``(None, None)`` if no input is correct under both.
-    """
-    both = (result.status != CLEAN_WRONG) & (reference.status != CLEAN_WRONG)
-    if not bool(both.any()):
-        return None, None
-    ours = result.eps_star[both].clamp(max=result.eps_max)
-    theirs = reference.eps_star[both].clamp(max=reference.eps_max)
-    log_ratio = (ours.log() - theirs.log()).numpy()
-    return float(np.exp(np.quantile(log_ratio, 0.5, method="inverted_cdf"))), float((ours < theirs).double().mean())
 
 
 def _median_or_none(values: Tensor) -> float | None:
@@ -651,249 +632,3 @@ def _store_point(
     )
     store.add_measurement(run_id, config={"n": len(indices), "method": "closed_form", "bounds": [0.0, 1.0]}, result=result, indices=indices)
     return run_id
-
-
-
-
-# --------------------------------------------------------------------------- table and figure
-
-_COLUMNS = (
-    "method",
-    "lam",
-    "seed",
-    "sklearn_c",
-    "converged",
-    "n_iter",
-    "kkt_violation",
-    "objective",
-    "clean_accuracy",
-    "sparsity",
-    "effective_sparsity",
-    "l1_norm",
-    "auc",
-    "auc_normalised",
-    "q10",
-    "q25",
-    "median",
-    "q75",
-    "q90",
-    "censored_fraction",
-    "unboxed_minimum_median",
-    "boxed_minimum_median",
-    "seconds",
-    "run_id",
-)
-
-
-def _row(point: PathPoint) -> dict[str, Any]:
-    row = asdict(point)
-    quantiles = row.pop("quantiles")
-    row.update({"q10": quantiles["10"], "q25": quantiles["25"], "median": quantiles["50"], "q75": quantiles["75"], "q90": quantiles["90"]})
-    return {k: row[k] for k in _COLUMNS}
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "–"
-        if math.isinf(value):
-            return "> ε_max"
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
-def _mean(values: Sequence[float | None]) -> float | None:
-    kept = [v for v in values if v is not None and math.isfinite(v)]
-    return float(np.mean(kept)) if len(kept) == len(values) and kept else None
-
-
-def _ratio_cell(c: Comparison) -> str:
-    if c.ratio is None:
-        return "refused" if c.note.startswith("refused") else "–"
-    return f"{c.ratio:.3g} [{c.low:.3g}, {c.high:.3g}]"
-
-
-def write_path_table(path: PathResult, stem: Path) -> dict[str, Path]:
-    """``<stem>.csv`` (every point, every seed), ``<stem>_comparisons.csv`` and ``<stem>.md`` (seed means and ratios)."""
-    csv_path, md_path = stem.with_suffix(".csv"), stem.with_suffix(".md")
-    comparisons_path = stem.with_name(stem.name + "_comparisons.csv")
-    with csv_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=_COLUMNS)
-        writer.writeheader()
-        for point in path.points:
-            writer.writerow({k: ("" if v is None else v) for k, v in _row(point).items()})
-    fields = [f.name for f in Comparison.__dataclass_fields__.values()]
-    with comparisons_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        for c in path.comparisons:
-            writer.writerow({k: ("" if v is None else v) for k, v in asdict(c).items()})
-
-    seeds = ", ".join(str(s) for s in path.seeds)
-    lines = [
-        f"L1 path on {path.dataset}: exact FGSM ε* ({path.norm}, ε_max = {path.eps_max}, box [0, 1]) over {path.n_eval} test inputs; "
-        f"λ_max = {path.lambda_max:.4g}; seeds {seeds} (point columns: mean over seeds). ε* median over correctly classified inputs; "
-        "'boxed min' / 'unboxed min': median minimal perturbation of the same norm inside / ignoring the box. "
-        "Ratio columns: exp(median over inputs and seeds of log(ε*_L1 / ε*_control)), paired per seed over inputs both classify "
-        "correctly (ε* capped at ε_max), with a 95 % hierarchical bootstrap interval (seeds, then inputs). Controls: "
-        + "; ".join(f"'{name}': {title}" for name, title in _CONTROL_TITLES.items())
-        + " (closest per seed). 'converged': seeds whose solver stopped before its cap (sklearn); 'KKT': largest optimality violation / λ over seeds.",
-        "",
-    ]
-    shown = ["method", "λ", "accuracy", "zeros", "‖W‖₁", "ε* AUC", "ε* median", "boxed min", "unboxed min"]
-    shown += [f"vs {name}" for name in CONTROLS if any(c.control == name for c in path.comparisons)]
-    shown += ["converged", "KKT"]
-    lines += ["| " + " | ".join(shown) + " |", "|" + "|".join("---" for _ in shown) + "|"]
-    l1_methods = list(dict.fromkeys(p.method for p in path.points if p.method != "l2"))
-    for method in l1_methods:
-        for lam in path.lambdas:
-            pts = [p for p in path.points if p.method == method and p.lam == lam]
-            conv = [p.converged for p in pts]
-            cells = [
-                method,
-                f"{lam:.3g}",
-                _fmt(_mean([p.clean_accuracy for p in pts])),
-                _fmt(_mean([p.sparsity for p in pts]), 3),
-                _fmt(_mean([p.l1_norm for p in pts])),
-                _fmt(_mean([p.auc for p in pts])),
-                _fmt(_mean([p.median for p in pts])),
-                _fmt(_mean([p.boxed_minimum_median for p in pts])),
-                _fmt(_mean([p.unboxed_minimum_median for p in pts])),
-            ]
-            cells += [_ratio_cell(path.comparison(method, lam, name)) for name in CONTROLS if any(c.control == name for c in path.comparisons)]
-            cells += ["–" if conv[0] is None else f"{sum(bool(c) for c in conv)}/{len(conv)}", _fmt(max(p.kkt_violation or 0.0 for p in pts), 3)]
-            lines.append("| " + " | ".join(cells) + " |")
-    if path.l2_lambdas:
-        lines += [
-            "",
-            f"The L2 control path on {path.dataset} (mean CE + (λ/2)·‖W‖_F², the same SGD loop; mean over seeds {seeds}):",
-            "",
-            "| λ (L2) | accuracy | ‖W‖₁ | ε* AUC | ε* median | boxed min | unboxed min |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for lam in path.l2_lambdas:
-            pts = [p for p in path.points if p.method == "l2" and p.lam == lam]
-            cells = [f"{lam:.3g}"] + [
-                _fmt(_mean([getattr(p, a) if a != "median" else p.median for p in pts]))
-                for a in ("clean_accuracy", "l1_norm", "auc", "median", "boxed_minimum_median", "unboxed_minimum_median")
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
-    md_path.write_text("\n".join(lines) + "\n")
-    return {"csv": csv_path, "md": md_path, "comparisons_csv": comparisons_path}
-
-
-_STYLE = {
-    "l1": {"color": "#1b6ca8", "marker": "o", "label": "l1 (penalty, SGD)"},
-    "prox_l1": {"color": "#d1495b", "marker": "s", "label": "prox_l1 (proximal SGD)"},
-    "sklearn": {"color": "#2e933c", "marker": "^", "label": "scikit-learn SAGA"},
-    "l2": {"color": "#7a5195", "marker": "D", "label": "l2 control path (SGD)"},
-}
-_CONTROL_STYLE = {"reference": "#444444", "rescaled": "#ef8a17", "l2_accuracy": "#7a5195", "l2_norm": "#00a6a6"}
-
-
-def _pooled_ratio(path: PathResult, ours: str, lam: float, theirs: tuple[str, float]) -> float | None:
-    groups = [
-        paired_log_ratios(path.eps_star[(ours, lam, s)].numpy(), path.eps_star[(theirs[0], theirs[1], s)].numpy(), cap=path.eps_max) for s in path.seeds
-    ]
-    pooled = np.concatenate(groups)
-    return float(np.exp(np.median(pooled))) if len(pooled) else None
-
-
-def plot_path(path: PathResult, stem: Path) -> dict[str, Path]:
-    """Six panels: ε* AUC, median ε*, accuracy, sparsity against λ; ratio to the reference against ‖W‖₁; ratios to the controls."""
-    import matplotlib.ticker
-    from matplotlib.figure import Figure  # no pyplot: the caller's backend and figures are left alone
-
-    fig = Figure(figsize=(16, 8.5), layout="constrained")
-    axes = fig.subplots(2, 3)
-    (ax_auc, ax_med, ax_norm), (ax_acc, ax_sp, ax_ctl) = axes
-    methods = [m for m in dict.fromkeys(p.method for p in path.points) if m != "l2"]
-    unit = "L∞" if path.norm == "linf" else "L2"
-    n_seeds = len(path.seeds)
-
-    def seed_mean(method: str, lam: float, get: Callable[[PathPoint], float | None]) -> float:
-        value = _mean([get(p) for p in path.points if p.method == method and p.lam == lam])
-        return np.nan if value is None else value
-
-    for method in methods:
-        style = _STYLE[method]
-        kw = {"color": style["color"], "marker": style["marker"], "markersize": 4, "linewidth": 1.6}
-        lam = path.lambdas
-        ax_auc.plot(lam, [seed_mean(method, v, lambda p: p.auc) for v in lam], label=style["label"], **kw)
-        ax_med.plot(lam, [seed_mean(method, v, lambda p: p.median) for v in lam], label=f"{style['label']}: FGSM ε*", **kw)
-        if path.norm == "linf":
-            ax_med.plot(lam, [seed_mean(method, v, lambda p: p.boxed_minimum_median) for v in lam], color=style["color"], linestyle=":", linewidth=1.2, label=f"{method}: minimal {unit} in the box")
-        ax_acc.plot(lam, [100 * seed_mean(method, v, lambda p: p.clean_accuracy) for v in lam], label=style["label"], **kw)
-        ax_sp.plot(lam, [100 * seed_mean(method, v, lambda p: p.sparsity) for v in lam], label=f"{style['label']}: exactly 0", **kw)
-        ax_sp.plot(lam, [100 * seed_mean(method, v, lambda p: p.effective_sparsity) for v in lam], color=style["color"], linestyle="--", linewidth=1.2, label=f"{method}: |w| ≤ 10⁻³·max|w|")
-
-    # ratio to the dense reference against ||W||_1: the L1 path, the L2 path and the rescaled reference
-    anchor = "prox_l1" if "prox_l1" in methods else methods[0]
-    ref = (anchor, path.lambdas[0])
-    norms = [seed_mean(anchor, v, lambda p: p.l1_norm) for v in path.lambdas]
-    ax_norm.plot(norms, [_pooled_ratio(path, anchor, v, ref) for v in path.lambdas], color=_STYLE[anchor]["color"], marker=_STYLE[anchor]["marker"], markersize=4, label=f"{anchor} path (L1)")
-    ax_norm.plot(norms, [_pooled_ratio(path, f"rescaled:{anchor}", v, ref) for v in path.lambdas], color=_CONTROL_STYLE["rescaled"], marker="x", markersize=5, label="reference rescaled to that ‖W‖₁")
-    if path.l2_lambdas:
-        l2_norms = [seed_mean("l2", v, lambda p: p.l1_norm) for v in path.l2_lambdas]
-        ax_norm.plot(l2_norms, [_pooled_ratio(path, "l2", v, ref) for v in path.l2_lambdas], color=_STYLE["l2"]["color"], marker="D", markersize=4, label="L2 path")
-    ax_norm.axhline(1.0, color="0.5", linewidth=0.8)
-    ax_norm.set_xscale("log")
-    ax_norm.set_xlabel("‖W‖₁ (mean over seeds; log scale)")
-    ax_norm.set_ylabel(f"paired median ε* / ε*({anchor}, smallest λ)")
-    ax_norm.set_title(f"Same norm, three ways: ratio to the {anchor} reference")
-    ax_norm.legend(fontsize=8, loc="best")
-
-    # each L1 model against its matched controls, with 95 % intervals
-    shown = [m for m in methods if m != "l1"] or methods  # l1 tracks prox_l1; its ratios are in the table
-    for method, linestyle in zip(shown, ("-", ":", "--")):
-        for control in CONTROLS[1:]:
-            cs = [path.comparison(method, v, control) for v in path.lambdas if any(c.control == control for c in path.comparisons)]
-            if not cs:
-                continue
-            lam = np.array([c.lam for c in cs])
-            mid = np.array([np.nan if c.ratio is None else c.ratio for c in cs])
-            lo = np.array([np.nan if c.low is None else c.low for c in cs])
-            hi = np.array([np.nan if c.high is None else c.high for c in cs])
-            if not np.isfinite(mid).any():  # refused (unconverged reference) or nothing to compare
-                continue
-            ax_ctl.errorbar(lam, mid, yerr=[mid - lo, hi - mid], color=_CONTROL_STYLE[control], linestyle=linestyle, marker="o", markersize=3, capsize=2, linewidth=1.2, label=f"{method} vs {_CONTROL_TITLES[control]}")
-    ax_ctl.axhline(1.0, color="0.5", linewidth=0.8)
-    ax_ctl.set_title(f"L1 model / matched control (95 % CI, {n_seeds} seeds)")
-    ax_ctl.set_ylabel("paired median ε*(L1) / ε*(control)")
-    if ax_ctl.get_legend_handles_labels()[0]:
-        ax_ctl.legend(fontsize=6.5, loc="best")
-
-    ax_auc.set_title(f"ε* AUC: area under the robust-accuracy curve, ε ≤ {path.eps_max:g}")
-    ax_auc.set_ylabel(f"ε* AUC ({unit}, pixel units of [0, 1])")
-    ax_med.set_title("Median ε* over correctly classified inputs")
-    ax_med.set_ylabel(f"median ε* ({unit}, pixel units; log scale)")
-    ax_med.set_yscale("log")
-    plain = matplotlib.ticker.FuncFormatter(lambda v, _pos: f"{v:g}")
-    ax_med.yaxis.set_major_formatter(plain)
-    ax_med.yaxis.set_minor_formatter(plain)
-    ax_acc.set_title("Clean accuracy")
-    ax_acc.set_ylabel("test accuracy (%)")
-    ax_sp.set_title("Sparsity of W")
-    ax_sp.set_ylabel("weights that are zero (%)")
-    ax_sp.set_ylim(-3, 103)
-    for ax in (ax_auc, ax_med, ax_acc, ax_sp, ax_ctl):
-        ax.set_xscale("log")
-        ax.grid(True, which="major", alpha=0.3)
-        ax.set_xlabel("λ  (objective: mean cross-entropy + λ·‖W‖₁)")
-    ax_norm.grid(True, which="major", alpha=0.3)
-    ax_auc.legend(fontsize=8, loc="best")
-    ax_med.legend(fontsize=7, loc="best")
-    ax_acc.legend(fontsize=8, loc="best")
-    ax_sp.legend(fontsize=7, loc="best")
-    fig.suptitle(
-        f"L1 path of multinomial logistic regression on {path.dataset}: exact FGSM ε* over {path.n_eval} test inputs, seeds {', '.join(map(str, path.seeds))}",
-        fontsize=12,
-    )
-    png, svg = stem.with_suffix(".png"), stem.with_suffix(".svg")
-    fig.savefig(png, dpi=120)
-    fig.savefig(svg)
-    return {"png": png, "svg": svg}
