@@ -28,3 +28,12 @@ def digits_mlp(digits):
 
     model, _ = train_model("mlp:64", digits, TrainConfig(epochs=15, seed=0))
     return model
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test starts with one torch thread: a CLI command without --threads sets all cores and keeps them,
+    and a float result can depend on the thread count (BLAS reduction order)."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)

@@ -281,77 +281,53 @@ def _train_run(
     store: Store,
     fine_tune_epochs: int | None = None,
 ) -> str:
-    """Train one model, store it with its config, history, metrics and structure; return the run id.
+    """Train one model through :func:`sparank.run.run` and store it with :func:`sparank.run.record`; return the run id.
 
     Every option is checked, and the store opened for writing, before the data
-    are read or anything trains. A run with the same content key (the same
-    config: a seed gives the same weights) is reused, also when another process
-    stored it while this one trained.
+    are read or anything trains. A run with the same content key (the spec's
+    ``train_key``: a seed gives the same weights) is reused, also when another
+    process stored it while this one trained.
     """
     from sparank.data import load_dataset
-    from sparank.models import MAX_PARAMETERS, count_parameters, parse_spec
-    from sparank.store import DuplicateKeyError
-    from sparank.structure import model_structure
-    from sparank.train import TrainConfig, train_model, training_budget
+    from sparank.models import MAX_PARAMETERS, count_parameters
+    from sparank.run import RunSpec, TrainSpec, record, run, stored_state
 
     _check_train_options(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, seed=seed)
     with _as_options({"strength": "--strength", "fine_tune_epochs": "--fine-tune-epochs"}):
-        spec = parse_spec(arch)
-        reg = _regulariser(regulariser, strength, fine_tune_epochs)
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed)  # type: ignore[arg-type]
+        _regulariser(regulariser, strength, fine_tune_epochs)  # the options' own wording first
+        spec = RunSpec(
+            dataset=dataset, arch=arch, regulariser=regulariser, strength=strength, fine_tune_epochs=fine_tune_epochs, seed=seed,
+            train=TrainSpec(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer), measure=None,  # type: ignore[arg-type]
+        )  # fmt: skip
     data = load_dataset(dataset, data_dir=data_dir)
-    count = count_parameters(spec, data.input_shape, data.num_classes)
+    count = count_parameters(spec.arch, data.input_shape, data.num_classes)
     if count > MAX_PARAMETERS:
         raise ValueError(
-            f"--arch {spec} on {data.name} would have {count:,} parameters, over the limit of {MAX_PARAMETERS:,}; use smaller widths"
+            f"--arch {spec.arch} on {data.name} would have {count:,} parameters, over the limit of {MAX_PARAMETERS:,}; use smaller widths"
         )
-    identity = {"dataset": data.name, "arch": str(spec), "train": config.to_dict(), "regulariser": reg.config(None)}
-    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
-    done = store.find_run(key)
+    done = stored_state(store, spec)
     if done is not None:
-        out.print(f"run [bold]{done.id}[/] already has this config (a seed gives the same weights): reusing it")
-        return done.id
-    progress, task = _epoch_progress(epochs, f"train {spec} on {data.name} [{reg.name}]")
+        out.print(f"run [bold]{done[0]}[/] already has this config (a seed gives the same weights): reusing it")
+        return done[0]
+    progress, task = _epoch_progress(epochs, f"train {spec.arch} on {data.name} [{spec.regulariser}]")
 
     def on_epoch(record: Any) -> None:
         acc = f"{record.test_accuracy:.3f}" if record.test_accuracy is not None else "-"
         progress.update(task, advance=1 if record.phase == "train" else 0, loss=f"{record.loss:.4f}", acc=acc)
 
     with progress:
-        model, history = train_model(spec, data, config, reg, on_epoch=on_epoch)
-    structure = model_structure(model)
-    run_config = {
-        "dataset": data.name,
-        **_data_record(data),
-        "arch": str(spec),
-        "input_shape": list(data.input_shape),
-        "num_classes": data.num_classes,
-        "train": config.to_dict(),
-        "regulariser": reg.config(model),
-    }
-    final = history[-1] if history else None
-    metrics = {
-        "test_accuracy": final.test_accuracy if final else None,
-        "train_accuracy": final.train_accuracy if final else None,
-        "n_train": len(data.train_x),
-        "n_test": len(data.test_x),
-        "budget": training_budget(history).to_dict(),  # epochs and optimiser steps, fine-tuning included
-    }
-    try:
-        run_id = store.add_run(
-            kind="train",
-            config=run_config,
-            history=[vars(h) for h in history],
-            metrics=metrics,
-            structure=structure.to_dict(),
-            state_dict=model.state_dict(),
-            key=key,
-        )
-    except DuplicateKeyError as race:  # another process stored the same run while this one trained
-        out.print(f"run [bold]{race.existing}[/] with this config was stored meanwhile by another process: reusing it")
-        return str(race.existing)
-    acc = f"{final.test_accuracy:.4f}" if final and final.test_accuracy is not None else "n/a"
-    out.print(f"run [bold]{run_id}[/]: {spec} on {data.name}, {reg.name}, test accuracy {acc}, sparsity {structure.sparsity:.3f}")
+        result = run(spec, data=data, on_epoch=on_epoch)
+    meanwhile = stored_state(store, spec)
+    run_id = record(store, result)
+    if meanwhile is not None:  # another process stored the same run while this one trained
+        out.print(f"run [bold]{run_id}[/] with this config was stored meanwhile by another process: reusing it")
+        return run_id
+    acc = result.metrics["test_accuracy"]
+    shown = f"{acc:.4f}" if acc is not None else "n/a"
+    out.print(
+        f"run [bold]{run_id}[/]: {spec.arch} on {data.name}, {spec.regulariser}, test accuracy {shown}, "
+        f"sparsity {result.structure['sparsity']:.3f}"
+    )
     return run_id
 
 
@@ -586,12 +562,16 @@ def _measure_run(
             models[rid] = _stored_model(store, rid, data)
         return models[rid]
 
-    jobs: list[tuple[str, str, str | None]] = []  # (target run, attack, source run)
+    done_by_attack = _measure_spec_attacks(
+        store, run_id, data, model_of, attacks=attacks, n=n, eval_seed=eval_seed, norm=norm, eps_max=eps_max, resolution=resolution,
+        tol=tol, batch_size=batch_size, steps=steps, restarts=restarts, force=force,
+    )  # fmt: skip
+    jobs: list[tuple[str, str, str | None]] = []  # (target run, attack, source run): the attacks run.py does not make
     for name in attacks:
         if name == "transfer":
             assert source is not None
             jobs += [(run_id, name, source), (source, name, run_id)]
-        else:
+        elif name == "random":
             jobs.append((run_id, name, None))
     done: list[tuple[str, int, dict[str, Any], bool]] = []
     for target, name, src in jobs:
@@ -599,12 +579,67 @@ def _measure_run(
                          source=None if src is None else model_of(src), source_name=src or "", via=via)  # fmt: skip
         done.append(_measure_one(store, target, attack, data, indices, x, y, eval_seed=eval_seed, norm=norm, eps_max=eps_max,
                                  batch_size=batch_size, force=force, model_of=model_of))  # fmt: skip
+    by_attack = {(t, a): d for (t, a, _), d in zip(jobs, done, strict=True)}
+    done = [done_by_attack[a] if a in done_by_attack else by_attack[(run_id, a)] for a in attacks if a != "transfer"] + [
+        by_attack[(t, a)] for t, a, _ in jobs if a == "transfer"
+    ]  # in the order asked: the run's own, then both transfer directions
     best = None
-    for target in dict.fromkeys(t for t, _, _ in jobs):
+    for target in dict.fromkeys([run_id, *(t for t, _, _ in jobs)]):
         record = _store_best(store, target, data, indices, x, y, norm=norm, eps_max=eps_max, batch_size=batch_size, model_of=model_of)
         if target == run_id:
             best = record
     return done, best
+
+
+#: the attacks `sparank measure` makes through sparank.run (the others, transfer and random, need no run spec)
+_SPEC_ATTACKS = ("fgsm", "pgd", "fmn", "deepfool")
+
+
+def _measure_spec_attacks(store: Store, run_id: str, data: Any, model_of: Callable[[str], Any], *, attacks: Sequence[str], n: int | None,
+                          eval_seed: int | None, norm: str, eps_max: float, resolution: float, tol: float, batch_size: int,
+                          steps: int | None, restarts: int, force: bool) -> dict[str, tuple[str, int, dict[str, Any], bool]]:  # fmt: skip
+    """Measure the run with the asked attacks among fgsm/pgd/fmn/deepfool (FGSM always) through sparank.run; store them.
+
+    What the store has (same key) is reused, not measured again, unless ``force``. Returns
+    {attack: (run, measurement id, summary, reused)} for the asked ones.
+    """
+    from sparank.run import MeasureSpec, measure_model, measurement_keys, record_measurements, stored_results
+
+    asked = [a for a in attacks if a in _SPEC_ATTACKS]
+    if not asked:
+        return {}
+    with _as_options({**_MEASURE_OPTIONS, "steps": "--steps", "restarts": "--restarts"}):
+        mspec = MeasureSpec(
+            n=n, eval_seed=eval_seed, norm=norm, eps_max=eps_max, resolution=resolution, tol=tol, batch_size=batch_size,  # type: ignore[arg-type]
+            attacks=tuple(a for a in asked if a != "fgsm"), attack_n=None, steps=steps, restarts=restarts,  # type: ignore[arg-type]
+        )  # fmt: skip
+    known = {} if force else stored_results(store, run_id, mspec, data)
+    keys = measurement_keys(run_id, mspec, data)
+    for name in known:
+        found = store.find_measurement(keys[name])
+        err.print(f"measurement [bold]{found.id if found else '?'}[/] ({name}) of run {run_id} has these settings and inputs: "
+                  "reusing it (--force measures again)")  # fmt: skip
+    bars: dict[str, tuple[Progress, Callable[[int, int], None]]] = {}
+
+    def on_inputs(attack: str, resolved: int, total: int) -> None:
+        if attack not in bars:
+            for bar, _ in bars.values():
+                bar.stop()
+            bars[attack] = _measure_progress(total, f"{attack} ε* of {run_id}")
+            bars[attack][0].start()
+        bars[attack][1](resolved, total)
+
+    try:
+        measurements, masking = measure_model(model_of(run_id), data, mspec, known=known, on_inputs=on_inputs)
+    finally:
+        for bar, _ in bars.values():
+            bar.stop()
+    ids = record_measurements(store, run_id, measurements, masking, replace=force)
+    stored = {m.id: m for m in store.measurements(run_id)}
+    return {
+        m.attack: (run_id, mid, stored[mid].summary, m.attack in known)
+        for m, mid in zip(measurements, ids, strict=True) if m.attack in asked
+    }  # fmt: skip
 
 
 def _group_settings(data: Any, *, norm: str, eps_max: float) -> dict[str, Any]:
