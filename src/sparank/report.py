@@ -357,7 +357,11 @@ def answer(rows: Sequence[ComparisonRow], *, alpha: float = 0.05, limit: int = 6
                 for r in quiet[:limit]
             )
         )
-        text += " although " + ("it does not" if len(quiet) == 1 else "none of these does") + " differ significantly from its dense counterpart."
+        text += (
+            " although "
+            + ("it does not" if len(quiet) == 1 else "none of these does")
+            + " differ significantly from its dense counterpart."
+        )
     flips = [r for r in compared if r.flip]
     if flips:
         text += (
@@ -434,6 +438,7 @@ def claims(rows: Sequence[ComparisonRow]) -> list[Claim]:
             costly = [r.label for r in rs if r.label not in better and r.label not in worse and _accuracy_lost(r)]
             not_enhancing += flat
             harming += worse + costly
+            better, flat, worse, costly = ([x.removeprefix(method + " ") for x in xs] for xs in (better, flat, worse, costly))
             parts = []
             if better:
                 parts.append(f"more robust at {_join(better)}")
@@ -1251,6 +1256,7 @@ th, td { border: 1px solid #d0d0d0; padding: 3px 7px; text-align: left; vertical
 th { background: #f0f0f0; position: sticky; top: 0; }
 td.more { color: #137333; font-weight: bold; } td.less { color: #b3261e; font-weight: bold; } td.nodiff { color: #555; }
 td.flip { background: #fff3cd; }
+td[data-key$="_ratio"], td[data-key="accuracy_change"] { white-space: nowrap; }
 figure { margin: 1.8em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 0.9em; color: #444; max-width: 1100px; }
 .claim { border: 1px solid #ddd; border-radius: 4px; padding: 0.6em 1em; margin: 1em 0; }
@@ -1317,7 +1323,7 @@ def _settings(config: Any) -> dict[str, Any]:
 
 
 def _setting(settings: Mapping[str, Any], name: str) -> Any:
-    for section in (settings, settings.get("report") or {}, settings.get("compare") or {}):
+    for section in (settings, settings.get("report") or {}, settings.get("compare") or {}, settings.get("measure") or {}):
         if isinstance(section, Mapping) and section.get(name) is not None:
             return section[name]
     return None
@@ -1339,9 +1345,10 @@ def write_report(
         store: a :class:`~sparank.store.Store` or the path of one (opened read-only).
         out_dir: the folder to write into (created; files of an earlier report are replaced).
         title: the report's title; default "sparank study report: <store folder>".
-        config: the study config (a pydantic model or a mapping), shown in the report; its
-            ``reference_eps``, ``alpha`` and ``n_boot`` (top level, or under ``report`` or
-            ``compare``) are used where the arguments below are not given.
+        config: the study config (:class:`~sparank.study.StudyConfig` or any pydantic model or
+            mapping), shown in the report; its ``name`` gives the default title, and its
+            ``reference_eps``, ``alpha`` and ``n_boot`` (top level, or under ``report``, ``compare``
+            or ``measure``) are used where the arguments below are not given.
         reference_eps: ε values of the robust-accuracy differences; default 5, 10 and 20 % of each ε_max in the store.
         alpha: Holm's family-wise error rate (default 0.05); intervals are ``1 − alpha``.
         n_boot: bootstrap replicates per comparison (default: :func:`~sparank.compare.study_comparisons`'s).
@@ -1379,7 +1386,8 @@ def write_report(
     fig_dir.mkdir(parents=True, exist_ok=True)
     for old in fig_dir.glob("*.png"):
         old.unlink()
-    title = title or f"sparank study report: {store_path.name}"
+    name = settings.get("name")
+    title = title or (f"{name}: sparank study report" if isinstance(name, str) and name else f"sparank study report: {store_path.name}")
     figures = _figures(records, rows)
     figure_paths = []
     for f in figures:
