@@ -90,7 +90,7 @@ PGD_STEPS, PGD_REL_STEP, PGD_SEARCH = PGD().steps, PGD().rel_stepsize, PGD().sea
 def check(model: nn.Module, x: Tensor, y: Tensor, adv: Tensor, norm: str, eps_max: float) -> tuple[np.ndarray, np.ndarray]:
     """Per input: is ``adv`` a verified adversarial (finite, in [0, 1], argmax != y, distance <= eps_max), and its distance.
 
-    ``eps_max`` is allowed the rounding of storing ``x + δ`` in float32 (half an ulp of
+    ``eps_max`` is allowed the rounding of storing ``x + δ`` in float32 (one ulp of
     ``max(1, eps_max)`` per coordinate, √d of them in L2): a point PGD puts on the ε_max
     sphere is inside it. Returns (verified ``(N,)`` bool, float64 distance ``(N,)``, inf
     where not verified).
