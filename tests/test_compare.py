@@ -417,9 +417,10 @@ def _add_run(
     sparsity: float = 0.0,
     rank_ratio: float = 0.8,
     train: dict | None = None,
+    options: dict | None = None,
 ) -> str:
     """A run shaped like the CLI's (config, metrics with budget, structure), its FGSM ε* and optionally best ε* over FGSM and PGD."""
-    reg = {"name": method, "strength": strength, "layers": ["fc1", "out"], "extra_epochs": fine_tune}
+    reg = {"name": method, "strength": strength, "layers": ["fc1", "out"], "extra_epochs": fine_tune, **(options or {})}
     if fine_tune:
         reg["fine_tune_epochs"] = fine_tune
     run_id = store.add_run(
@@ -594,3 +595,20 @@ def test_study_comparisons_on_real_runs_an_irrelevant_setting_is_no_difference(t
     assert rows[0].fgsm_verdict == NO_DIFFERENCE and rows[0].fgsm.p_value == 1.0 and rows[0].fgsm.ratio.estimate == 1.0
     assert rows[0].best_verdict == NO_DIFFERENCE and rows[0].best_attacks == ("fgsm", "pgd") and rows[0].flip is False
     assert rows[0].fgsm.clean_accuracy_change.estimate == 0.0
+
+
+def test_rows_that_differ_only_in_options_are_told_apart(tmp_path):
+    """Adversarial training with FGSM and with PGD at one ε: two rows, labelled by the option that differs; derived keys are ignored."""
+    rng = np.random.default_rng(4)
+    _mus, dense = _dense_seeds(rng, n_seeds=2, n=80)
+    with Store(tmp_path / "s") as store:
+        for s in range(2):
+            _add_run(store, "none", None, s, dense[s])
+            _add_run(store, "adversarial", 0.1, s, dense[s] * 1.5, options={"attack": "fgsm", "clean_fraction": 0.5})
+            _add_run(store, "adversarial", 0.1, s, dense[s] * 2.0, options={"attack": "pgd", "clean_fraction": 0.5})
+            _add_run(store, "svd_truncate", 0.25, s, dense[s], options={"ranks": {"fc1": 4 + s}})  # derived: one row over seeds
+        rows = study_comparisons(store, reference_eps=[])
+    labels = [r.label for r in rows]
+    assert labels == ["svd_truncate r=0.25", "adversarial ε=0.1 (attack=fgsm)", "adversarial ε=0.1 (attack=pgd)"]
+    assert [r.seeds for r in rows] == [(0, 1)] * 3
+    assert rows[1].fgsm.ratio.contains(1.5) and rows[2].fgsm.ratio.contains(2.0)

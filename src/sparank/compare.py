@@ -793,12 +793,13 @@ class ComparisonRow:
     masking_flags: tuple[str, ...]  # the flags raised, over those runs
     control: ControlComparison | None  # sparse and low-rank methods only
     notes: tuple[str, ...] = ()
+    variant: str = ""  # the options that set this row apart from rows of the same method and strength ("attack=pgd"), else ""
 
     @property
     def label(self) -> str:
-        """``l1 λ=0.001`` etc.: the method and its strength."""
+        """``l1 λ=0.001`` etc.: the method, its strength and, where needed to tell rows apart, its distinguishing options."""
         strength = "" if self.strength is None else f" {_strength_symbol(self.method)}={self.strength:g}"
-        return f"{self.method}{strength}"
+        return f"{self.method}{strength}" + (f" ({self.variant})" if self.variant else "")
 
 
 def _strength_symbol(method: str) -> str:
@@ -1016,7 +1017,26 @@ def study_comparisons(
                 notes=tuple(notes),
             )
         )
-    return rows
+    return _with_variants(rows)
+
+
+def _with_variants(rows: list[ComparisonRow]) -> list[ComparisonRow]:
+    """Rows of the same group, method and strength that differ in options get those options in their label."""
+    from dataclasses import replace
+
+    out = []
+    for row in rows:
+        twins = [
+            r
+            for r in rows
+            if (r.dataset, r.arch, r.train, r.method, r.strength) == (row.dataset, row.arch, row.train, row.method, row.strength)
+        ]
+        keys = sorted(
+            {k for r in twins for k in r.options if any(_canonical(r.options.get(k)) != _canonical(t.options.get(k)) for t in twins)}
+        )
+        variant = ", ".join(f"{k}={row.options.get(k)}" for k in keys)
+        out.append(replace(row, variant=variant) if variant else row)
+    return out
 
 
 def _counterparts(run: StudyRun, dense_runs: Sequence[StudyRun]) -> list[StudyRun]:

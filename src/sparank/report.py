@@ -696,6 +696,7 @@ def comparison_record(row: ComparisonRow) -> dict[str, Any]:
         "norm": row.norm,
         "eps_max": row.eps_max,
         "method": row.method,
+        "label": row.label,
         "family": row.family,
         "strength": row.strength,
         "options": row.options,
