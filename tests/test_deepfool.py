@@ -348,6 +348,6 @@ def test_settings_are_validated(kwargs, message):
 
 
 def test_settings_are_recorded():
-    assert DeepFool().settings() == {"attack": "deepfool", "steps": 50, "candidates": 10, "overshoot": 0.02, "box": "face"}
+    assert DeepFool().settings() == {"attack": "deepfool", "steps": 50, "candidates": 10, "overshoot": 0.02, "box": "face", "refine": 0}
     with pytest.raises(TypeError):
         DeepFool(50)  # keyword-only

@@ -277,4 +277,5 @@ def test_settings_are_recorded():
         "alpha_final": 0.01,
         "gamma_init": 0.05,
         "gamma_final": 0.001,
+        "refine": 30,
     }

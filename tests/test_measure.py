@@ -41,9 +41,10 @@ class Claims(MinimalAttack):
     name: ClassVar[str] = "claims"
     points: torch.Tensor
     radius: float
+    refine: int = 0
 
     def settings(self) -> dict:
-        return {"attack": self.name, "radius": self.radius}
+        return {"attack": self.name, "radius": self.radius, "refine": self.refine}
 
     def run(self, model, inputs, labels, *, bounds, norm, eps_max, batch_size, progress=None) -> Found:
         n = len(inputs)
@@ -206,3 +207,22 @@ def test_an_honest_model_raises_no_masking_flag(digits, digits_mlp):
     flags = masking_flags(digits_mlp, x, y, [fgsm])
     assert flags.zero_gradient_fraction == 0.0 and flags.unbounded_success == 1.0
     assert not flags.masked and flags.beaten_fraction is None  # no non-white-box attack ran
+
+
+def test_refine_pulls_a_verified_adversarial_back_along_its_segment_to_the_boundary():
+    model = binary_model()  # class 0 iff x_0 > 0: the boundary is x_0 = 0
+    x = torch.tensor([[0.3, 0.2], [0.1, -0.4]], dtype=torch.float64)
+    y = torch.tensor([0, 0])
+    far = torch.tensor([[-0.3, 0.5], [-0.5, -0.4]], dtype=torch.float64)  # segment crosses x_0 = 0 at t = 1/2 and t = 1/6
+    for norm in ("linf", "l2"):
+        plain = measure(Claims(points=far, radius=10.0), model, x, y, bounds=(-1.0, 1.0), norm=norm, eps_max=10.0)
+        pulled = measure(
+            Claims(points=far, radius=10.0, refine=40), model, x, y, bounds=(-1.0, 1.0), norm=norm, eps_max=10.0, keep_adversarials=True
+        )
+        full = distances(far, x, norm)
+        exact = full * torch.tensor([0.5, 1 / 6], dtype=torch.float64)  # the crossing on each segment
+        assert torch.equal(plain.distance, full)
+        assert (pulled.distance >= exact).all() and (pulled.distance <= exact + 1e-9).all()
+        assert (pulled.eps_hi == pulled.distance).all()
+        with torch.no_grad():
+            assert (model(pulled.adversarials).argmax(dim=1) == 1).all()  # still misclassified, by a forward pass

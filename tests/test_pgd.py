@@ -354,7 +354,7 @@ def test_gradient_model_drives_the_steps_and_success_is_judged_on_the_target() -
 def test_settings_are_recorded_with_defaults() -> None:
     assert PGD().settings() == {
         "attack": "pgd", "steps": 20, "rel_stepsize": 0.125, "restarts": 0, "seed": 0, "search_steps": 12,
-        "fgsm_resolution": 1e-2, "fgsm_tol": 1e-6,
+        "fgsm_resolution": 1e-2, "fgsm_tol": 1e-6, "refine": 30,
     }  # fmt: skip
 
 

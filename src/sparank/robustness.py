@@ -334,6 +334,9 @@ def measure(
             model, x[correct], y[correct], bounds=box, norm=norm, eps_max=float(eps_max), batch_size=batch_size, progress=tick
         )
         ok, eps, dist, points, rejected = _verified(model, x[correct], y[correct], found, box, norm, float(eps_max), batch_size)
+        refine = int(getattr(attack, "refine", 0))
+        if refine and bool(ok.any()):
+            eps, dist, points = _refine_on_segment(model, x[correct], y[correct], points, ok, eps, dist, box, norm, refine, batch_size)
     finally:
         model.train(was_training)
     c = correct.cpu()
@@ -366,6 +369,60 @@ def measure(
         rejected=rejected,
         forward_rows=found.forward_rows + n,
     )
+
+
+def _refine_on_segment(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    points: Tensor,
+    ok: Tensor,
+    eps: Tensor,
+    dist: Tensor,
+    box: Bounds,
+    norm: Norm,
+    steps: int,
+    batch_size: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Pull each verified adversarial back along its segment from ``x``: ``steps`` bisections of ``t`` in ``x + t·(x_adv − x)``.
+
+    ``t = 1`` is the verified adversarial and ``t = 0`` the correctly classified
+    input; each step keeps the upper end misclassified beyond the noise
+    (``margin < −δ``), so the end is a point at most ``2^−steps`` of the segment
+    past a boundary crossing on it (not necessarily the first). The box is
+    convex, so every point stays in it. The new point replaces the old one only
+    if :func:`verify_points` accepts it; its distance is then the new radius.
+    Returns the radii, distances and points of all rows (unchanged where not refined).
+    """
+    device = x.device
+    idx = torch.nonzero(ok.to(device)).squeeze(1)
+    base, delta = x[idx].double(), (points[idx].double() - x[idx].double())
+    lo = torch.zeros(len(idx), dtype=torch.float64, device=device)
+    hi = torch.ones(len(idx), dtype=torch.float64, device=device)
+    shape = (-1,) + (1,) * (x.ndim - 1)
+
+    def at(t: Tensor) -> Tensor:
+        return (base + t.view(shape) * delta).to(x.dtype).clamp(box.lo, box.hi)
+
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        margin, floor, _ = _evaluate(model, at(mid), y[idx], idx, batch_size)
+        wrong = margin < -floor
+        hi = torch.where(wrong, mid, hi)
+        lo = torch.where(wrong, lo, mid)
+    moved = hi < 1.0
+    candidates = at(hi)
+    accepted, _, _ = verify_points(model, candidates, y[idx], idx, batch_size)
+    better = moved & accepted
+    new_dist = distances(candidates, x[idx], norm)
+    better &= new_dist < dist[idx.cpu()].to(device)
+    take = idx[better]
+    points = points.clone()
+    points[take] = candidates[better]
+    dist, eps = dist.clone(), eps.clone()
+    dist[take.cpu()] = new_dist[better].cpu()
+    eps[take.cpu()] = torch.minimum(eps[take.cpu()], new_dist[better].cpu())
+    return eps, dist, points
 
 
 def _verified(

@@ -119,6 +119,7 @@ class DeepFool(MinimalAttack):
     candidates: int | None = 10  # top classes by clean logit (Foolbox's default): all of them for 10 classes
     overshoot: float = 0.02  # the paper's value
     box: Literal["face", "clip"] = "face"  # leave bound coordinates pushed outwards out of the step (clip alone stalls)
+    refine: int = 0  # bisections along x → x_adv (0: the paper's (1 + overshoot)·Σ r, as ρ_adv needs)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.steps, int) and not isinstance(self.steps, bool) and self.steps >= 1):
@@ -131,6 +132,10 @@ class DeepFool(MinimalAttack):
             )
         if not (isinstance(self.overshoot, int | float) and not isinstance(self.overshoot, bool) and 0 <= self.overshoot < math.inf):
             raise ValueError(f"overshoot must be a finite number >= 0 (the paper uses 0.02), got {self.overshoot!r}")
+        if not (isinstance(self.refine, int) and not isinstance(self.refine, bool) and 0 <= self.refine <= 60):
+            raise ValueError(
+                f"refine must be an integer in [0, 60] (bisections along the adversarial's segment; 0: off), got {self.refine!r}"
+            )
         if self.box not in ("face", "clip"):
             raise ValueError(f"box must be 'face' (restrict the step to the box's face) or 'clip' (clip only), got {self.box!r}")
 

@@ -466,6 +466,7 @@ class PGD(MinimalAttack):
     search_steps: int = 12
     fgsm_resolution: float = 1e-2
     fgsm_tol: float = 1e-6
+    refine: int = 30  # bisections along x → x_adv after the search (measure pulls the adversarial back to a boundary; 0: off)
 
     def __post_init__(self) -> None:
         def integer(value: object) -> bool:
@@ -486,6 +487,10 @@ class PGD(MinimalAttack):
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         if not (integer(self.search_steps) and self.search_steps >= 0):
             raise ValueError(f"search_steps must be an integer >= 0 (bisection steps over ε, e.g. 12), got {self.search_steps!r}")
+        if not (isinstance(self.refine, int) and not isinstance(self.refine, bool) and 0 <= self.refine <= 60):
+            raise ValueError(
+                f"refine must be an integer in [0, 60] (bisections along the adversarial's segment; 0: off), got {self.refine!r}"
+            )
         if not (number(self.fgsm_resolution) and self.fgsm_resolution > 0):
             raise ValueError(f"fgsm_resolution must be a positive number, got {self.fgsm_resolution!r}")
         if not (number(self.fgsm_tol) and self.fgsm_tol >= 1e-12):
