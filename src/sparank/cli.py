@@ -1327,6 +1327,35 @@ def demo(
         )
 
 
+@app.command()
+def report(
+    store: Annotated[Path, typer.Argument(help="the results store to report on (a directory holding sparank.sqlite)")],
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="folder for report.html, report.md, runs.csv, comparisons.csv and figures/ (default: STORE/report)"),
+    ] = None,
+    title: Annotated[str | None, typer.Option(help="the report's title (default: 'sparank study report: <store folder>')")] = None,
+) -> None:
+    """Write a store's study report: one self-contained HTML file (figures embedded), a Markdown summary, CSVs of every run and comparison.
+
+    Every regularised run is compared with its dense counterpart and its L2 control (PROTOCOL §6);
+    the store is read read-only.
+
+    Example: sparank report sparank-results --out report
+    """
+    from sparank.report import write_report
+    from sparank.store import Store
+
+    with _user_errors(), Store(store, readonly=True) as st:
+        paths = write_report(st, out_dir if out_dir is not None else store / "report", title=title)
+    out.print(f"report: {paths.html}", markup=False, soft_wrap=True)
+    out.print(
+        f"with {paths.markdown.name}, {paths.runs_csv.name}, {paths.comparisons_csv.name} and {len(paths.figures)} figures in {paths.html.parent}",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
 def main() -> None:  # pragma: no cover - entry point for `python -m sparank`
     app()
 
