@@ -38,7 +38,7 @@ test: $(STAMP) data browser
 	$(PY) -m pytest
 
 demo: $(STAMP)
-	$(VENV)/bin/sparank demo
+	$(VENV)/bin/sparank study configs/digits.toml
 
 bench: $(STAMP) data
 	$(PY) -m pip install --quiet -e '.[test,bench]'

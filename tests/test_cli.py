@@ -255,3 +255,47 @@ def test_several_attacks_are_stored_side_by_side_with_best_and_masking_flags(tmp
         assert word in shown.stdout, word
     again = run(*args, "--attack", "pgd", "--steps", "20")
     assert again.exit_code == 0 and "reusing it" in again.stderr
+
+
+TINY_STUDY = """
+name = "tiny"
+datasets = ["digits"]
+archs = ["mlp:16"]
+seeds = [0, 1]
+[train]
+epochs = 2
+[measure]
+n = 60
+attacks = ["pgd"]
+attack_n = 20
+reference_eps = [0.05]
+[[regulariser]]
+name = "l1"
+strengths = [1e-3]
+[controls]
+l2 = [1e-3]
+"""
+
+
+def test_a_study_from_its_config_to_its_report_and_a_rerun_that_skips_everything(tmp_path):
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_STUDY)
+    store = tmp_path / "store"
+    first = run("study", str(config), "--store", str(store), "--workers", "0")
+    assert first.exit_code == 0, first.output
+    assert "6 runs (0 already stored, 6 done now)" in first.stdout  # l1 and its counterpart and control, 2 seeds
+    report = store / "report" / "report.html"
+    assert f"report: {report.resolve()}" in first.stdout and report.stat().st_size > 0
+    with Store(store, readonly=True) as st:
+        runs = st.runs()
+        names = sorted((r.config["regulariser"]["name"], r.config["train"]["seed"]) for r in runs)
+        attacks = sorted({m.config["attack"] for m in st.measurements()})
+    assert names == [("l1", 0), ("l1", 1), ("l2", 0), ("l2", 1), ("none", 0), ("none", 1)]
+    assert attacks == ["best", "fgsm", "pgd"]
+    again = run("study", str(config), "--store", str(store), "--workers", "0")
+    assert again.exit_code == 0 and "6 runs (6 already stored, 0 done now)" in again.stdout
+    with Store(store, readonly=True) as st:
+        assert len(st.runs()) == 6
+    config.write_text(TINY_STUDY.replace("epochs = 2", "epoch = 2"))
+    bad = run("study", str(config), "--store", str(store))
+    assert bad.exit_code == 2 and str(config) in bad.output and "epoch" in bad.output and len(bad.output.strip().splitlines()) == 1

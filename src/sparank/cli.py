@@ -1328,6 +1328,51 @@ def demo(
 
 
 @app.command()
+def study(
+    config: Annotated[Path, typer.Argument(help="the study's TOML file, e.g. configs/digits.toml")],
+    store: Annotated[Path | None, typer.Option("--store", help="results store (default: sparank-results/<study name>)")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="tcp://HOST:PORT of a running Dask scheduler (default: a LocalCluster here)")] = None,
+    workers: Annotated[int | None, typer.Option(help="worker processes of the local cluster (default: cores // threads-per-worker; 0: serial, no Dask)")] = None,
+    threads_per_worker: Annotated[int, typer.Option(help="torch threads per run")] = 1,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="where the report goes (default: STORE/report)")] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Run a study: train the grid (with dense counterparts and L2 controls), measure every model, compare, write the report.
+
+    Runs already in the store are skipped, so an interrupted study resumes where it stopped;
+    only this process writes the store, as each run finishes.
+
+    Example: sparank study configs/digits.toml ; sparank study configs/fashion-mlp.toml --scheduler tcp://10.0.0.5:8786
+    """
+    from sparank.report import write_report
+    from sparank.store import Store
+    from sparank.study import load_config, run_study
+
+    with _user_errors():
+        _check_int("--workers", workers, low=0, fix="0 runs serially; leave it out for one worker per core")
+        _check_int("--threads-per-worker", threads_per_worker, low=1, fix="e.g. 1")
+        if data_dir is not None:
+            os.environ["SPARANK_DATA"] = str(data_dir)  # the workers read the data where the driver does
+        cfg = load_config(config)
+        path = store if store is not None else DEFAULT_STORE / cfg.name
+        with Store(path) as opened:
+            outcome = run_study(cfg, opened, scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker)
+            paths = write_report(opened, out_dir if out_dir is not None else path / "report", config=cfg)
+        minutes = outcome.seconds / 60
+        out.print(
+            f"study {cfg.name}: {len(outcome.specs)} runs ({len(outcome.skipped)} already stored, {len(outcome.recorded)} done now) "
+            f"in {minutes:.1f} min; store {path.resolve()}",
+            markup=False,
+            soft_wrap=True,
+        )
+        out.print(f"report: {paths.html.resolve()}", markup=False, soft_wrap=True)
+        if outcome.failed:
+            for key, why in outcome.failed.items():
+                err.print(f"failed run {key}: {escape(why)}")
+            raise typer.Exit(1)
+
+
+@app.command()
 def report(
     store: Annotated[Path, typer.Argument(help="the results store to report on (a directory holding sparank.sqlite)")],
     out_dir: Annotated[
