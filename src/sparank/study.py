@@ -53,6 +53,7 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from rich.markup import escape
 from torch import Tensor
 
 from sparank.compare import method_family
@@ -579,6 +580,7 @@ class _Display:
         self.progress.update(self.task, completed=self.done, state=state)
 
     def line(self, text: str) -> None:
+        """Print ``text`` (rich markup) above the bar."""
         self.progress.console.print(text, highlight=False)
 
 
@@ -661,7 +663,7 @@ def run_study(
         if result is None:
             failed[key] = f"{type(error).__name__}: {_one_line(error)}" if error is not None else "no result"
             display.failed += 1
-            display.line(f"[red]failed[/]: {_label(spec)}: {failed[key]}")
+            display.line(f"[red]failed[/]: {escape(f'{_label(spec)}: {failed[key]}')}")
         else:
             run_ids[key] = record(store, _with_study(result, config))
             recorded.append(key)
