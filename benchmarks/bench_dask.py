@@ -2,7 +2,7 @@
 
 The same small study (digits, ``mlp:300,100``, 30 epochs, six seeds, four
 methods and their counterparts and controls: 42 runs, each measured by FGSM,
-PGD, FMN and DeepFool on all 450 test inputs: about 2 s of work per run) is run by :func:`sparank.study.run_study` into
+PGD, FMN and DeepFool on all 450 test inputs: about 1.3 s of work per run) is run by :func:`sparank.study.run_study` into
 a fresh store three ways, one after the other:
 
 - ``serial``: ``workers=0``, in this process without Dask (the reference);

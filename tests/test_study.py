@@ -417,3 +417,14 @@ def test_a_failing_run_is_reported_and_the_others_still_run(tmp_path):
         (key, error) = outcome.failed.popitem()
         assert key == outcome.specs[0].train_key() and error.startswith("ValueError: model mlp:50000,50000") and "over the limit" in error
         assert list(outcome.run_ids) == [outcome.specs[1].train_key()] and [r.key for r in store.runs()] == list(outcome.run_ids)
+
+
+def test_local_workers_get_one_run_at_a_time_and_plain_malloc_settings():
+    from sparank.study import WORKER_MALLOC, _client
+
+    with _client(None, 2, 2) as (client, resources):
+        assert resources == {"run": 1}
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        assert [(w["nthreads"], w["resources"]) for w in workers] == [(2, {"run": 1})] * 2  # 2 threads, one run at a time
+        environ = client.run(lambda: {name: os.environ.get(name) for name in WORKER_MALLOC})
+        assert list(environ.values()) == [{name: str(value) for name, value in WORKER_MALLOC.items()}] * 2
