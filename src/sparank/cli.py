@@ -1351,13 +1351,20 @@ def study(
     with _user_errors():
         _check_int("--workers", workers, low=0, fix="0 runs serially; leave it out for one worker per core")
         _check_int("--threads-per-worker", threads_per_worker, low=1, fix="e.g. 1")
+        if scheduler is not None and workers is not None:
+            raise ValueError("--workers sizes a local cluster; with --scheduler the cluster's own workers run the study: leave --workers out")
+        if scheduler is not None and "://" not in scheduler:
+            raise ValueError(f"--scheduler must be a scheduler address such as tcp://HOST:8786, got {scheduler!r}")
         if data_dir is not None:
             os.environ["SPARANK_DATA"] = str(data_dir)  # the workers read the data where the driver does
         cfg = load_config(config)
         path = store if store is not None else DEFAULT_STORE / cfg.name
         with Store(path) as opened:
             outcome = run_study(cfg, opened, scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker)
-            paths = write_report(opened, out_dir if out_dir is not None else path / "report", config=cfg)
+            paths = write_report(
+                opened, out_dir if out_dir is not None else path / "report", title=f"sparank study: {cfg.name}", config=cfg,
+                reference_eps=cfg.measure.reference_eps,
+            )  # fmt: skip
         minutes = outcome.seconds / 60
         out.print(
             f"study {cfg.name}: {len(outcome.specs)} runs ({len(outcome.skipped)} already stored, {len(outcome.recorded)} done now) "
