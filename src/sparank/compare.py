@@ -565,7 +565,7 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def _number(value: Any) -> float | None:
+def stored_number(value: Any) -> float | None:
     """A stored number (``"inf"``/``"nan"`` strings as floats), or None."""
     if value is None or isinstance(value, bool):
         return None
@@ -725,13 +725,13 @@ def _study_run(record: Any) -> tuple[StudyRun | None, str]:
             train=train,
             seed=int(seed),
             method=str(method),
-            strength=_number(strength),
+            strength=stored_number(strength),
             options=options,
             budget=metrics.get("budget"),
-            test_accuracy=_number(metrics.get("test_accuracy")),
-            sparsity=_number(structure.get("sparsity")),
-            effective_sparsity=_number(structure.get("effective_sparsity")),
-            effective_rank_ratio=_number(structure.get("mean_effective_rank_ratio")),
+            test_accuracy=stored_number(metrics.get("test_accuracy")),
+            sparsity=stored_number(structure.get("sparsity")),
+            effective_sparsity=stored_number(structure.get("effective_sparsity")),
+            effective_rank_ratio=stored_number(structure.get("mean_effective_rank_ratio")),
         ),
         "",
     )

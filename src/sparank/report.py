@@ -47,6 +47,7 @@ from sparank.compare import (
     StudyRun,
     Verdict,
     paired_log_ratios,
+    stored_number,
     study_comparisons,
 )
 from sparank.robustness import CLEAN_WRONG, RobustnessResult
@@ -194,16 +195,7 @@ def _newest(records: StudyRecords, run_id: str, kind: str) -> StudyMeasurement |
 
 
 def _auc(m: StudyMeasurement | None) -> float | None:
-    return None if m is None else _num(m.summary.get("auc"))
-
-
-def _num(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
+    return None if m is None else stored_number(m.summary.get("auc"))
 
 
 def _verdicts_of(row: ComparisonRow) -> list[Verdict]:
@@ -642,7 +634,7 @@ def runs_table(records: StudyRecords) -> tuple[list[str], list[list[Cell]]]:
     table = []
     for run in sorted(records.runs, key=lambda r: (r.dataset, r.arch, r.method != "none", r.method, r.strength or 0.0, r.seed, r.id)):
         fgsm, best = _newest(records, run.id, "fgsm"), _newest(records, run.id, "best")
-        median = None if fgsm is None else _num((fgsm.summary.get("quantiles") or {}).get("50"))
+        median = None if fgsm is None else stored_number((fgsm.summary.get("quantiles") or {}).get("50"))
         masking = None if best is None else best.masking
         label = run.method + ("" if run.strength is None else f" {run.strength:g}")
         if run.options.get("fine_tune_epochs"):
@@ -750,9 +742,9 @@ def run_record(run: StudyRun, records: StudyRecords) -> dict[str, Any]:
     for kind, m in (("fgsm", fgsm), ("best", best)):
         out[f"{kind}_measurement"] = None if m is None else m.id
         out[f"{kind}_auc"] = _auc(m)
-        out[f"{kind}_median"] = None if m is None else _num((m.summary.get("quantiles") or {}).get("50"))
-        out[f"{kind}_clean_accuracy"] = None if m is None else _num(m.summary.get("clean_accuracy"))
-        out[f"{kind}_censored_fraction"] = None if m is None else _num(m.summary.get("censored_fraction"))
+        out[f"{kind}_median"] = None if m is None else stored_number((m.summary.get("quantiles") or {}).get("50"))
+        out[f"{kind}_clean_accuracy"] = None if m is None else stored_number(m.summary.get("clean_accuracy"))
+        out[f"{kind}_censored_fraction"] = None if m is None else stored_number(m.summary.get("censored_fraction"))
         out[f"{kind}_n"] = None if m is None else len(m.indices)
     masking = None if best is None else best.masking
     out["masked"] = None if masking is None else bool(masking.get("masked"))

@@ -514,6 +514,14 @@ def _refine_round(
     return len(points)
 
 
+def check_ray_settings(resolution: object, tol: object) -> None:
+    """ValueError naming ``resolution`` or ``tol`` of a ray search (FGSM, transfer, random rays) if it is not usable."""
+    if not (isinstance(resolution, int | float) and not isinstance(resolution, bool) and resolution > 0):
+        raise ValueError(f"resolution must be a positive number, got {resolution!r}")
+    if not (isinstance(tol, int | float) and not isinstance(tol, bool) and tol >= 1e-12):
+        raise ValueError(f"tol must be at least 1e-12 (float64 brackets), got {tol!r}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class FGSM(MinimalAttack):
     """ε* along the FGSM ray (PROTOCOL §2): :func:`fgsm_direction`, then :func:`first_crossing`.
@@ -529,10 +537,7 @@ class FGSM(MinimalAttack):
     tol: float = 1e-6
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.resolution, int | float) and self.resolution > 0):
-            raise ValueError(f"resolution must be a positive number, got {self.resolution!r}")
-        if not (isinstance(self.tol, int | float) and self.tol >= 1e-12):
-            raise ValueError(f"tol must be at least 1e-12 (float64 brackets), got {self.tol!r}")
+        check_ray_settings(self.resolution, self.tol)
 
     def run(
         self,

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from sparank.attacks.base import Bounds, Found, MinimalAttack, Norm, Progress, input_gradient, normalise
-from sparank.attacks.fgsm import ray_search
+from sparank.attacks.fgsm import check_ray_settings, ray_search
 
 KINDS = ("fgsm", "pgd")
 
@@ -56,10 +56,7 @@ class Transfer(MinimalAttack):
             raise ValueError(f"source must be an nn.Module (the model the adversarial is computed on), got {type(self.source).__name__}")
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        if not (isinstance(self.resolution, int | float) and self.resolution > 0):
-            raise ValueError(f"resolution must be a positive number, got {self.resolution!r}")
-        if not (isinstance(self.tol, int | float) and self.tol >= 1e-12):
-            raise ValueError(f"tol must be at least 1e-12 (float64 brackets), got {self.tol!r}")
+        check_ray_settings(self.resolution, self.tol)
 
     def settings(self) -> dict[str, Any]:
         """Name, kind and source name; the PGD step settings only for ``kind="pgd"``, the ray's only for ``"fgsm"``."""
@@ -122,8 +119,7 @@ class RandomRay(MinimalAttack):
             raise ValueError(f"draws must be an integer >= 1 (random rays per input), got {self.draws!r}")
         if not (isinstance(self.seed, int) and self.seed >= 0):
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
-        if not (isinstance(self.resolution, int | float) and self.resolution > 0):
-            raise ValueError(f"resolution must be a positive number, got {self.resolution!r}")
+        check_ray_settings(self.resolution, self.tol)
 
     def run(
         self,
