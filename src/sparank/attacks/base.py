@@ -330,6 +330,12 @@ def project(delta: Tensor, eps: Tensor, norm: Norm) -> Tensor:
     return delta * factor
 
 
+def check_refine(refine: object) -> None:
+    """ValueError unless ``refine`` (bisections along an adversarial's segment, see :func:`sparank.robustness.measure`) is in [0, 60]."""
+    if not (isinstance(refine, int) and not isinstance(refine, bool) and 0 <= refine <= 60):
+        raise ValueError(f"refine must be an integer in [0, 60] (bisections along the adversarial's segment; 0: off), got {refine!r}")
+
+
 class Found(NamedTuple):
     """What a minimisation attack found for each input it was given, before :mod:`sparank.robustness` verifies it.
 

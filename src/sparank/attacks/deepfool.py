@@ -41,6 +41,7 @@ from sparank.attacks.base import (
     Status,
     _check_finite,
     as_tensor,
+    check_refine,
     distances,
     logits_of,
 )
@@ -132,10 +133,7 @@ class DeepFool(MinimalAttack):
             )
         if not (isinstance(self.overshoot, int | float) and not isinstance(self.overshoot, bool) and 0 <= self.overshoot < math.inf):
             raise ValueError(f"overshoot must be a finite number >= 0 (the paper uses 0.02), got {self.overshoot!r}")
-        if not (isinstance(self.refine, int) and not isinstance(self.refine, bool) and 0 <= self.refine <= 60):
-            raise ValueError(
-                f"refine must be an integer in [0, 60] (bisections along the adversarial's segment; 0: off), got {self.refine!r}"
-            )
+        check_refine(self.refine)
         if self.box not in ("face", "clip"):
             raise ValueError(f"box must be 'face' (restrict the step to the box's face) or 'clip' (clip only), got {self.box!r}")
 

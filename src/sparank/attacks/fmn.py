@@ -38,6 +38,7 @@ from sparank.attacks.base import (
     Progress,
     _check_finite,
     check_norm,
+    check_refine,
     distances,
     logits_of,
     project,
@@ -223,10 +224,7 @@ class FMN(MinimalAttack):
             raise ValueError(f"alpha_final must be in (0, alpha_init={self.alpha_init}], got {self.alpha_final!r}")
         if not (isinstance(self.gamma_init, int | float) and 0 < self.gamma_init < 1):
             raise ValueError(f"gamma_init must be in (0, 1) (the relative change of ε per step), got {self.gamma_init!r}")
-        if not (isinstance(self.refine, int) and not isinstance(self.refine, bool) and 0 <= self.refine <= 60):
-            raise ValueError(
-                f"refine must be an integer in [0, 60] (bisections along the adversarial's segment; 0: off), got {self.refine!r}"
-            )
+        check_refine(self.refine)
         if not (isinstance(self.gamma_final, int | float) and 0 < self.gamma_final <= self.gamma_init):
             raise ValueError(f"gamma_final must be in (0, gamma_init={self.gamma_init}], got {self.gamma_final!r}")
 

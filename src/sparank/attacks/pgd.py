@@ -33,6 +33,7 @@ from sparank.attacks.base import (
     Progress,
     ball_tolerance,
     check_norm,
+    check_refine,
     distances,
     input_gradient,
     logits_of,
@@ -487,10 +488,7 @@ class PGD(MinimalAttack):
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         if not (integer(self.search_steps) and self.search_steps >= 0):
             raise ValueError(f"search_steps must be an integer >= 0 (bisection steps over ε, e.g. 12), got {self.search_steps!r}")
-        if not (isinstance(self.refine, int) and not isinstance(self.refine, bool) and 0 <= self.refine <= 60):
-            raise ValueError(
-                f"refine must be an integer in [0, 60] (bisections along the adversarial's segment; 0: off), got {self.refine!r}"
-            )
+        check_refine(self.refine)
         if not (number(self.fgsm_resolution) and self.fgsm_resolution > 0):
             raise ValueError(f"fgsm_resolution must be a positive number, got {self.fgsm_resolution!r}")
         if not (number(self.fgsm_tol) and self.fgsm_tol >= 1e-12):
