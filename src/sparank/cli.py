@@ -488,13 +488,12 @@ def _stored_model(store: Store, run_id: str, data: Any) -> Any:
     return model
 
 
-def _stored_result(store: Store, m: Any) -> Any:
-    """A stored measurement as a RobustnessResult (no directions, no adversarials)."""
+def _stored_result(m: Any, table: Any) -> Any:
+    """A stored measurement and its brackets (``Store.brackets``) as a RobustnessResult (no directions, no adversarials)."""
     import torch
 
     from sparank.robustness import RobustnessResult
 
-    table = store.brackets(m.id)
     distance = torch.where(table.distance.isnan(), table.eps_hi, table.distance)  # stored before distances: ε* bounds it
     c = m.config
     return RobustnessResult(
@@ -694,18 +693,18 @@ def _store_best(store: Store, run_id: str, data: Any, indices: Any, x: Any, y: A
         table = store.brackets(m.id)
         if table.input_index.tolist() != index_list:
             continue
-        members.append(m)
+        members.append((m, table))
     latest: dict[str, Any] = {}
-    for m in members:  # the newest measurement per attack and settings
-        latest[json.dumps(m.config.get("attack_settings") or {"attack": m.config.get("attack", "fgsm")}, sort_keys=True)] = m
+    for m, table in members:  # the newest measurement per attack and settings
+        latest[json.dumps(m.config.get("attack_settings") or {"attack": m.config.get("attack", "fgsm")}, sort_keys=True)] = (m, table)
     if not latest:
         return None
-    ids = [m.id for m in latest.values()]
+    ids = [m.id for m, _ in latest.values()]
     key = measurement_key(run_id, {"attack": "best", **group}, indices)
     stored = store.find_measurement(key)
     if stored is not None and stored.config.get("of") == ids:  # nothing new since it was computed
         return {**stored.summary, "measurement": stored.id}
-    results = [_stored_result(store, m) for m in latest.values()]
+    results = [_stored_result(m, table) for m, table in latest.values()]
     best = best_of(results)
     flags = masking_flags(model_of(run_id), x, y, results, norm=norm, batch_size=batch_size)  # type: ignore[arg-type]
     config = {"n": len(x), "split": "test", "bounds": [0.0, 1.0], "attack": "best", "of": ids, "dataset": data.name, **_data_record(data)}
