@@ -734,12 +734,14 @@ def test_proposition_first_order_sign_at_the_crossing_point():
 
 def test_lambda_max_empties_the_model(digits):
     """scikit-learn's L1 fit is all-zero just above λ_max and not at 0.8·λ_max."""
-    from sparank.linear_path import SklearnConfig, _sklearn_path, lambda_max
+    from sparank.linear import fit_l1_logistic
+    from sparank.linear_path import lambda_max
 
     top = lambda_max(digits)
-    fits = _sklearn_path([1.02 * top, 0.8 * top], digits, SklearnConfig(tol=1e-6, max_iter=2000))
-    assert bool((fits[1.02 * top][0] == 0).all())
-    assert bool((fits[0.8 * top][0] != 0).any())
+    above, *_ = fit_l1_logistic(digits.train_x, digits.train_y, 10, 1.02 * top, tol=1e-6, max_iter=2000)
+    below, *_ = fit_l1_logistic(digits.train_x, digits.train_y, 10, 0.8 * top, tol=1e-6, max_iter=2000)
+    assert bool((above == 0).all())
+    assert bool((below != 0).any())
 
 
 @pytest.mark.slow
@@ -773,10 +775,20 @@ def test_l1_path_on_digits(digits, tmp_path):
             progress=lambda done, total, message: calls.append((done, total)),
         )
         n_models = len(seeds) * (3 * len(lambdas) + len(l2_lambdas))
-        runs = store.runs(kind="linear")
-        assert len(runs) == n_models and len(store.measurements()) == n_models
-        stored = store.load_weights(runs[0].id)
-        build_model("linear", digits.input_shape, digits.num_classes).load_state_dict(stored)
+        runs = store.runs()
+        # one run per point, each with its exact FGSM measurement and the best-ε* record beside it
+        assert len(runs) == n_models and len(store.measurements()) == 2 * n_models
+        assert {p.run_id for p in path.points} == {r.id for r in runs}
+        point = path.point("sklearn", lambdas[1], 1)
+        stored = store.load_weights(point.run_id)
+        model = build_model("linear", digits.input_shape, digits.num_classes)
+        model.load_state_dict(stored)
+        w, b = path.weights[("sklearn", lambdas[1], 1)]
+        assert torch.equal(model.out.weight.double(), w) and torch.equal(model.out.bias.double(), b)
+        fgsm = next(m for m in store.measurements(point.run_id) if m.config["attack"] == "fgsm")
+        assert fgsm.config["attack_settings"]["method"] == "closed_form"
+        assert torch.equal(store.brackets(fgsm.id).eps_hi, path.eps_star[("sklearn", lambdas[1], 1)])
+        assert store.get_run(point.run_id).metrics["converged"] is point.converged
     assert calls[-1] == (n_models, n_models)
     assert matplotlib.get_backend() == "pdf"
     matplotlib.use(backend)
@@ -833,10 +845,12 @@ def test_unconverged_reference_is_refused(digits, tmp_path):
 
 def test_kkt_violation_is_zero_at_the_optimum_only(digits):
     """The optimality check: small for a tightly converged SAGA fit, large for W = 0 below λ_max."""
-    from sparank.linear_path import SklearnConfig, _sklearn_path, kkt_violation, lambda_max
+    from sparank.linear import fit_l1_logistic
+    from sparank.linear_path import kkt_violation, lambda_max
 
     x = digits.train_x.reshape(len(digits.train_x), -1).double()
     lam = 0.3 * lambda_max(digits)
-    w, b, *_ = _sklearn_path([lam], digits, SklearnConfig(tol=1e-8, max_iter=5000))[lam]
+    w, b, info = fit_l1_logistic(digits.train_x, digits.train_y, 10, lam, tol=1e-8, max_iter=5000)
+    assert info["converged"] and info["C"] == pytest.approx(1 / (lam * len(x)))
     assert kkt_violation(w, b, x, digits.train_y, lam) < 0.05
     assert kkt_violation(torch.zeros_like(w), b, x, digits.train_y, lam) > 1.0

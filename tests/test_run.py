@@ -208,6 +208,12 @@ def test_run_is_pure_no_store_no_output_no_global_rng(digits, capfd, monkeypatch
         ({"measure": {"attacks": ["cw"]}}, "measure.attacks"),
         ({"measure": {"attacks": ["pgd", "pgd"]}}, "measure.attacks"),
         ({"measure": {"norm": "l1"}}, "measure.norm"),
+        ({"measure": {"closed_form": True}}, "measure.closed_form"),  # exact only for an affine model
+        ({"arch": "linear", "regulariser": "l1", "strength": 1e-3, "sklearn": {"tol": 0}}, "sklearn.tol"),
+        ({"arch": "linear", "regulariser": "l1", "strength": 1e-3, "sklearn": {"max_train": 1}}, "sklearn.max_train"),
+        ({"regulariser": "l1", "strength": 1e-3, "sklearn": {}}, "sklearn"),  # an MLP
+        ({"arch": "linear", "regulariser": "l2", "strength": 1e-3, "sklearn": {}}, "sklearn"),
+        ({"arch": "linear", "regulariser": "l1", "sklearn": {}}, "sklearn"),  # no λ
     ],
 )
 def test_bad_specs_are_one_line_errors_naming_the_field(fields, named):
@@ -259,3 +265,47 @@ def test_run_refuses_other_data_and_an_eval_set_larger_than_the_test_split(digit
         run(RunSpec(dataset="mnist", arch="mlp:16"), data=digits)
     with pytest.raises(ValueError, match=r"^measure\.n must be at most 450"):
         run(RunSpec(dataset="digits", arch="mlp:16", measure=MeasureSpec(n=10_000)), data=digits)
+
+
+def test_closed_form_is_the_exact_crossing_the_scan_brackets(digits):
+    """A linear run measured in closed form: sparank.linear's ε* of the returned weights, under a key of its own,
+    and never above the scan's verified ε* (the scan finds a crossing; the closed form the first one)."""
+    from sparank.linear import linear_fgsm_robustness
+
+    exact = RunSpec(dataset="digits", arch="linear", train=TrainSpec(epochs=2, lr=3e-3), measure=MeasureSpec(n=80, closed_form=True, attack_n=10))
+    result = run(exact, data=digits)
+    fgsm = result.measurements[0]
+    assert fgsm.settings["method"] == "closed_form" and "resolution" not in fgsm.settings
+    model = build_model("linear", digits.input_shape, digits.num_classes)
+    load_state(model, result.state_dict, source="test")
+    w, b = model.out.weight.detach().double(), model.out.bias.detach().double()
+    _, x, y = eval_subset(digits, 80)
+    expected = linear_fgsm_robustness(w, b, x, y, eps_max=exact.measure.eps_max)
+    assert torch.equal(fgsm.result.eps_hi, expected.eps_hi) and torch.equal(fgsm.result.status, expected.status)
+    scanned = fgsm_robustness(model, x, y, eps_max=exact.measure.eps_max, resolution=1e-3, tol=1e-6)
+    fooled = scanned.status == int(Status.FOOLED)
+    assert bool((fooled == (fgsm.result.status == int(Status.FOOLED))).all())
+    assert bool((fgsm.result.eps_hi[fooled] <= scanned.eps_hi[fooled] + 1e-6).all())
+    scan_spec = exact.model_copy(update={"measure": MeasureSpec(n=80, attack_n=10)})
+    assert measurement_keys("r1", exact.measure, digits)["fgsm"] != measurement_keys("r1", scan_spec.measure, digits)["fgsm"]
+
+
+def test_a_sagas_fit_is_a_run_keyed_by_its_settings_and_reproducible(digits):
+    """SAGA points of the L1 path: keyed by solver settings and seed (not the unused training loop), the same
+    weights twice, and converged fits that satisfy the L1 optimality conditions."""
+    from sparank.linear_path import kkt_violation
+    from sparank.run import SklearnSpec
+
+    base = dict(dataset="digits", arch="linear", regulariser="l1", strength=2e-3, measure=None)
+    spec = RunSpec(**base, sklearn=SklearnSpec(tol=1e-6, max_iter=3000))
+    assert "train" not in spec.identity() and spec.identity()["sklearn"]["seed"] == 0
+    assert spec.train_key() != RunSpec(**base).train_key()  # the training loop's l1 is another model
+    assert spec.train_key() != RunSpec(**base, sklearn=SklearnSpec(tol=1e-5, max_iter=3000)).train_key()
+    assert spec.train_key() == RunSpec(**base, sklearn=SklearnSpec(tol=1e-6, max_iter=3000), train=TrainSpec(epochs=7)).train_key()
+    first, second = run(spec, data=digits), run(spec, data=digits)
+    assert all(torch.equal(first.state_dict[k], second.state_dict[k]) for k in first.state_dict)
+    assert first.metrics["converged"] is True and first.metrics["n_fit"] == len(digits.train_x)
+    w, b = first.state_dict["out.weight"].double(), first.state_dict["out.bias"].double()
+    x = digits.train_x.reshape(len(digits.train_x), -1).double()
+    assert kkt_violation(w, b, x, digits.train_y, 2e-3) < 0.05  # float32 storage rounds the optimum a little
+    assert first.structure["sparsity"] > 0.2  # L1 at this λ zeroes weights exactly

@@ -29,7 +29,7 @@ import hashlib
 import json
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -705,6 +705,8 @@ def _study_run(record: Any) -> tuple[StudyRun | None, str]:
         return None, f"kind {record.kind!r}: not a trained run of a study grid"
     config = record.config or {}
     spec = config.get("spec") or {}
+    if spec.get("sklearn"):
+        return None, "fitted by scikit-learn's SAGA (a point of the L1 path), not a trained run of a study grid"
     reg = config.get("regulariser") or {}
     train = dict(config.get("train") or spec.get("train") or {})  # TrainConfig.to_dict(): the seed is taken out below
     seed = spec.get("seed", config.get("seed", train.get("seed")))
@@ -1110,3 +1112,148 @@ def _collect(
             f"seed {r.seed}: {r.id} has no {name} measurement" + (" of a cross-check attack" if kind == "best" else "") for r in missing
         ]
     return pending
+
+
+# --------------------------------------------------------------------------- the L1 path's controls (sparank.linear_path)
+
+#: the controls every L1 model is compared with, in table order
+CONTROLS = ("reference", "rescaled", "l2_accuracy", "l2_norm")
+CONTROL_TITLES = {
+    "reference": "same method, smallest λ",
+    "rescaled": "reference × ‖W‖₁ ratio",
+    "l2_accuracy": "L2 path, matched accuracy",
+    "l2_norm": "L2 path, matched ‖W‖₁",
+}
+
+
+@dataclass(frozen=True)
+class PathComparison:
+    """ε* of one L1 model (method, λ) against one control, paired over inputs and pooled over seeds."""
+
+    method: str
+    lam: float
+    control: str  # one of CONTROLS
+    ratio: float | None  # exp(median log(ε*/ε*_control)); None if refused (unconverged reference) or no common correct input
+    low: float | None  # 95 % hierarchical bootstrap interval of the ratio
+    high: float | None
+    fraction_lower: float | None  # pooled fraction of inputs whose ε* is strictly below the control's
+    n_seeds: int
+    n_inputs: int  # paired inputs pooled over seeds
+    control_accuracy: float | None  # the control's clean accuracy, mean over seeds
+    control_l1_norm: float | None  # the control's ||W||_1, mean over seeds
+    note: str = ""  # why the ratio is missing, if it is
+
+
+def _closest(candidates: Sequence[Any], value: float, key: Callable[[Any], float]) -> Any:
+    return min(candidates, key=lambda p: (abs(key(p) - value), p.lam))
+
+
+def path_comparisons(
+    methods: Sequence[str],
+    grid: Sequence[float],
+    l2_grid: Sequence[float],
+    seeds: Sequence[int],
+    points: Mapping[tuple[str, float, int], Any],
+    eps_star: Mapping[tuple[str, float, int], np.ndarray],
+    correct: Mapping[tuple[str, float, int], np.ndarray],
+    *,
+    eps_max: float,
+    n_boot: int = DEFAULT_N_BOOT,
+) -> list[PathComparison]:
+    """Every L1 model of the path against each control of :data:`CONTROLS`, paired per seed, pooled over seeds.
+
+    Args:
+        methods, grid, l2_grid, seeds: the path's fitting methods, λ grid, L2 control grid and seeds.
+        points: ``(method, λ, seed)`` -> its :class:`~sparank.linear_path.PathPoint` (``converged``,
+            ``clean_accuracy``, ``l1_norm``, ``lam``); ``"l2"`` for the L2 path.
+        eps_star: ε* per evaluation input of every point, and of ``("rescaled:<method>", λ, seed)``,
+            the method's reference scaled to the point's ``||W||_1``.
+        correct: which evaluation inputs each of them classifies correctly.
+
+    Returns:
+        One :class:`PathComparison` per (method, λ, control): the median paired ratio of ε* with its
+        95 % hierarchical bootstrap interval (seeds, then inputs). A reference that did not converge
+        is refused (ratio None, a note, and a warning).
+    """
+    by_key = points
+    comparisons: list[PathComparison] = []
+    rng = np.random.default_rng(0)
+    for method in methods:
+        unconverged = [s for s in seeds if by_key[(method, grid[0], s)].converged is False]
+        for lam in grid:
+            for control in CONTROLS:
+                if control.startswith("l2") and not l2_grid:
+                    continue
+                groups, lower, matched = [], [], []
+                for seed in seeds:
+                    point = by_key[(method, lam, seed)]
+                    if control == "reference":
+                        key = (method, grid[0], seed)
+                    elif control == "rescaled":
+                        key = (f"rescaled:{method}", lam, seed)
+                    else:
+                        l2_points = [by_key[("l2", v, seed)] for v in l2_grid]
+                        if control == "l2_accuracy":
+                            best = _closest(l2_points, point.clean_accuracy, lambda p: p.clean_accuracy)
+                        else:
+                            best = _closest(l2_points, math.log(point.l1_norm), lambda p: math.log(max(p.l1_norm, 1e-300)))
+                        key = ("l2", best.lam, seed)
+                    ours, theirs = eps_star[(method, lam, seed)], eps_star[key]
+                    both = correct[(method, lam, seed)] & correct[key]
+                    groups.append(paired_log_ratios(ours, theirs, cap=eps_max))
+                    lower.append(np.minimum(ours[both], eps_max) < np.minimum(theirs[both], eps_max))
+                    if control == "rescaled":  # same predictions as the reference, the L1 model's norm
+                        ref = by_key[(method, grid[0], seed)]
+                        matched.append((ref.clean_accuracy, point.l1_norm))
+                    else:
+                        matched.append((by_key[key].clean_accuracy, by_key[key].l1_norm))
+                n_inputs = int(sum(len(g) for g in groups))
+                acc = float(np.mean([m[0] for m in matched]))
+                norm_ = float(np.mean([m[1] for m in matched]))
+                base = {"method": method, "lam": lam, "control": control, "n_seeds": len(seeds), "n_inputs": n_inputs}
+                if unconverged and control in ("reference", "rescaled"):
+                    note = f"refused: the reference (λ = {grid[0]:.3g}) did not converge for seed(s) {unconverged}"
+                    comparisons.append(
+                        PathComparison(
+                            **base,
+                            ratio=None,
+                            low=None,
+                            high=None,
+                            fraction_lower=None,
+                            control_accuracy=acc,
+                            control_l1_norm=norm_,
+                            note=note,
+                        )
+                    )
+                    continue
+                if n_inputs == 0:
+                    comparisons.append(
+                        PathComparison(
+                            **base,
+                            ratio=None,
+                            low=None,
+                            high=None,
+                            fraction_lower=None,
+                            control_accuracy=acc,
+                            control_l1_norm=norm_,
+                            note="no input correct under both",
+                        )
+                    )
+                    continue
+                interval = hierarchical_bootstrap(groups, rng=rng, n_boot=n_boot).exp()
+                comparisons.append(
+                    PathComparison(
+                        **base,
+                        ratio=interval.estimate,
+                        low=interval.low,
+                        high=interval.high,
+                        fraction_lower=float(np.concatenate(lower).mean()),
+                        control_accuracy=acc,
+                        control_l1_norm=norm_,
+                    )
+                )
+    if any(c.note.startswith("refused") for c in comparisons):
+        warnings.warn(
+            "an L1 path's reference fit did not converge: its reference comparisons are not reported; raise max_iter", stacklevel=3
+        )
+    return comparisons

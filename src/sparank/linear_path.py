@@ -17,11 +17,17 @@ by three independent routes:
   which minimises ``C·Σ_n CE_n + ||W||_1``; dividing by ``C·n`` gives the
   objective above with ``λ = 1/(C·n)``, so ``C = 1/(λ·n_train)``.
 
-At every point the exact ε* of every evaluation input is computed in closed
-form (:func:`sparank.linear.linear_fgsm_robustness`), with clean accuracy,
-sparsity and ``||W||_1``; :func:`run_l1_path` writes a figure (PNG and SVG)
-and a table (CSV and Markdown), and records every model and measurement in a
-:class:`~sparank.store.Store` if one is given.
+Every point is one run of the package's one runner: :func:`path_spec` makes
+its :class:`~sparank.run.RunSpec` (``arch = "linear"``; ``sklearn`` points fit by
+SAGA through :class:`~sparank.run.SklearnSpec`, each from zero weights; the
+FGSM ε* of every evaluation input measured in closed form through
+``MeasureSpec(closed_form=True)``) and :func:`sparank.run.run` fits and measures
+it, as ``sparank study`` or ``sparank train`` would. Beside clean accuracy,
+sparsity and ``||W||_1``, :func:`run_l1_path` computes the objective, the
+optimality (KKT) violation and the optimal perturbations, writes a figure (PNG
+and SVG) and a table (CSV and Markdown) through :mod:`sparank.report`, and
+records every run with :func:`sparank.run.record` in a :class:`~sparank.store.Store`
+if one is given (under its content key: a rerun stores nothing twice).
 
 The default grid runs from ``1e-4·λ_max`` (no visible effect) to
 ``0.9·λ_max``, where ``λ_max = max |∂ mean CE / ∂W|`` at ``W = 0`` with the
@@ -48,10 +54,8 @@ its solver did not converge on is refused: its comparisons are left empty.
 from __future__ import annotations
 
 import math
-import time
-import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,23 +65,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sparank.attacks import Norm
-from sparank.compare import hierarchical_bootstrap, paired_log_ratios
+from sparank.compare import CONTROL_TITLES, CONTROLS, PathComparison, path_comparisons  # noqa: F401  (the controls: re-exported)
 from sparank.data import Dataset, eval_subset
-from sparank.linear import (
-    affine_parameters,
-    binary_as_multiclass,
-    boxed_minimal_perturbation,
-    linear_fgsm_robustness,
-    unboxed_minimal_perturbation,
-)
-from sparank.regularisers import get as get_regulariser
+from sparank.linear import boxed_minimal_perturbation, linear_fgsm_robustness, unboxed_minimal_perturbation
 from sparank.report import plot_path, write_path_table
 from sparank.robustness import CLEAN_WRONG, RobustnessResult
+from sparank.run import MeasureSpec, RunSpec, SklearnSpec, TrainSpec, record, run
 from sparank.structure import layer_structure
-from sparank.train import TrainConfig, train_model
+from sparank.train import TrainConfig
 
 if TYPE_CHECKING:
     from sparank.store import Store
+
+#: the comparison of one L1 model with one control (sparank.compare.PathComparison), under its old name
+Comparison = PathComparison
 
 #: the three ways of fitting the path, in plotting order
 PATH_METHODS = ("l1", "prox_l1", "sklearn")
@@ -103,7 +104,9 @@ def lambda_max(data: Dataset) -> float:
     return float(grad.abs().max())
 
 
-def default_lambdas(data: Dataset, *, n: int = DEFAULT_N_LAMBDAS, low: float = DEFAULT_LAMBDA_RANGE[0], high: float = DEFAULT_LAMBDA_RANGE[1]) -> list[float]:
+def default_lambdas(
+    data: Dataset, *, n: int = DEFAULT_N_LAMBDAS, low: float = DEFAULT_LAMBDA_RANGE[0], high: float = DEFAULT_LAMBDA_RANGE[1]
+) -> list[float]:
     """``n`` log-spaced λ from ``low·λ_max`` to ``high·λ_max`` (see :func:`lambda_max`), increasing."""
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
@@ -126,7 +129,7 @@ def default_train_config(data: Dataset) -> TrainConfig:
 
 @dataclass(frozen=True)
 class SklearnConfig:
-    """How scikit-learn's SAGA fits the path (warm-started from the largest λ down)."""
+    """How scikit-learn's SAGA fits the path: every λ from zero weights (one run each, see :func:`path_spec`)."""
 
     tol: float = 1e-4  # SAGA's stopping tolerance on the change of the weights
     max_iter: int = 1000  # SAGA epochs per λ at most; the point is flagged not converged past it
@@ -163,14 +166,6 @@ DEFAULT_SEEDS = (0, 1, 2)
 #: the L2 control path: λ of mean CE + (λ/2)·||W||_F², log-spaced; the largest keeps lr·λ < 1 at lr 0.2
 DEFAULT_N_L2 = 12
 DEFAULT_L2_RANGE = (1e-5, 3.0)
-#: the controls every L1 model is compared with, in table order
-CONTROLS = ("reference", "rescaled", "l2_accuracy", "l2_norm")
-CONTROL_TITLES = {
-    "reference": "same method, smallest λ",
-    "rescaled": "reference × ‖W‖₁ ratio",
-    "l2_accuracy": "L2 path, matched accuracy",
-    "l2_norm": "L2 path, matched ‖W‖₁",
-}
 
 
 def default_l2_lambdas(*, n: int = DEFAULT_N_L2, low: float = DEFAULT_L2_RANGE[0], high: float = DEFAULT_L2_RANGE[1]) -> list[float]:
@@ -213,24 +208,6 @@ class PathPoint:
 
 
 @dataclass(frozen=True)
-class Comparison:
-    """ε* of one L1 model (method, λ) against one control, paired over inputs and pooled over seeds."""
-
-    method: str
-    lam: float
-    control: str  # one of CONTROLS
-    ratio: float | None  # exp(median log(ε*/ε*_control)); None if refused (unconverged reference) or no common correct input
-    low: float | None  # 95 % hierarchical bootstrap interval of the ratio
-    high: float | None
-    fraction_lower: float | None  # pooled fraction of inputs whose ε* is strictly below the control's
-    n_seeds: int
-    n_inputs: int  # paired inputs pooled over seeds
-    control_accuracy: float | None  # the control's clean accuracy, mean over seeds
-    control_l1_norm: float | None  # the control's ||W||_1, mean over seeds
-    note: str = ""  # why the ratio is missing, if it is
-
-
-@dataclass(frozen=True)
 class PathResult:
     """The study: settings, one :class:`PathPoint` per (method, λ, seed), the comparisons, weights and files."""
 
@@ -243,7 +220,7 @@ class PathResult:
     seeds: list[int]
     lambda_max: float
     points: list[PathPoint]
-    comparisons: list[Comparison]
+    comparisons: list[PathComparison]
     weights: dict[tuple[str, float, int], tuple[Tensor, Tensor]] = field(repr=False)  # (method, λ, seed) -> (W, b) float64
     eps_star: dict[tuple[str, float, int], Tensor] = field(repr=False)  # (method, λ, seed) -> (n_eval,) exact ε*; "rescaled:<m>" too
     eval_indices: Tensor = field(repr=False)  # (n_eval,) indices into the test split
@@ -256,7 +233,7 @@ class PathResult:
                 return p
         raise KeyError((method, lam, seed))
 
-    def comparison(self, method: str, lam: float, control: str) -> Comparison:
+    def comparison(self, method: str, lam: float, control: str) -> PathComparison:
         for c in self.comparisons:
             if c.method == method and c.lam == lam and c.control == control:
                 return c
@@ -282,16 +259,41 @@ def kkt_violation(w: Tensor, b: Tensor, x: Tensor, y: Tensor, lam: float) -> flo
     return float(torch.maximum(violation.max(), grad_b.abs().max()) / lam)
 
 
-def _fit_package(method: str, lam: float, data: Dataset, config: TrainConfig) -> tuple[Tensor, Tensor, dict[str, Any]]:
-    """Train ``build_model('linear')`` with the package's ``l1``, ``prox_l1`` or ``l2`` at λ; ``(W, b, regulariser config)``."""
-    options: dict[str, Any] = {"step_size": config.lr} if method == "prox_l1" else {}
-    reg = get_regulariser(method, lam, **options)
-    model, _history = train_model("linear", data, config, reg)
-    w, b = affine_parameters(model)
-    return w, b, reg.config(model)
+def path_spec(
+    method: str,
+    lam: float,
+    seed: int,
+    data: Dataset,
+    train_config: TrainConfig,
+    sklearn_config: SklearnConfig,
+    *,
+    reference: bool = False,
+    n_eval: int | None = None,
+    norm: Norm = "linf",
+    eps_max: float = 0.5,
+) -> RunSpec:
+    """The :class:`~sparank.run.RunSpec` of one point of the path: ``method`` at λ with ``seed``, measured exactly.
+
+    ``l1``, ``prox_l1`` (``step_size = lr``) and ``l2`` train ``"linear"`` with the package's loop
+    and ``train_config`` (its seed replaced); ``sklearn`` fits by SAGA on the first
+    ``max_train`` training inputs, with ``reference_max_iter`` epochs at most for the
+    ``reference`` (smallest-λ) point. FGSM ε* is measured in closed form on the first
+    ``n_eval`` test inputs.
+    """
+    measure = MeasureSpec(n=n_eval, norm=norm, eps_max=eps_max, closed_form=True)
+    common: dict[str, Any] = {"dataset": data.name, "arch": "linear", "strength": lam, "seed": seed, "measure": measure}
+    if method == "sklearn":
+        cap = sklearn_config.reference_max_iter if reference and sklearn_config.reference_max_iter is not None else sklearn_config.max_iter
+        fit = SklearnSpec(tol=sklearn_config.tol, max_iter=cap, max_train=sklearn_config.max_train)
+        return RunSpec(regulariser="l1", sklearn=fit, **common)
+    train = TrainSpec(epochs=train_config.epochs, batch_size=train_config.batch_size, lr=train_config.lr,
+                      optimizer=train_config.optimizer, momentum=train_config.momentum)  # fmt: skip
+    options = {"step_size": train_config.lr} if method == "prox_l1" else {}
+    return RunSpec(regulariser=method, options=options, train=train, **common)
 
 
 def _sklearn_data(data: Dataset, config: SklearnConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The training inputs SAGA fits on (the first ``max_train``), flattened, float64."""
     x = data.train_x.reshape(len(data.train_x), -1).double().numpy()
     y = data.train_y.numpy()
     if config.max_train is not None:
@@ -299,55 +301,60 @@ def _sklearn_data(data: Dataset, config: SklearnConfig) -> tuple[np.ndarray, np.
     return x, y
 
 
-def _sklearn_path(
-    lambdas: Sequence[float], data: Dataset, config: SklearnConfig, progress: Callable[[float, float], None] | None = None, *, seed: int = 0
-) -> dict[float, tuple[Tensor, Tensor, float, bool, float, int]]:
-    """SAGA fits for every λ, largest first, each warm-started from the previous; λ -> (W, b, C, converged, seconds, n_iter)."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-
-    x, y = _sklearn_data(data, config)
-    n = len(x)
-    clf = LogisticRegression(C=1.0, l1_ratio=1.0, solver="saga", tol=config.tol, max_iter=config.max_iter, warm_start=True, random_state=seed)
-    fits: dict[float, tuple[Tensor, Tensor, float, bool, float, int]] = {}
-    smallest = min(lambdas)
-    for lam in sorted(lambdas, reverse=True):
-        c = 1.0 / (lam * n)
-        cap = config.reference_max_iter if (lam == smallest and config.reference_max_iter is not None) else config.max_iter
-        start = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            clf.set_params(C=c, max_iter=cap)
-            clf.fit(x, y)
-        n_iter = int(np.max(clf.n_iter_))
-        converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught) and n_iter < cap
-        coef = torch.from_numpy(np.array(clf.coef_, dtype=np.float64))
-        intercept = torch.from_numpy(np.array(clf.intercept_, dtype=np.float64))
-        if coef.shape[0] == 1:  # binary problems: one weight vector for class 1 against class 0
-            coef, intercept = binary_as_multiclass(coef[0], intercept[0])
-        fits[lam] = (coef, intercept, c, converged, time.perf_counter() - start, n_iter)
-        if progress is not None:
-            progress(lam, fits[lam][4])
-    return fits
-
-
 def _median_or_none(values: Tensor) -> float | None:
     return float(np.quantile(values.numpy(), 0.5, method="inverted_cdf")) if len(values) else None
 
 
-def _measure(w: Tensor, b: Tensor, x: Tensor, y: Tensor, *, norm: Norm, eps_max: float, minima: bool = True) -> tuple[RobustnessResult, float | None, float | None]:
-    """Exact ε* in [0, 1], and the medians of the unboxed and boxed minimal perturbations over correct inputs."""
-    result = linear_fgsm_robustness(w, b, x, y, bounds=(0.0, 1.0), norm=norm, eps_max=eps_max)
-    if not minima:
-        return result, None, None
+def _measure(w: Tensor, b: Tensor, x: Tensor, y: Tensor, *, norm: Norm, eps_max: float) -> RobustnessResult:
+    """Exact ε* of ``W x + b`` on the evaluation inputs, in [0, 1] (a control that is not a trained run: the rescaled reference)."""
+    return linear_fgsm_robustness(w, b, x, y, bounds=(0.0, 1.0), norm=norm, eps_max=eps_max)
+
+
+def _point(
+    method: str,
+    lam: float,
+    seed: int,
+    w: Tensor,
+    b: Tensor,
+    result: RobustnessResult,
+    metrics: dict[str, Any],
+    *,
+    fit: tuple[Tensor, Tensor],
+    evaluation: tuple[Tensor, Tensor],
+) -> PathPoint:
+    """One :class:`PathPoint` from a run's weights, exact measurement and metrics.
+
+    ``fit``: the (flattened, float64) data the method's objective and KKT violation are taken on;
+    ``evaluation``: the measured inputs, for the medians of the optimal perturbations.
+    """
+    summary = result.summary()
+    structure = layer_structure(w, name=f"{method} λ={lam:g}")
+    x, y = fit
+    x_eval, y_eval = evaluation
     correct = result.status != CLEAN_WRONG
-    unboxed = _median_or_none(unboxed_minimal_perturbation(w, b, x, y, norm=norm)[correct])
-    boxed = _median_or_none(boxed_minimal_perturbation(w, b, x[correct], y[correct])) if norm == "linf" else None
-    return result, unboxed, boxed
-
-
-def _closest(candidates: Sequence[PathPoint], value: float, key: Callable[[PathPoint], float]) -> PathPoint:
-    return min(candidates, key=lambda p: (abs(key(p) - value), p.lam))
+    unboxed = _median_or_none(unboxed_minimal_perturbation(w, b, x_eval, y_eval, norm=result.norm)[correct])
+    boxed = _median_or_none(boxed_minimal_perturbation(w, b, x_eval[correct], y_eval[correct])) if result.norm == "linf" else None
+    return PathPoint(
+        method=method,
+        lam=lam,
+        seed=seed,
+        sklearn_c=metrics.get("C"),
+        converged=metrics.get("converged"),
+        n_iter=metrics.get("n_iter"),
+        kkt_violation=None if method == "l2" else kkt_violation(w, b, x, y, lam),
+        objective=_objective(w, b, x, y, lam, method),
+        clean_accuracy=summary.clean_accuracy,
+        sparsity=structure.sparsity,
+        effective_sparsity=structure.effective_sparsity,
+        l1_norm=structure.l1_norm,
+        auc=summary.auc,
+        auc_normalised=summary.auc_normalised,
+        quantiles=summary.quantiles,
+        censored_fraction=summary.censored_fraction,
+        unboxed_minimum_median=unboxed,
+        boxed_minimum_median=boxed,
+        seconds=float(metrics["seconds"]),
+    )
 
 
 def run_l1_path(
@@ -376,8 +383,8 @@ def run_l1_path(
         methods: a subset of ``("l1", "prox_l1", "sklearn")``.
         seeds: training seeds (at least one; three or more for intervals that mean something).
         l2_lambdas: the L2 control path's grid; default :func:`default_l2_lambdas`; ``[]`` skips the L2 controls.
-        store: if given, every model is stored as a run of kind ``"linear"`` with its
-            weights, and its ε* as a measurement.
+        store: if given, every run is recorded (:func:`sparank.run.record`): weights, metrics,
+            the exact ε* measurement (and the ``best`` record with the masking flags).
         progress: called as ``progress(done, total, message)`` after each fitted model.
         n_eval: measure the first ``n_eval`` test inputs (None: the whole test split).
         norm: ``"linf"`` (FGSM) or ``"l2"``.
@@ -406,7 +413,9 @@ def run_l1_path(
         raise ValueError(f"l2_lambdas must be positive finite numbers, got {l2_grid}")
     config = train_config or default_train_config(dataset)
     if l2_grid and max(l2_grid) * config.lr >= 2:
-        raise ValueError(f"l2_lambdas up to {max(l2_grid)} with lr {config.lr}: SGD on (λ/2)·||W||² diverges for lr·λ >= 2; lower the L2 grid")
+        raise ValueError(
+            f"l2_lambdas up to {max(l2_grid)} with lr {config.lr}: SGD on (λ/2)·||W||² diverges for lr·λ >= 2; lower the L2 grid"
+        )
     sk_config = sklearn_config or default_sklearn_config(dataset)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -423,60 +432,28 @@ def run_l1_path(
         if progress is not None:
             progress(done, total, message)
 
-    fitted: dict[tuple[str, float, int], tuple[Tensor, Tensor, dict[str, Any]]] = {}
-    for seed in seed_list:
-        seeded = replace(config, seed=seed)
-        for method in all_methods:
-            if method == "sklearn":
-                fits = _sklearn_path(grid, dataset, sk_config, lambda lam, s, seed=seed: tick(f"seed {seed} sklearn λ={lam:.3g} ({s:.1f} s)"), seed=seed)
-                for lam, (w, b, c, converged, seconds, n_iter) in fits.items():
-                    info = {"C": c, "converged": converged, "seconds": seconds, "n_iter": n_iter, "tol": sk_config.tol}
-                    fitted[(method, lam, seed)] = (w, b, {**info, "max_iter": sk_config.max_iter, "max_train": sk_config.max_train})
-                continue
-            for lam in grid if method != "l2" else l2_grid:
-                start = time.perf_counter()
-                w, b, reg_config = _fit_package(method, lam, dataset, seeded)
-                seconds = time.perf_counter() - start
-                fitted[(method, lam, seed)] = (w, b, {"regulariser": reg_config, "converged": None, "seconds": seconds})
-                tick(f"seed {seed} {method} λ={lam:.3g} ({seconds:.1f} s)")
-
     sk_x, sk_y = (torch.from_numpy(a) for a in _sklearn_data(dataset, sk_config)) if "sklearn" in methods else (x_train, y_train)
     points: list[PathPoint] = []
     weights: dict[tuple[str, float, int], tuple[Tensor, Tensor]] = {}
     eps_star: dict[tuple[str, float, int], Tensor] = {}
     results: dict[tuple[str, float, int], RobustnessResult] = {}
-    for (method, lam, seed), (w, b, info) in fitted.items():
-        result, unboxed, boxed = _measure(w, b, x_eval, y_eval, norm=norm, eps_max=eps_max)
-        summary = result.summary()
-        structure = layer_structure(w, name=f"{method} λ={lam:g}")
-        fit_x, fit_y = (sk_x, sk_y) if method == "sklearn" else (x_train, y_train)
-        point = PathPoint(
-            method=method,
-            lam=lam,
-            seed=seed,
-            sklearn_c=info.get("C"),
-            converged=info["converged"],
-            n_iter=info.get("n_iter"),
-            kkt_violation=None if method == "l2" else kkt_violation(w, b, fit_x, fit_y, lam),
-            objective=_objective(w, b, fit_x, fit_y, lam, method),
-            clean_accuracy=summary.clean_accuracy,
-            sparsity=structure.sparsity,
-            effective_sparsity=structure.effective_sparsity,
-            l1_norm=structure.l1_norm,
-            auc=summary.auc,
-            auc_normalised=summary.auc_normalised,
-            quantiles=summary.quantiles,
-            censored_fraction=summary.censored_fraction,
-            unboxed_minimum_median=unboxed,
-            boxed_minimum_median=boxed,
-            seconds=float(info["seconds"]),
-        )
-        if store is not None:
-            point = replace(point, run_id=_store_point(store, dataset, point, w, b, info, result, indices, replace(config, seed=seed)))
-        points.append(point)
-        weights[(method, lam, seed)] = (w, b)
-        eps_star[(method, lam, seed)] = result.eps_star.clone()
-        results[(method, lam, seed)] = result
+    for seed in seed_list:
+        for method in all_methods:
+            for lam in grid if method != "l2" else l2_grid:
+                spec = path_spec(
+                    method, lam, seed, dataset, config, sk_config, reference=lam == grid[0], n_eval=n_eval, norm=norm, eps_max=eps_max
+                )
+                outcome = run(spec, data=dataset)
+                run_id = record(store, outcome) if store is not None else None
+                w, b = (outcome.state_dict[k].double() for k in ("out.weight", "out.bias"))
+                result = outcome.measurements[0].result  # the exact FGSM ε* (measure.closed_form)
+                fit = (sk_x, sk_y) if method == "sklearn" else (x_train, y_train)
+                point = _point(method, lam, seed, w, b, result, outcome.metrics, fit=fit, evaluation=(x_eval, y_eval))
+                points.append(replace(point, run_id=run_id))
+                weights[(method, lam, seed)] = (w, b)
+                eps_star[(method, lam, seed)] = result.eps_star.clone()
+                results[(method, lam, seed)] = result
+                tick(f"seed {seed} {method} λ={lam:.3g} ({point.seconds:.1f} s)")
 
     order = {m: i for i, m in enumerate(all_methods)}
     points.sort(key=lambda p: (order[p.method], p.lam, p.seed))
@@ -489,11 +466,15 @@ def run_l1_path(
             ref_norm = float(w_ref.abs().sum())
             for lam in grid:
                 c = by_key[(method, lam, seed)].l1_norm / ref_norm if ref_norm > 0 else 1.0
-                result, _, _ = _measure(c * w_ref, c * b_ref, x_eval, y_eval, norm=norm, eps_max=eps_max, minima=False)
+                result = _measure(c * w_ref, c * b_ref, x_eval, y_eval, norm=norm, eps_max=eps_max)
                 results[(f"rescaled:{method}", lam, seed)] = result
                 eps_star[(f"rescaled:{method}", lam, seed)] = result.eps_star.clone()
 
-    comparisons = _compare_all(methods, grid, l2_grid, seed_list, by_key, results, eps_max=float(eps_max), n_boot=n_boot)
+    comparisons = path_comparisons(
+        methods, grid, l2_grid, seed_list, by_key,
+        {k: r.eps_star.numpy() for k, r in results.items()}, {k: (r.status != CLEAN_WRONG).numpy() for k, r in results.items()},
+        eps_max=float(eps_max), n_boot=n_boot,
+    )  # fmt: skip
     result_path = PathResult(
         dataset=dataset.name,
         norm=norm,
@@ -513,122 +494,3 @@ def run_l1_path(
     files = write_path_table(result_path, stem)
     files.update(plot_path(result_path, stem))
     return replace(result_path, files=files)
-
-
-def _compare_all(
-    methods: Sequence[str],
-    grid: Sequence[float],
-    l2_grid: Sequence[float],
-    seeds: Sequence[int],
-    by_key: dict[tuple[str, float, int], PathPoint],
-    results: dict[tuple[str, float, int], RobustnessResult],
-    *,
-    eps_max: float,
-    n_boot: int,
-) -> list[Comparison]:
-    """Every L1 model against each control of :data:`CONTROLS`, paired per seed, pooled with a hierarchical bootstrap."""
-    comparisons: list[Comparison] = []
-    rng = np.random.default_rng(0)
-    for method in methods:
-        unconverged = [s for s in seeds if by_key[(method, grid[0], s)].converged is False]
-        for lam in grid:
-            for control in CONTROLS:
-                if control.startswith("l2") and not l2_grid:
-                    continue
-                groups, lower, matched = [], [], []
-                for seed in seeds:
-                    point = by_key[(method, lam, seed)]
-                    if control == "reference":
-                        key = (method, grid[0], seed)
-                    elif control == "rescaled":
-                        key = (f"rescaled:{method}", lam, seed)
-                    else:
-                        l2_points = [by_key[("l2", v, seed)] for v in l2_grid]
-                        if control == "l2_accuracy":
-                            best = _closest(l2_points, point.clean_accuracy, lambda p: p.clean_accuracy)
-                        else:
-                            best = _closest(l2_points, math.log(point.l1_norm), lambda p: math.log(max(p.l1_norm, 1e-300)))
-                        key = ("l2", best.lam, seed)
-                    ours, theirs = results[(method, lam, seed)], results[key]
-                    log_ratio = paired_log_ratios(ours.eps_star.numpy(), theirs.eps_star.numpy(), cap=eps_max)
-                    both = (ours.status != CLEAN_WRONG) & (theirs.status != CLEAN_WRONG)
-                    groups.append(log_ratio)
-                    lower.append((ours.eps_star[both].clamp(max=eps_max) < theirs.eps_star[both].clamp(max=eps_max)).numpy())
-                    if control == "rescaled":  # same predictions as the reference, the L1 model's norm
-                        ref = by_key[(method, grid[0], seed)]
-                        matched.append((ref.clean_accuracy, point.l1_norm))
-                    else:
-                        matched.append((by_key[key].clean_accuracy, by_key[key].l1_norm))
-                n_inputs = int(sum(len(g) for g in groups))
-                acc = float(np.mean([m[0] for m in matched]))
-                norm_ = float(np.mean([m[1] for m in matched]))
-                base = {"method": method, "lam": lam, "control": control, "n_seeds": len(seeds), "n_inputs": n_inputs}
-                if unconverged and control in ("reference", "rescaled"):
-                    note = f"refused: the reference (λ = {grid[0]:.3g}) did not converge for seed(s) {unconverged}"
-                    comparisons.append(Comparison(**base, ratio=None, low=None, high=None, fraction_lower=None, control_accuracy=acc, control_l1_norm=norm_, note=note))
-                    continue
-                if n_inputs == 0:
-                    comparisons.append(Comparison(**base, ratio=None, low=None, high=None, fraction_lower=None, control_accuracy=acc, control_l1_norm=norm_, note="no input correct under both"))
-                    continue
-                interval = hierarchical_bootstrap(groups, rng=rng, n_boot=n_boot).exp()
-                comparisons.append(
-                    Comparison(
-                        **base,
-                        ratio=interval.estimate,
-                        low=interval.low,
-                        high=interval.high,
-                        fraction_lower=float(np.concatenate(lower).mean()),
-                        control_accuracy=acc,
-                        control_l1_norm=norm_,
-                    )
-                )
-    if any(c.note.startswith("refused") for c in comparisons):
-        warnings.warn("an L1 path's reference fit did not converge: its reference comparisons are not reported; raise max_iter", stacklevel=3)
-    return comparisons
-
-
-def _store_point(
-    store: Store,
-    data: Dataset,
-    point: PathPoint,
-    w: Tensor,
-    b: Tensor,
-    info: dict[str, Any],
-    result: RobustnessResult,
-    indices: Tensor,
-    train_config: TrainConfig,
-) -> str:
-    """One run of kind ``"linear"`` (weights as ``build_model('linear')``'s state dict) and its exact measurement."""
-    from sparank.models import build_model
-    from sparank.structure import model_structure
-
-    model = build_model("linear", data.input_shape, data.num_classes)
-    with torch.no_grad():
-        model.out.weight.copy_(w)
-        model.out.bias.copy_(b)
-
-    config: dict[str, Any] = {
-        "dataset": data.name,
-        "arch": "linear",
-        "path_method": point.method,
-        "lambda": point.lam,
-        "seed": point.seed,
-        "objective": "mean cross-entropy + lambda/2 * ||W||_F^2 (bias not penalised)"
-        if point.method == "l2"
-        else "mean cross-entropy + lambda * ||W||_1 (bias not penalised)",
-    }
-    if point.method == "sklearn":
-        config["sklearn"] = {k: info[k] for k in ("C", "tol", "max_iter", "max_train", "n_iter")} | {"solver": "saga", "l1_ratio": 1.0}
-    else:
-        config["regulariser"] = info["regulariser"]
-        config["train"] = train_config.to_dict()
-    metrics = {k: v for k, v in asdict(point).items() if k not in ("method", "lam", "run_id", "quantiles")}
-    run_id = store.add_run(
-        kind="linear",
-        config=config,
-        metrics=metrics,
-        structure=model_structure(model).to_dict(),
-        state_dict=model.state_dict(),
-    )
-    store.add_measurement(run_id, config={"n": len(indices), "method": "closed_form", "bounds": [0.0, 1.0]}, result=result, indices=indices)
-    return run_id

@@ -201,6 +201,7 @@ class MeasureSpec(_Spec):
     steps: int | None = None  # iterations of pgd / fmn / deepfool (None: each attack's default; pgd then steps by 2.5·ε/steps)
     restarts: int = 0  # pgd: extra random starts at each ε
     batch_size: int = 256  # rows per forward pass; not part of any key
+    closed_form: bool = False  # FGSM ε* exactly (sparank.linear), for affine models (arch "linear") only; resolution and tol then unused
 
     @field_validator("n", "attack_n")
     @classmethod
@@ -244,6 +245,10 @@ class MeasureSpec(_Spec):
         """The headline attack: the FGSM ray at ``resolution`` and ``tol``."""
         return FGSM(resolution=self.resolution, tol=self.tol)
 
+    def fgsm_settings(self) -> dict[str, Any]:
+        """The FGSM measurement's settings as stored and keyed: the scan's, or ``method: closed_form`` for the exact ε*."""
+        return {"attack": "fgsm", "method": "closed_form"} if self.closed_form else self.fgsm().settings()
+
     def attack_objects(self) -> list[MinimalAttack]:
         """The cross-check attacks, built as ``sparank measure --attack NAME [--steps S] [--restarts R]`` builds them (their keys match)."""
         steps = {} if self.steps is None else {"steps": self.steps}
@@ -257,6 +262,37 @@ class MeasureSpec(_Spec):
             else:
                 built.append(DeepFool(**steps))
         return built
+
+
+class SklearnSpec(_Spec):
+    """Fit by scikit-learn's SAGA instead of the training loop (:func:`sparank.linear.fit_l1_logistic`): the L1 path's third route.
+
+    Only for ``arch = "linear"`` with ``regulariser = "l1"`` and its ``strength`` λ: SAGA minimises
+    ``mean CE + λ·||W||_1`` from zero weights; ``train`` is then unused.
+    """
+
+    tol: float = 1e-4  # stop when the weights change by less than this in an epoch
+    max_iter: int = 1000  # SAGA epochs at most; the run's metrics say converged = False past it
+    max_train: int | None = None  # fit on the first max_train training inputs only (None: all)
+
+    @field_validator("tol")
+    @classmethod
+    def _tol(cls, v: float) -> float:
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"tol must be a finite number > 0, got {v}")
+        return v
+
+    @field_validator("max_iter")
+    @classmethod
+    def _max_iter(cls, v: int) -> int:
+        _check_int("max_iter", v, 1)
+        return v
+
+    @field_validator("max_train")
+    @classmethod
+    def _max_train(cls, v: int | None) -> int | None:
+        _check_int("max_train", v, 2, "or None for all")
+        return v
 
 
 def _json_ready(name: str, value: Any) -> None:
@@ -285,6 +321,7 @@ class RunSpec(_Spec):
     seed: int = 0  # initialisation, data order, any randomness in training: per-run torch.Generators
     train: TrainSpec = TrainSpec()
     measure: MeasureSpec | None = MeasureSpec()  # None: train only
+    sklearn: SklearnSpec | None = None  # fit by scikit-learn's SAGA instead of training (arch "linear", regulariser "l1" only)
 
     @field_validator("dataset")
     @classmethod
@@ -318,6 +355,17 @@ class RunSpec(_Spec):
     def _regulariser_fits(self) -> RunSpec:
         _json_ready("options", self.options)
         self.regulariser_object()
+        linear = parse_spec(self.arch).arch == "linear"
+        if self.measure is not None and self.measure.closed_form and not linear:
+            raise ValueError(f"measure.closed_form is exact for affine models only (arch 'linear'), not {self.arch!r}; set it false")
+        if self.sklearn is not None:
+            if not linear or self.regulariser != "l1" or self.strength is None:
+                raise ValueError(
+                    f"sklearn fits arch 'linear' with regulariser 'l1' and a strength (λ), not {self.arch!r} with {self.regulariser!r}; "
+                    "drop sklearn to train with the training loop"
+                )
+            if self.options or self.fine_tune_epochs is not None:
+                raise ValueError("sklearn takes no regulariser options or fine_tune_epochs; drop them")
         return self
 
     def regulariser_object(self) -> Regulariser:
@@ -357,13 +405,17 @@ class RunSpec(_Spec):
         """
         import sparank
 
-        return {
+        identity = {
             "sparank": sparank.__version__,
             "dataset": self.dataset,
             "arch": self.arch,
             "train": self.train_config().to_dict(),
             "regulariser": self.regulariser_object().config(None),
         }
+        if self.sklearn is not None:  # SAGA does not use the training loop: its settings and seed replace "train"
+            identity.pop("train")
+            identity["sklearn"] = {"solver": "saga", "l1_ratio": 1.0, **self.sklearn.model_dump(), "seed": self.seed}
+        return identity
 
     def train_key(self) -> str:
         """The content key of the trained model (the store's run key): 20 hex digits of sha256 of :meth:`identity`."""
@@ -464,6 +516,15 @@ def _lean(result: RobustnessResult) -> RobustnessResult:
     return dataclasses.replace(result, directions=None, adversarials=None)
 
 
+def _closed_form(model: nn.Module, x: Tensor, y: Tensor, mspec: MeasureSpec) -> RobustnessResult:
+    """The exact FGSM ε* of an affine model (:func:`sparank.linear.model_fgsm_robustness`), as a measurement of it."""
+    from sparank.linear import model_fgsm_robustness
+
+    result = model_fgsm_robustness(model, x, y, bounds=BOUNDS, norm=mspec.norm, eps_max=mspec.eps_max, batch_size=mspec.batch_size)
+    # the ray's point at ε* is at most ε* from x (the clipped coordinates moved less): ε* bounds the distance
+    return dataclasses.replace(result, settings=mspec.fgsm_settings(), distance=result.eps_hi.clone())
+
+
 def measure_model(
     model: nn.Module,
     data: Dataset,
@@ -498,11 +559,16 @@ def measure_model(
     measured: list[MeasuredAttack] = []
     for attack in [mspec.fgsm(), *mspec.attack_objects()]:
         count = len(plan.indices) if attack.name == "fgsm" else plan.k
-        settings = {**attack.settings(), **group}
+        own = mspec.fgsm_settings() if attack.name == "fgsm" else attack.settings()
+        settings = {**own, **group}
         result = known.pop(attack.name, None)
         if result is not None:
-            if len(result) != count or result.settings != attack.settings() or result.norm != mspec.norm or result.eps_max != mspec.eps_max:
+            if len(result) != count or result.settings != own or result.norm != mspec.norm or result.eps_max != mspec.eps_max:
                 raise ValueError(f"known[{attack.name!r}] is not a measurement of these {count} inputs with these settings")
+        elif attack.name == "fgsm" and mspec.closed_form:
+            if progress is not None:
+                progress(f"exact FGSM ε* on {count} inputs")
+            result = _closed_form(model, plan.x, plan.y, mspec)
         else:
             if progress is not None:
                 progress(f"{attack.name} on {count} inputs")
@@ -522,6 +588,25 @@ def measure_model(
     flags = masking_flags(model, plan.x[: plan.k], plan.y[: plan.k], members, bounds=BOUNDS, norm=mspec.norm, batch_size=mspec.batch_size)
     measured.append(MeasuredAttack("best", {"attack": "best", **group}, plan.indices[: plan.k].clone(), best, _best_config(data, plan.k)))
     return tuple(measured), flags.to_dict()
+
+
+def _fit_sklearn(spec: RunSpec, data: Dataset) -> tuple[nn.Module, dict[str, Any]]:
+    """``build_model('linear')`` holding SAGA's fit of ``spec`` (:class:`SklearnSpec`), and the fit's C, convergence and epochs."""
+    from sparank.linear import fit_l1_logistic
+
+    assert spec.sklearn is not None and spec.strength is not None
+    n_fit = len(data.train_x) if spec.sklearn.max_train is None else min(spec.sklearn.max_train, len(data.train_x))
+    w, b, info = fit_l1_logistic(
+        data.train_x[:n_fit], data.train_y[:n_fit], data.num_classes, spec.strength,
+        tol=spec.sklearn.tol, max_iter=spec.sklearn.max_iter, seed=spec.seed,
+    )  # fmt: skip
+    model = build_model(spec.arch, data.input_shape, data.num_classes, generator=seeded_generator(spec.seed, "init"))
+    layer = model.get_submodule("out")  # build_model('linear') is Flatten then this one Linear
+    with torch.no_grad():
+        layer.weight.copy_(w)
+        layer.bias.copy_(b)
+    model.eval()
+    return model, {**info, "n_fit": n_fit}
 
 
 def run(
@@ -565,7 +650,12 @@ def run(
     reg = spec.regulariser_object()
     config = spec.train_config()
     history: list[EpochRecord] = []
-    if weights is None:
+    fit_info: dict[str, Any] = {}
+    if weights is None and spec.sklearn is not None:
+        if progress is not None:
+            progress(f"fit {spec.arch} on {data.name} [l1 by SAGA, λ={spec.strength:g}]")
+        model, fit_info = _fit_sklearn(spec, data)
+    elif weights is None:
         label = f"train {spec.arch} on {data.name} [{reg.name}]"
 
         def epoch_done(record: EpochRecord) -> None:
@@ -589,6 +679,7 @@ def run(
         "n_test": len(data.test_x),
         "budget": training_budget(history).to_dict(),  # epochs and optimiser steps, fine-tuning included
         "seconds": train_seconds,  # training (or loading) time
+        **fit_info,  # SAGA fits: C, converged, n_iter, n_fit
     }
     run_config = {
         "dataset": data.name,
@@ -715,7 +806,7 @@ def measurement_keys(run_id: str, mspec: MeasureSpec, data: Dataset) -> dict[str
 
     plan = _plan(data, mspec)
     group = _group_settings(data, mspec)
-    keys = {"fgsm": measurement_key(run_id, {**mspec.fgsm().settings(), **group}, plan.indices)}
+    keys = {"fgsm": measurement_key(run_id, {**mspec.fgsm_settings(), **group}, plan.indices)}
     for attack in mspec.attack_objects():
         keys[attack.name] = measurement_key(run_id, {**attack.settings(), **group}, plan.indices[: plan.k])
     keys["best"] = measurement_key(run_id, {"attack": "best", **group}, plan.indices[: plan.k])
@@ -746,6 +837,7 @@ __all__ = [
     "MeasuredAttack",
     "RunResult",
     "RunSpec",
+    "SklearnSpec",
     "SpecError",
     "TrainSpec",
     "measure_model",
