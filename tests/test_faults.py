@@ -102,6 +102,25 @@ def bad_safetensors(tmp: Path) -> None:
     (tmp / "bad.safetensors").write_bytes(b"not safetensors at all")
 
 
+# --------------------------------------------------------------------------- user models for `sparank audit --model {__name__}:...`
+
+
+def _failing_factory() -> nn.Module:
+    raise RuntimeError("CUDA is not available")
+
+
+class _HiddenAsLogits(nn.Module):
+    """The weights of a digits ``mlp:16``, but it returns the hidden layer (16 values) as its logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(64, 16)
+        self.out = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.fc1(x.flatten(1)))
+
+
 # --------------------------------------------------------------------------- the catalogue
 
 
@@ -200,6 +219,29 @@ CLI_FAULTS = [
     Fault("weights-without-arch", ("measure", "--weights", "{weights}", "--store", "{tmp}/s"), "needs --arch", before_work=True),
     Fault("weights-not-safetensors", ("measure", "--weights", "{tmp}/bad.safetensors", "--arch", "mlp:16", "--dataset", "digits", "--store", "{tmp}/s"), "not a valid safetensors", bad_safetensors),
     Fault("weights-do-not-fit", ("measure", "--weights", "{weights}", "--arch", "mlp:32", "--dataset", "digits", "--store", "{tmp}/s"), "do not fit"),
+    # audit (issue 11): the model, its weights, the compressions; export
+    Fault("audit-model-no-module", ("audit", "--model", "nosuchpkg.nets:make", "--weights", "{weights}", "--dataset", "digits", "--out", "{tmp}/r"), "no module named 'nosuchpkg.nets'", before_work=True),
+    Fault("audit-model-no-attribute", ("audit", "--model", f"{__name__}:nothing_here", "--weights", "{weights}", "--dataset", "digits", "--out", "{tmp}/r"), "has no attribute 'nothing_here'", before_work=True),
+    Fault("audit-model-bad-spec", ("audit", "--model", "mlp:", "--weights", "{weights}", "--dataset", "digits", "--out", "{tmp}/r"), "has a colon but no widths", before_work=True),
+    Fault("audit-factory-fails", ("audit", "--model", f"{__name__}:_failing_factory", "--weights", "{weights}", "--dataset", "digits", "--out", "{tmp}/r"), "failed: RuntimeError: CUDA is not available"),
+    Fault("audit-wrong-logits", ("audit", "--model", f"{__name__}:_HiddenAsLogits", "--weights", "{weights}", "--dataset", "digits", "--out", "{tmp}/r"), "returned logits shaped (2, 16)"),
+    Fault("audit-weights-missing", ("audit", "--model", "mlp:16", "--weights", "{tmp}/nope.safetensors", "--dataset", "digits", "--out", "{tmp}/r"), "does not exist", before_work=True),
+    Fault("audit-weights-do-not-fit", ("audit", "--model", "mlp:32", "--weights", "{weights}", "--dataset", "digits", "--out", "{tmp}/r"), "fc1.weight (16, 64) vs (32, 64)"),
+    Fault("audit-weights-not-safetensors", ("audit", "--model", "mlp:16", "--weights", "{tmp}/bad.safetensors", "--dataset", "digits", "--out", "{tmp}/r"), "not a valid safetensors", bad_safetensors),
+    Fault("audit-dataset-unknown", ("audit", "--model", "mlp:16", "--weights", "{weights}", "--dataset", "cifar", "--out", "{tmp}/r"), "unknown dataset", before_work=True),
+    Fault("audit-family-unknown", ("audit", "--model", "mlp:16", "--weights", "{weights}", "--dataset", "digits", "--families", "magnitude,dropout", "--out", "{tmp}/r"), "--families: unknown family 'dropout'", before_work=True),
+    Fault("audit-sparsity-above-1", ("audit", "--model", "mlp:16", "--weights", "{weights}", "--dataset", "digits", "--sparsities", "0.5,1.5", "--out", "{tmp}/r"), "--sparsities: 1.5 is outside [0, 1]", before_work=True),
+    Fault("audit-rank-fraction-zero", ("audit", "--model", "mlp:16", "--weights", "{weights}", "--dataset", "digits", "--rank-fractions", "0", "--out", "{tmp}/r"), "--rank-fractions: 0 is outside", before_work=True),
+    Fault("audit-tolerance-negative", ("audit", "--model", "mlp:16", "--weights", "{weights}", "--dataset", "digits", "--accuracy-tolerance", "-1", "--out", "{tmp}/r"), "--accuracy-tolerance must be", before_work=True),
+    Fault("audit-attack-unknown", ("audit", "--model", "mlp:16", "--weights", "{weights}", "--dataset", "digits", "--attack", "fgsm", "--out", "{tmp}/r"), "--attack must be one of pgd, fmn, deepfool", before_work=True),
+    Fault("audit-fine-tune-negative", ("audit", "--model", "mlp:16", "--weights", "{weights}", "--dataset", "digits", "--fine-tune-epochs", "-1", "--out", "{tmp}/r"), "--fine-tune-epochs must be", before_work=True),
+    Fault("audit-eps-max-zero", ("audit", "--model", "mlp:16", "--weights", "{weights}", "--dataset", "digits", "--eps-max", "0", "--out", "{tmp}/r"), "--eps-max must be", before_work=True),
+    Fault("audit-n-too-large", ("audit", "--model", "mlp:16", "--weights", "{weights}", "--dataset", "digits", "--n", "100000", "--out", "{tmp}/r"), "--n must be at most 450"),
+    Fault("audit-out-is-a-file", ("audit", "--model", "mlp:16", "--weights", "{weights}", "--dataset", "digits", "--out", "{tmp}/afile"), "is a file", make_file("afile"), before_work=True),
+    Fault("export-run-unknown", ("export", "r9999", "{tmp}/m2.safetensors", "--store", "{store}"), "no run 'r9999'"),
+    Fault("export-file-exists", ("export", "r0001", "{weights}", "--store", "{store}"), "exists; add --force"),
+    Fault("export-folder-missing", ("export", "r0001", "{tmp}/nowhere/m.safetensors", "--store", "{store}"), "does not exist"),
+    Fault("export-store-missing", ("export", "r0001", "{tmp}/m2.safetensors", "--store", "{tmp}/none"), "no sparank store"),
     # linear (every option checked before 13 s of fitting)
     Fault("linear-out-is-a-file", ("linear", "--out", "{tmp}/afile"), "is a file", make_file("afile"), before_work=True),
     Fault("linear-eps-max-zero", ("linear", "--eps-max", "0", "--out", "{tmp}/o"), "--eps-max must be", before_work=True),
@@ -375,6 +417,13 @@ def _measure(model: nn.Module, *, inputs: Any = None, labels: Any = None, **kwar
     return fgsm_robustness(model, x, y, **kwargs)
 
 
+def _audit(*, model: nn.Module | None = None, inputs: Any = None, **kwargs: Any) -> object:
+    from sparank.audit import audit
+
+    x = torch.full((4, 1, 8, 8), 0.25) if inputs is None else inputs
+    return audit(_Returns(lambda z: z) if model is None else model, x, torch.tensor([0, 1, 2, 3]), bounds=(0, 1), **kwargs)
+
+
 API_FAULTS = [
     ApiFault("spec-colon", lambda tmp: build_model("mlp:", (1, 8, 8), 10), ValueError, "has a colon but no widths"),
     ApiFault("spec-absurd", lambda tmp: build_model("mlp:100000000", (1, 28, 28), 10), ValueError, "parameters"),
@@ -397,6 +446,10 @@ API_FAULTS = [
     ApiFault("measure-float64-inputs", lambda tmp: _measure(_Returns(lambda z: z), inputs=torch.rand(4, 1, 8, 8, dtype=torch.float64)), ValueError, "inputs.to(torch.float32)"),
     ApiFault("measure-outside-box", lambda tmp: _measure(_Returns(lambda z: z), inputs=torch.rand(4, 1, 8, 8) * 255), ValueError, "outside bounds"),
     ApiFault("measure-tol-float32", lambda tmp: _measure(_Returns(lambda z: z), tol=1e-9), ValueError, "use tol >= 2.38e-07"),
+    # the audit of a user's model (issue 11)
+    ApiFault("audit-outside-box", lambda tmp: _audit(inputs=torch.rand(4, 1, 8, 8) * 255), ValueError, "outside bounds"),
+    ApiFault("audit-fine-tune-without-data", lambda tmp: _audit(fine_tune_epochs=1), ValueError, "needs train_data"),
+    ApiFault("audit-no-weight-layer", lambda tmp: _audit(model=nn.Sequential(nn.Flatten(), nn.Softmax(dim=1))), ValueError, "no Linear or Conv layer"),
 ]
 
 

@@ -26,6 +26,7 @@ from sparank.store import Store, StoreError
 from sparank.structure import layer_structure, model_structure
 from sparank.regularisers import counterpart
 from sparank.train import TrainConfig, TrainingBudget, train, train_model, training_budget
+from sparank.audit import AuditResult, audit  # issue 11: compress a user's model, compare each copy with it
 
 __version__ = "0.1.0"
 
@@ -35,6 +36,7 @@ __all__ = [
     "FOOLED",
     "NO_DIRECTION",
     "DATASETS",
+    "AuditResult",
     "Bounds",
     "MaskingFlags",
     "Dataset",
@@ -46,6 +48,7 @@ __all__ = [
     "Summary",
     "TrainConfig",
     "TrainingBudget",
+    "audit",
     "best_of",
     "build_model",
     "counterpart",

@@ -1,0 +1,565 @@
+"""Audit a user's own trained model: how much robustness does compressing it cost? (issue 11)
+
+:func:`audit` takes any ``nn.Module`` that maps a batch to logits, compresses *copies* of it
+(:mod:`sparank.compress`: per-layer and global magnitude pruning, structured pruning,
+SVD rank truncation, each at several levels, optionally fine-tuned), and measures the
+original and every copy on the same inputs as a study measures a run (PROTOCOL §2–4): clean
+accuracy, FGSM ε* with its summary, the cross-check attacks and best ε* on the first
+``attack_n`` inputs, the gradient-masking flags and the structure achieved. Each copy is
+compared with the original by the studies' paired comparison (PROTOCOL §6:
+:func:`~sparank.compare.paired_comparison`, verdicts Holm-corrected across the audit's
+compressions by :func:`~sparank.compare.verdicts`).
+
+One model, not several seeds: the comparison's two-stage bootstrap then has a single
+group, so its intervals cover the choice of *inputs* only, not the training randomness of
+the model; a verdict says what compressing *this* model does on inputs like these.
+
+The user's model and tensors are never modified: the audit works on deep copies.
+
+:func:`load_model` builds a model for the command line from a package spec (``mlp:300,100``)
+or an import path ``package.module:factory`` (the convention of uvicorn), and loads its
+weights with safetensors only.
+
+Example:
+    >>> result = sparank.audit(model, x_test, y_test, bounds=(0, 1), train_data=(x_train, y_train), fine_tune_epochs=2)
+    >>> print(result.answer())
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+import inspect
+import math
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from sparank.attacks import FGSM, MinimalAttack, as_tensor, check_inputs, check_tol
+from sparank.attacks.deepfool import DeepFool
+from sparank.attacks.fmn import FMN
+from sparank.attacks.pgd import PGD
+from sparank.compare import DEFAULT_N_BOOT, LESS_ROBUST, PairedComparison, Verdict, paired_comparison, verdicts
+from sparank.compress import (
+    DEFAULT_RANK_FRACTIONS,
+    DEFAULT_SPARSITIES,
+    FAMILIES,
+    Compression,
+    FineTune,
+    compress,
+    compressions,
+)
+from sparank.models import weight_layers
+from sparank.robustness import CLEAN_WRONG, RobustnessResult, best_of, check_measure_args, masking_flags, measure
+from sparank.structure import ModelStructure, model_structure
+
+#: the cross-check attacks an audit can add to FGSM (PROTOCOL §3)
+CROSS_CHECKS = ("pgd", "fmn", "deepfool")
+#: ε of the robust-accuracy differences, as fractions of eps_max (as the study report's default)
+REFERENCE_FRACTIONS = (0.05, 0.1, 0.2)
+#: the family-wise error rate of the verdicts
+ALPHA = 0.05
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class ModelAudit:
+    """The measurements of one model of an audit: the original or one compressed copy."""
+
+    compression: Compression | None  # None: the original
+    fgsm: RobustnessResult  # on every audit input (no directions)
+    cross_checks: tuple[RobustnessResult, ...]  # each on the first attack_n inputs
+    best: RobustnessResult | None  # best ε* over FGSM and the cross-checks on the first attack_n inputs (None without cross-checks)
+    masking: dict[str, Any] | None  # MaskingFlags.to_dict() on the first attack_n inputs (None without cross-checks)
+    structure: ModelStructure
+    seconds: float  # compressing, fine-tuning and measuring
+
+    @property
+    def label(self) -> str:
+        return "original" if self.compression is None else self.compression.label
+
+    @property
+    def clean_accuracy(self) -> float:
+        """Fraction of the audit inputs classified correctly."""
+        return float((self.fgsm.status != int(CLEAN_WRONG)).double().mean())
+
+    @property
+    def masked(self) -> bool | None:
+        return None if self.masking is None else bool(self.masking.get("masked"))
+
+
+@dataclass(frozen=True)
+class CompressionComparison:
+    """One compressed copy against the original (PROTOCOL §6), with its verdicts."""
+
+    compression: Compression
+    fgsm: PairedComparison  # ε* along the FGSM ray, every audit input
+    fgsm_verdict: Verdict
+    best: PairedComparison | None  # best ε* on the first attack_n inputs, where cross-checks ran
+    best_verdict: Verdict | None
+    accuracy_change: float  # clean accuracy copy − original, on the audit inputs
+    acceptable: bool  # no verdict "less robust" and accuracy_change >= −accuracy_tolerance
+
+
+@dataclass(frozen=True)
+class FamilyAnswer:
+    """For one compression family: the strongest acceptable setting and the next stronger one."""
+
+    family: str
+    chosen: CompressionComparison | None  # the strongest acceptable setting (None: none is)
+    next_stronger: CompressionComparison | None  # the next stronger setting audited (None: chosen is the strongest)
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """What :func:`audit` returns: the original's and every copy's measurements, and each comparison."""
+
+    original: ModelAudit
+    compressed: tuple[ModelAudit, ...]  # in the order of comparisons
+    comparisons: tuple[CompressionComparison, ...]
+    settings: dict[str, Any]  # norm, eps_max, resolution, tol, bounds, n, attack_n, attacks, fine-tuning, accuracy_tolerance, ...
+    seconds: float
+    inputs_note: str = ""  # where the inputs came from (the CLI: dataset and split)
+    model_note: str = ""  # what the model is (the CLI: --model and --weights)
+    per_family: tuple[FamilyAnswer, ...] = field(default=())
+
+    def answer(self) -> str:
+        """One paragraph: per family, the strongest setting not significantly less robust and within the accuracy tolerance."""
+        return answer_paragraph(self)
+
+
+# --------------------------------------------------------------------------- the audit
+
+
+def _attack_objects(names: Sequence[str], *, resolution: float, tol: float, steps: int | None, restarts: int) -> list[MinimalAttack]:
+    """The cross-check attacks, built as ``sparank measure --attack NAME [--steps S] [--restarts R]`` builds them."""
+    built: list[MinimalAttack] = []
+    for name in names:
+        if name == "pgd":  # with steps, Madry et al.'s step of 2.5·ε/steps
+            extra = {} if steps is None else {"steps": steps, "rel_stepsize": 2.5 / steps}
+            built.append(PGD(restarts=restarts, fgsm_resolution=resolution, fgsm_tol=tol, **extra))
+        elif name == "fmn":
+            built.append(FMN(**({} if steps is None else {"steps": steps})))
+        else:
+            built.append(DeepFool(**({} if steps is None else {"steps": steps})))
+    return built
+
+
+def _lean(result: RobustnessResult) -> RobustnessResult:
+    return dataclasses.replace(result, directions=None, adversarials=None)
+
+
+def _first(result: RobustnessResult, k: int) -> RobustnessResult:
+    """``result`` on its first ``k`` inputs (per-input values do not depend on the others)."""
+    distance = None if result.distance is None else result.distance[:k]
+    return dataclasses.replace(
+        result, eps_lo=result.eps_lo[:k], eps_hi=result.eps_hi[:k], status=result.status[:k], labels=result.labels[:k], distance=distance
+    )
+
+
+def _measure_one(
+    model: nn.Module, compression: Compression | None, x: Tensor, y: Tensor, *, k: int, attacks: Sequence[MinimalAttack],
+    bounds: tuple[float, float], norm: str, eps_max: float, resolution: float, tol: float, batch_size: int, start: float,
+) -> ModelAudit:  # fmt: skip
+    fgsm = _lean(
+        measure(FGSM(resolution=resolution, tol=tol), model, x, y, bounds=bounds, norm=norm, eps_max=eps_max, batch_size=batch_size)
+    )  # type: ignore[arg-type]
+    checks = tuple(
+        _lean(measure(a, model, x[:k], y[:k], bounds=bounds, norm=norm, eps_max=eps_max, batch_size=batch_size))  # type: ignore[arg-type]
+        for a in attacks
+    )
+    best = masking = None
+    if checks:
+        members = [_first(fgsm, k), *checks]
+        best = best_of(members)
+        masking = masking_flags(model, x[:k], y[:k], members, bounds=bounds, norm=norm, batch_size=batch_size).to_dict()  # type: ignore[arg-type]
+    return ModelAudit(compression, fgsm, checks, best, masking, model_structure(model), time.perf_counter() - start)
+
+
+def _compare(
+    copy_: RobustnessResult, original: RobustnessResult, *, eps_max: float, reference_eps: Sequence[float], n_boot: int, seed: int
+) -> PairedComparison:
+    return paired_comparison(
+        [copy_.eps_hi.numpy()], [original.eps_hi.numpy()], eps_max=eps_max, rng=np.random.default_rng(seed),
+        reg_correct=[(copy_.status != int(CLEAN_WRONG)).numpy()], dense_correct=[(original.status != int(CLEAN_WRONG)).numpy()],
+        reference_eps=reference_eps, n_boot=n_boot,
+    )  # fmt: skip
+
+
+def audit(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    *,
+    bounds: tuple[float, float],
+    train_data: tuple[Tensor, Tensor] | None = None,
+    families: Sequence[str] = FAMILIES,
+    sparsities: Sequence[float] = DEFAULT_SPARSITIES,
+    rank_fractions: Sequence[float] = DEFAULT_RANK_FRACTIONS,
+    extra: Sequence[Compression] = (),
+    fine_tune_epochs: int = 0,
+    fine_tune_lr: float = 1e-3,
+    fine_tune_batch_size: int = 64,
+    norm: str = "linf",
+    eps_max: float = 0.5,
+    resolution: float = 1e-2,
+    tol: float = 1e-6,
+    attacks: Sequence[str] = (),
+    attack_n: int | None = 100,
+    steps: int | None = None,
+    restarts: int = 0,
+    accuracy_tolerance: float = 0.01,
+    reference_eps: Sequence[float] | None = None,
+    n_boot: int = DEFAULT_N_BOOT,
+    seed: int = 0,
+    batch_size: int = 256,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> AuditResult:
+    """Compress copies of ``model`` and measure what each compression does to robustness and accuracy.
+
+    Args:
+        model: any ``nn.Module`` mapping ``(N, *shape)`` to logits ``(N, K)``, with Linear or Conv
+            layers; never modified (every measurement and compression uses a deep copy).
+        inputs: ``(N, *shape)`` audit inputs inside ``bounds`` (e.g. a test split); never modified.
+        labels: ``(N,)`` their true labels.
+        bounds: the input box ``(lo, hi)`` (pixels: ``(0, 1)``).
+        train_data: ``(inputs, labels)`` to fine-tune each copy on (needed for ``fine_tune_epochs > 0``).
+        families: which compression families to run (:data:`sparank.compress.FAMILIES`).
+        sparsities: levels of the pruning families, fractions of weights set to 0 in [0, 1).
+        rank_fractions: levels of ``svd``, in (0, 1].
+        extra: more compressions to audit besides the families' levels.
+        fine_tune_epochs, fine_tune_lr, fine_tune_batch_size: fine-tuning of each copy with the
+            mask or rank held fixed (0 epochs: none).
+        norm, eps_max, resolution, tol: the FGSM measure (PROTOCOL §2).
+        attacks: cross-checks among ``pgd``, ``fmn``, ``deepfool`` (PROTOCOL §3), on the first
+            ``attack_n`` inputs (None: all), with ``steps`` and ``restarts`` as ``sparank measure``.
+        accuracy_tolerance: the largest clean-accuracy loss (a fraction: 0.01 = one point) that
+            an acceptable compression may cost.
+        reference_eps: ε of the robust-accuracy differences (default: 5, 10, 20 % of ``eps_max``).
+        n_boot: bootstrap replicates (raised if the number of comparisons needs more for Holm).
+        seed: the bootstrap's draws and the fine-tuning's data order.
+        batch_size: rows per forward pass.
+        progress: called as ``progress(label, done, total)`` before each model is measured.
+
+    Returns:
+        :class:`AuditResult`.
+
+    Raises:
+        ValueError: bad settings (naming the parameter), inputs outside ``bounds`` or not a batch,
+            a model without Linear or Conv layers or whose output is not ``(N, K)`` logits,
+            fine-tuning without ``train_data``.
+    """
+    start_all = time.perf_counter()
+    check_measure_args(norm=norm, eps_max=eps_max, resolution=resolution, tol=tol, batch_size=batch_size)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")  # noqa: TRY004  ValueError: the one-line user-error path
+    if not weight_layers(model):
+        raise ValueError(f"model {type(model).__name__} has no Linear or Conv layer to compress")
+    x = as_tensor(inputs, "inputs").detach().clone()
+    y = as_tensor(labels, "labels").detach().clone()
+    box = check_inputs(x, y, bounds)
+    bounds = (box.lo, box.hi)
+    check_tol(tol, x.dtype, bounds, eps_max)
+    for name in attacks:
+        if name not in CROSS_CHECKS:
+            raise ValueError(f"attacks must be among {', '.join(CROSS_CHECKS)}, got {name!r}")
+    if len(set(attacks)) != len(attacks):
+        raise ValueError(f"attacks names an attack twice ({', '.join(attacks)}); give each once")
+    if attack_n is not None and (isinstance(attack_n, bool) or not isinstance(attack_n, int) or attack_n < 1):
+        raise ValueError(f"attack_n must be an integer >= 1 or None for all inputs, got {attack_n!r}")
+    if not (isinstance(accuracy_tolerance, (int, float)) and math.isfinite(accuracy_tolerance) and 0 <= accuracy_tolerance < 1):
+        raise ValueError(f"accuracy_tolerance must be a fraction in [0, 1) (0.01 = one point), got {accuracy_tolerance!r}")
+    fine = FineTune(epochs=fine_tune_epochs, lr=fine_tune_lr, batch_size=fine_tune_batch_size, seed=seed)
+    train = None
+    if fine.epochs > 0:
+        if train_data is None:
+            raise ValueError("fine_tune_epochs > 0 needs train_data=(inputs, labels); pass it or set fine_tune_epochs=0")
+        tx, ty = (as_tensor(t, name).detach() for t, name in zip(train_data, ("train inputs", "train labels")))
+        check_inputs(tx, ty, bounds)
+        train = (tx, ty)
+    planned = [*compressions(families, sparsities=sparsities, rank_fractions=rank_fractions), *extra]
+    if not planned:
+        raise ValueError("nothing to audit: give at least one family with levels, or extra compressions")
+    refs = tuple(f * eps_max for f in REFERENCE_FRACTIONS) if reference_eps is None else tuple(float(e) for e in reference_eps)
+    cross = _attack_objects(attacks, resolution=resolution, tol=tol, steps=steps, restarts=restarts)
+    k = len(x) if attack_n is None else min(attack_n, len(x))
+    kwargs: dict[str, Any] = {"k": k, "attacks": cross, "bounds": bounds, "norm": norm, "eps_max": eps_max, "resolution": resolution, "tol": tol,
+                                  "batch_size": batch_size}  # fmt: skip
+
+    reference = copy.deepcopy(model).eval()  # the user's object keeps its mode, parameters and gradients
+    total = 1 + len(planned)
+    if progress is not None:
+        progress("original", 0, total)
+    original = _measure_one(reference, None, x, y, start=time.perf_counter(), **kwargs)
+    measured: list[ModelAudit] = []
+    for i, c in enumerate(planned, start=1):
+        if progress is not None:
+            progress(c.label, i, total)
+        start = time.perf_counter()
+        copied = compress(reference, c, train_data=train, fine_tune=fine)
+        measured.append(_measure_one(copied, c, x, y, start=start, **kwargs))
+    if progress is not None:
+        progress("comparisons", total, total)
+
+    # Holm across the audit's comparisons needs p-values down to alpha/m: enough replicates for that
+    n_boot = max(n_boot, math.ceil(2 * len(planned) / ALPHA))
+    fgsm_cmp = [_compare(m.fgsm, original.fgsm, eps_max=eps_max, reference_eps=refs, n_boot=n_boot, seed=seed) for m in measured]
+    fgsm_verdicts = verdicts(fgsm_cmp, alpha=ALPHA)
+    best_cmp: list[PairedComparison | None] = [None] * len(measured)
+    best_verdicts: list[Verdict | None] = [None] * len(measured)
+    if cross:
+        done = [
+            _compare(m.best, original.best, eps_max=eps_max, reference_eps=refs, n_boot=n_boot, seed=seed)  # type: ignore[arg-type]
+            for m in measured
+        ]
+        best_cmp, best_verdicts = list(done), list(verdicts(done, alpha=ALPHA))
+    rows = []
+    for m, fc, fv, bc, bv in zip(measured, fgsm_cmp, fgsm_verdicts, best_cmp, best_verdicts):
+        change = m.clean_accuracy - original.clean_accuracy
+        ok = fv != LESS_ROBUST and bv != LESS_ROBUST and change >= -accuracy_tolerance - 1e-12
+        rows.append(CompressionComparison(m.compression, fc, fv, bc, bv, change, ok))  # type: ignore[arg-type]
+    settings = {
+        "bounds": list(bounds), "n": len(x), "norm": norm, "eps_max": eps_max, "resolution": resolution, "tol": tol,
+        "attacks": list(attacks), "attack_n": k if cross else None, "steps": steps, "restarts": restarts,
+        "fine_tune_epochs": fine.epochs, "fine_tune_lr": fine.lr, "fine_tune_batch_size": fine.batch_size,
+        "accuracy_tolerance": accuracy_tolerance, "reference_eps": list(refs), "n_boot": n_boot, "alpha": ALPHA, "seed": seed,
+        "families": list(families), "sparsities": list(sparsities), "rank_fractions": list(rank_fractions),
+        "extra": [c.label for c in extra],
+    }  # fmt: skip
+    result = AuditResult(original, tuple(measured), tuple(rows), settings, time.perf_counter() - start_all)
+    return _with_answers(result)
+
+
+def _with_answers(result: AuditResult) -> AuditResult:
+    answers = []
+    for family in dict.fromkeys(c.compression.family for c in result.comparisons):
+        ordered = sorted((c for c in result.comparisons if c.compression.family == family), key=lambda c: c.compression.strength)
+        ok = [i for i, c in enumerate(ordered) if c.acceptable]
+        if not ok:
+            answers.append(FamilyAnswer(family, None, ordered[0]))
+            continue
+        i = ok[-1]
+        answers.append(FamilyAnswer(family, ordered[i], ordered[i + 1] if i + 1 < len(ordered) else None))
+    return dataclasses.replace(result, per_family=tuple(answers))
+
+
+# --------------------------------------------------------------------------- the answer, in words
+
+
+def _pct_points(change: float) -> str:
+    return f"{100 * change:+.1f} points"
+
+
+def _cost(c: CompressionComparison) -> str:
+    """What a setting costs: median ε* ratio with its interval, AUC change, accuracy change, verdict."""
+    ratio = c.fgsm.ratio
+    auc = c.fgsm.auc_difference
+    text = (
+        f"median ε* × {ratio.estimate:.3g} [{ratio.low:.3g}, {ratio.high:.3g}], AUC {auc.estimate:+.3g} "
+        f"[{auc.low:+.3g}, {auc.high:+.3g}], clean accuracy {_pct_points(c.accuracy_change)}: {c.fgsm_verdict}"
+    )
+    if c.best_verdict is not None and c.best is not None:
+        text += f" (best ε*: × {c.best.ratio.estimate:.3g}, {c.best_verdict})"
+    return text
+
+
+def _why_not(c: CompressionComparison, tolerance: float) -> str:
+    reasons = []
+    if c.fgsm_verdict == LESS_ROBUST or c.best_verdict == LESS_ROBUST:
+        reasons.append("less robust")
+    if c.accuracy_change < -tolerance - 1e-12:
+        reasons.append(f"accuracy {_pct_points(c.accuracy_change)}")
+    return " and ".join(reasons)
+
+
+def answer_paragraph(result: AuditResult) -> str:
+    """The report's opening paragraph (see :meth:`AuditResult.answer`)."""
+    from sparank.compress import FAMILY_TITLES, LEVEL_NAMES
+
+    s = result.settings
+    tol = float(s["accuracy_tolerance"])
+    o = result.original
+    parts = [
+        (
+            f"On {s['n']} inputs the original classifies {100 * o.clean_accuracy:.1f} % correctly with FGSM ε* AUC "
+            f"{o.fgsm.summary().auc:.4g} ({s['norm']}, ε_max {s['eps_max']:g}). Per family, the strongest setting that is "
+            f"not significantly less robust (median paired ε* ratio, 95 % bootstrap over inputs, Holm across the "
+            f"{len(result.comparisons)} compressions) and loses at most {100 * tol:g} point{'s' if tol != 0.01 else ''} "
+            f"of clean accuracy:"
+        )
+    ]
+    for fa in result.per_family:
+        title = FAMILY_TITLES.get(fa.family, fa.family)
+        if fa.chosen is None:
+            c = fa.next_stronger
+            assert c is not None
+            parts.append(
+                f"{title}: no setting qualifies; the weakest audited, {LEVEL_NAMES[fa.family]} {c.compression.level:g}, "
+                f"is {_why_not(c, tol)} ({_cost(c)})."
+            )
+            continue
+        c = fa.chosen
+        text = f"{title}: {LEVEL_NAMES[fa.family]} {c.compression.level:g} ({_cost(c)})"
+        masked = _masked(result, c.compression)
+        if masked:
+            text += " — gradient-masking flags raised on it, so its ε* may overstate its robustness"
+        if fa.next_stronger is None:
+            text += "; it is the strongest setting audited."
+        else:
+            n = fa.next_stronger
+            text += f"; the next stronger, {n.compression.level:g}, is {_why_not(n, tol) or 'acceptable too'} ({_cost(n)})."
+        parts.append(text)
+    if s.get("fine_tune_epochs"):
+        parts.append(f"Each copy was fine-tuned {s['fine_tune_epochs']} epoch(s) with its mask or rank held fixed.")
+    else:
+        parts.append("No copy was fine-tuned (one-shot compression).")
+    parts.append("The intervals cover the choice of inputs, not the randomness of training: there is one original model.")
+    return " ".join(parts)
+
+
+def _masked(result: AuditResult, compression: Compression) -> bool:
+    for m in result.compressed:
+        if m.compression == compression:
+            return bool(m.masked)
+    return False
+
+
+# --------------------------------------------------------------------------- a model from the command line
+
+
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def is_import_path(spec: str) -> bool:
+    """Whether ``spec`` is ``package.module:factory`` rather than one of the package's architecture specs."""
+    return bool(_IMPORT_PATH.match(spec.strip())) and spec.split(":", 1)[0] not in ("linear", "mlp", "cnn")
+
+
+def import_factory(path: str) -> Callable[..., Any]:
+    """The callable named by ``package.module:attribute`` (the current folder is searched first, as uvicorn does).
+
+    Raises:
+        ValueError: in one line: a malformed path, a module that cannot be imported (and why), a missing attribute.
+    """
+    if not _IMPORT_PATH.match(path.strip()):
+        raise ValueError(f"--model {path!r} is neither an architecture spec (e.g. mlp:300,100) nor an import path package.module:factory")
+    module_name, attribute = path.strip().split(":", 1)
+    here = str(Path.cwd())
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise ValueError(
+                f"--model {path}: no module named {module_name!r} (looked in {here} and sys.path); run from the folder that holds "
+                f"{module_name.split('.')[0]}/ or add it to PYTHONPATH"
+            ) from None
+        raise ValueError(f"--model {path}: importing {module_name!r} failed: it needs {exc.name!r}, which is not installed") from None
+    except Exception as exc:  # noqa: BLE001  the module raised while importing: named in one line
+        raise ValueError(f"--model {path}: importing {module_name!r} failed: {type(exc).__name__}: {_first_line(exc)}") from None
+    target: Any = module
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            names = [
+                n for n, v in vars(module).items() if callable(v) and not n.startswith("_") and getattr(v, "__module__", "") == module_name
+            ]
+            hint = f"; callables defined there: {', '.join(sorted(names)[:8])}" if names else ""
+            raise ValueError(f"--model {path}: module {module_name!r} has no attribute {attribute!r}{hint}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ValueError(f"--model {path}: {attribute!r} is a {type(target).__name__}, not a callable that returns the model")  # noqa: TRY004  ValueError: the one-line user-error path
+    return target
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def load_model(
+    spec: str, input_shape: tuple[int, ...], num_classes: int, *, weights: dict[str, Tensor] | None = None, source: str = "the weights"
+) -> nn.Module:
+    """The model of ``--model SPEC`` for inputs ``input_shape`` and ``num_classes`` classes, with ``weights`` loaded, in eval mode.
+
+    ``spec`` is an architecture spec of :func:`sparank.models.build_model` or an import path
+    ``package.module:factory``. The factory is called with ``input_shape`` and/or ``num_classes``
+    as keywords if its signature names them, else with no arguments, and must return an
+    ``nn.Module``. The model's logits on two inputs must be shaped ``(2, num_classes)``.
+
+    Raises:
+        ValueError: in one line: a bad spec or import path, a factory that fails or returns something
+            else than a module, logits of the wrong shape, weights that do not fit (the keys and shapes named).
+    """
+    from sparank.models import build_model, load_state
+
+    if is_import_path(spec):
+        factory = import_factory(spec)
+        try:
+            params = inspect.signature(factory).parameters
+        except (TypeError, ValueError):
+            params = {}  # type: ignore[assignment]
+        given = {k: v for k, v in (("input_shape", tuple(input_shape)), ("num_classes", num_classes)) if k in params}
+        try:
+            model = factory(**given)
+        except Exception as exc:  # noqa: BLE001  the user's code may raise anything: named in one line
+            shown = ", ".join(f"{k}={v!r}" for k, v in given.items())
+            raise ValueError(f"--model {spec}: calling the factory({shown}) failed: {type(exc).__name__}: {_first_line(exc)}") from None
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"--model {spec}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
+    else:
+        model = build_model(spec, input_shape, num_classes)
+    if weights is not None:
+        try:
+            load_state(model, weights, source=source)
+        except ValueError as exc:
+            raise ValueError(_first_line(exc).replace("check --arch and --dataset", "check --model and --dataset")) from None
+    model.eval()
+    check_logits(model, input_shape, num_classes, name=f"--model {spec}")
+    return model
+
+
+@torch.no_grad()
+def check_logits(model: nn.Module, input_shape: tuple[int, ...], num_classes: int, *, name: str = "the model") -> None:
+    """ValueError in one line unless ``model`` maps two inputs of ``input_shape`` to float logits ``(2, num_classes)``."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    probe = torch.full((2, *input_shape), 0.5, dtype=dtype, device=device)
+    try:
+        out = model(probe)
+    except Exception as exc:  # noqa: BLE001  the user's code may raise anything: named in one line
+        raise ValueError(
+            f"{name} fails on inputs shaped (N, {', '.join(str(d) for d in input_shape)}): {type(exc).__name__}: {_first_line(exc)}; "
+            "it must take the dataset's images"
+        ) from None
+    if not isinstance(out, Tensor):
+        raise ValueError(f"{name} returned a {type(out).__name__}; it must return a logits tensor (N, {num_classes})")  # noqa: TRY004  ValueError: the one-line user-error path
+    if tuple(out.shape) != (2, num_classes):
+        raise ValueError(
+            f"{name} returned logits shaped {tuple(out.shape)} for 2 inputs; they must be (N, {num_classes}), one per class of the dataset"
+        )
+
+
+__all__ = [
+    "AuditResult",
+    "CompressionComparison",
+    "FamilyAnswer",
+    "ModelAudit",
+    "answer_paragraph",
+    "audit",
+    "check_logits",
+    "import_factory",
+    "is_import_path",
+    "load_model",
+]

@@ -1,0 +1,304 @@
+"""The audit of a user's own model (sparank.audit, sparank.audit_report, ``sparank audit``, ``sparank export``).
+
+What must hold: a compression that changes nothing gives the original's measurements exactly and
+"no significant difference"; a compression known to hurt is "less robust"; the user's model and
+tensors are bit for bit unchanged; the import-path loader works on a model defined here, and its
+faults are one-line errors; the report opens with the answer and holds the numbers of the result.
+"""
+
+from __future__ import annotations
+
+import csv
+import html.parser
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+from typer.testing import CliRunner
+
+from sparank.audit import audit, check_logits, import_factory, load_model
+from sparank.audit_report import write_audit_report
+from sparank.cli import app
+from sparank.compare import LESS_ROBUST, NO_DIFFERENCE
+from sparank.compress import Compression
+
+runner = CliRunner()
+IDENTITY = (Compression("magnitude", 0.0), Compression("global", 0.0), Compression("structured", 0.0), Compression("svd", 1.0))
+
+
+# --------------------------------------------------------------------------- models defined here (the import-path loader's target)
+
+
+class SkipNet(nn.Module):
+    """A residual digits classifier: logits = fc2(relu(fc1(x))) + skip(x); zeroing ``skip`` removes a whole layer and leaves a model."""
+
+    def __init__(self, input_shape: tuple[int, ...] = (1, 8, 8), num_classes: int = 10) -> None:
+        super().__init__()
+        d = 1
+        for n in input_shape:
+            d *= n
+        self.fc1 = nn.Linear(d, 32)
+        self.fc2 = nn.Linear(32, num_classes)
+        self.skip = nn.Linear(d, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        return self.fc2(torch.relu(self.fc1(x))) + self.skip(x)
+
+
+def skip_net(input_shape: tuple[int, ...], num_classes: int) -> SkipNet:
+    return SkipNet(input_shape, num_classes)
+
+
+def no_arguments() -> SkipNet:
+    return SkipNet()
+
+
+def failing_factory() -> nn.Module:
+    raise RuntimeError("CUDA is not available")
+
+
+def not_a_module() -> str:
+    return "a model"
+
+
+def three_logits() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+
+
+@pytest.fixture(scope="module")
+def trained_skip(digits):
+    torch.manual_seed(0)
+    model = SkipNet()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(100):  # full batch
+        loss = F.cross_entropy(model(digits.train_x), digits.train_y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+# --------------------------------------------------------------------------- the audit
+
+
+def test_no_change_gives_the_original_measurements_exactly(digits, digits_mlp):
+    result = audit(digits_mlp, digits.test_x[:150], digits.test_y[:150], bounds=(0, 1), families=(), extra=IDENTITY, attacks=("pgd",),
+                   attack_n=30, n_boot=500)  # fmt: skip
+    o = result.original
+    assert len(result.compressed) == 4
+    for m, c in zip(result.compressed, result.comparisons):
+        for name in ("eps_lo", "eps_hi", "status"):
+            assert torch.equal(getattr(m.fgsm, name), getattr(o.fgsm, name)), (m.label, name)
+        assert torch.equal(m.best.eps_hi, o.best.eps_hi) and torch.equal(m.cross_checks[0].eps_hi, o.cross_checks[0].eps_hi)
+        assert m.structure.sparsity == o.structure.sparsity
+        assert c.fgsm_verdict == NO_DIFFERENCE and c.best_verdict == NO_DIFFERENCE
+        ratio = c.fgsm.ratio
+        assert ratio.estimate == ratio.low == ratio.high == 1.0 and c.fgsm.p_value == 1.0
+        assert c.accuracy_change == 0.0 and c.acceptable
+    assert {fa.family: fa.chosen.compression.level for fa in result.per_family} == {
+        "magnitude": 0.0,
+        "global": 0.0,
+        "structured": 0.0,
+        "svd": 1.0,
+    }
+
+
+def test_zeroing_a_whole_layer_is_less_robust(digits, trained_skip):
+    result = audit(trained_skip, digits.test_x, digits.test_y, bounds=(0, 1), families=(), n_boot=500,
+                   extra=[Compression("magnitude", 1.0, layers=("skip",))])  # fmt: skip
+    (c,) = result.comparisons
+    assert result.compressed[0].structure.layers["skip"].n_zero == 640  # the whole 10x64 layer
+    assert c.fgsm_verdict == LESS_ROBUST
+    assert c.fgsm.ratio.high < 1.0 and c.fgsm.auc_difference.high < 0
+    assert not c.acceptable
+    assert result.per_family[0].chosen is None
+
+
+def test_a_dead_feed_forward_model_is_not_acceptable_though_it_cannot_be_fooled(digits, digits_mlp):
+    """Zeroing a layer of a plain MLP makes it constant: no gradient, censored ε*, accuracy of one class: flagged and refused."""
+    result = audit(digits_mlp, digits.test_x[:200], digits.test_y[:200], bounds=(0, 1), families=(), attacks=("pgd",), attack_n=50,
+                   n_boot=500, extra=[Compression("magnitude", 1.0, layers=("fc1",))])  # fmt: skip
+    (m,), (c,) = result.compressed, result.comparisons
+    assert m.clean_accuracy < 0.2 and m.masking["flags"]["gradient"]
+    assert m.fgsm.summary().no_direction_fraction == m.clean_accuracy
+    assert not c.acceptable and "no setting qualifies" in result.answer()
+
+
+def test_the_users_model_and_tensors_are_unchanged(digits, digits_mlp):
+    model = digits_mlp
+    model.train()  # a mode the audit must not change
+    before = _state(model)
+    flags = [p.requires_grad for p in model.parameters()]
+    x, y = digits.test_x[:60].clone(), digits.test_y[:60].clone()
+    tx, ty = digits.train_x[:200].clone(), digits.train_y[:200].clone()
+    copies = [t.clone() for t in (x, y, tx, ty)]
+    audit(model, x, y, bounds=(0, 1), train_data=(tx, ty), families=("magnitude", "svd"), sparsities=(0.9,), rank_fractions=(0.25,),
+          fine_tune_epochs=1, attacks=("pgd",), attack_n=20, n_boot=200)  # fmt: skip
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert model.training and [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip((x, y, tx, ty), copies))
+    model.eval()
+
+
+def test_fine_tuning_recovers_accuracy_at_the_same_sparsity(digits, digits_mlp):
+    kwargs = {"bounds": (0, 1), "families": ("magnitude",), "sparsities": (0.9,), "n_boot": 200}
+    one_shot = audit(digits_mlp, digits.test_x, digits.test_y, **kwargs)
+    tuned = audit(digits_mlp, digits.test_x, digits.test_y, train_data=(digits.train_x, digits.train_y), fine_tune_epochs=3, **kwargs)
+    assert tuned.compressed[0].structure.sparsity == one_shot.compressed[0].structure.sparsity
+    assert tuned.compressed[0].clean_accuracy > one_shot.compressed[0].clean_accuracy + 0.1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"bounds": (0.0, 0.5)}, "outside bounds"),
+        ({"bounds": (0, 1), "fine_tune_epochs": 1}, "needs train_data"),
+        ({"bounds": (0, 1), "attacks": ("cw",)}, "attacks must be among"),
+        ({"bounds": (0, 1), "accuracy_tolerance": 1.0}, "accuracy_tolerance must be a fraction"),
+        ({"bounds": (0, 1), "families": ()}, "nothing to audit"),
+        ({"bounds": (0, 1), "eps_max": -1.0}, "eps_max"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(digits, digits_mlp, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        audit(digits_mlp, digits.test_x[:10], digits.test_y[:10], **kwargs)
+
+
+# --------------------------------------------------------------------------- the import-path loader
+
+
+def test_the_import_path_loader_builds_a_model_defined_here(trained_skip):
+    state = _state(trained_skip)
+    model = load_model(f"{__name__}:skip_net", (1, 8, 8), 10, weights=state)
+    assert isinstance(model, SkipNet) and not model.training
+    x = torch.rand(5, 1, 8, 8)
+    assert torch.equal(model(x), trained_skip(x))  # the weights were loaded
+    assert isinstance(load_model(f"{__name__}:no_arguments", (1, 8, 8), 10), SkipNet)
+    assert isinstance(load_model(f"{__name__}:SkipNet", (1, 8, 8), 10), SkipNet)  # a class is a factory too
+
+
+@pytest.mark.parametrize(
+    ("spec", "weights", "message"),
+    [
+        ("nosuchpackage.models:net", None, "no module named 'nosuchpackage.models'"),
+        (f"{__name__}:nothing_here", None, "has no attribute 'nothing_here'"),
+        (f"{__name__}:failing_factory", None, "failed: RuntimeError: CUDA is not available"),
+        (f"{__name__}:not_a_module", None, "returned a str, not a torch.nn.Module"),
+        (f"{__name__}:three_logits", None, "returned logits shaped (2, 3)"),
+        (f"{__name__}:skip_net", {"fc1.weight": torch.zeros(3, 3)}, "fc1.weight (3, 3) vs (32, 64)"),
+        (f"{__name__}:skip_net", {"extra": torch.zeros(1)}, "missing fc1.weight"),
+        (f"{__name__}:RUNNER_NAME", None, "not a callable"),
+        ("mlp:", None, "has a colon but no widths"),
+    ],
+)
+def test_loader_faults_are_one_line_and_name_the_fix(spec, weights, message):
+    with pytest.raises(ValueError) as info:
+        load_model(spec, (1, 8, 8), 10, weights=weights)
+    text = str(info.value)
+    assert "\n" not in text and message in text
+
+
+RUNNER_NAME = "not callable"
+
+
+def test_check_logits_names_a_model_that_fails_on_the_images():
+    with pytest.raises(ValueError, match="fails on inputs shaped"):
+        check_logits(nn.Linear(3, 10), (1, 8, 8), 10)
+
+
+def test_a_module_that_fails_to_import_is_named(tmp_path, monkeypatch):
+    (tmp_path / "broken_model.py").write_text("import torch\nraise ImportError('needs torchvision')\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="importing 'broken_model' failed: ImportError: needs torchvision"):
+        import_factory("broken_model:net")
+
+
+# --------------------------------------------------------------------------- the report
+
+
+class _Text(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cells: dict[str, list[str]] = {}
+        self.answer = ""
+        self._in = None
+        self.images = 0
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "td" and "data-key" in a:
+            self._in = a["data-key"]
+            self.cells.setdefault(a["data-key"], []).append(a.get("data-value"))
+        if tag == "p" and a.get("id") == "answer-text":
+            self._in = "answer"
+        if tag == "img" and a.get("src", "").startswith("data:image/png;base64,"):
+            self.images += 1
+
+    def handle_data(self, data):
+        if self._in == "answer":
+            self.answer += data
+
+    def handle_endtag(self, tag):
+        self._in = None
+
+
+def test_report_opens_with_the_answer_and_holds_the_results_numbers(digits, digits_mlp, tmp_path):
+    result = audit(digits_mlp, digits.test_x[:120], digits.test_y[:120], bounds=(0, 1), sparsities=(0.5, 0.9), rank_fractions=(0.5, 0.1),
+                   n_boot=300)  # fmt: skip
+    paths = write_audit_report(result, tmp_path / "rep")
+    page = _Text()
+    page.feed(paths.html.read_text())
+    assert page.answer.strip() == result.answer()
+    assert page.images == 2 and all(p.exists() and p.with_suffix(".svg").exists() for p in paths.figures)
+    ratios = [float(v) for v in page.cells["ratio"] if v is not None]
+    assert ratios == [c.fgsm.ratio.estimate for c in result.comparisons]
+    with paths.compressions_csv.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["model"] for r in rows] == ["original"] + [m.label for m in result.compressed]
+    assert [r["verdict"] for r in rows[1:]] == [c.fgsm_verdict for c in result.comparisons]
+    assert float(rows[0]["auc"]) == result.original.fgsm.summary().auc
+    with paths.per_input_csv.open() as f:
+        per_input = list(csv.DictReader(f))
+    assert len(per_input) == 120 and float(per_input[7]["eps original"]) == float(result.original.fgsm.eps_hi[7])
+    assert "## The answer" in paths.markdown.read_text()
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def test_train_export_audit_end_to_end(tmp_path, monkeypatch):
+    store, weights, out = tmp_path / "st", tmp_path / "m.safetensors", tmp_path / "rep"
+    r = runner.invoke(app, ["train", "--arch", "mlp:16", "--epochs", "3", "--store", str(store), "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["export", "r0001", str(weights), "--store", str(store)])
+    assert r.exit_code == 0, r.output
+    assert "sparank audit --model mlp:16" in r.output
+    again = runner.invoke(app, ["export", "r0001", str(weights), "--store", str(store)])
+    assert again.exit_code == 2 and "--force" in again.output
+    r = runner.invoke(app, ["audit", "--model", "mlp:16", "--weights", str(weights), "--dataset", "digits", "--n", "80",
+                            "--sparsities", "0,0.9", "--rank-fractions", "1,0.1", "--out", str(out), "--threads", "1"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert (out / "report.html").exists()
+    with (out / "compressions.csv").open() as f:
+        rows = {row["model"]: row for row in csv.DictReader(f)}
+    for identity in ("magnitude 0 %", "global 0 %", "structured 0 %", "svd rank 1"):
+        assert rows[identity]["verdict"] == NO_DIFFERENCE and float(rows[identity]["ratio"]) == 1.0
+    assert "Per family, the strongest setting" in r.output
+
+
+def test_cli_audits_a_model_from_an_import_path(tmp_path, trained_skip):
+    weights = tmp_path / "skip.safetensors"
+    save_file({k: v.contiguous() for k, v in trained_skip.state_dict().items()}, str(weights))
+    r = runner.invoke(app, ["audit", "--model", f"{__name__}:skip_net", "--weights", str(weights), "--dataset", "digits", "--n", "60",
+                            "--families", "svd", "--rank-fractions", "0.5", "--out", str(tmp_path / "rep"), "--threads", "1"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "svd" in r.output and (tmp_path / "rep" / "report.md").exists()
