@@ -81,7 +81,7 @@ class ModelAudit:
     fgsm: RobustnessResult  # on every audit input (no directions)
     cross_checks: tuple[RobustnessResult, ...]  # each on the first attack_n inputs
     best: RobustnessResult | None  # best ε* over FGSM and the cross-checks on the first attack_n inputs (None without cross-checks)
-    masking: dict[str, Any] | None  # MaskingFlags.to_dict() on the first attack_n inputs (None without cross-checks)
+    masking: dict[str, Any] | None  # MaskingFlags.to_dict() on the first attack_n inputs (with the cross-checks there are)
     structure: ModelStructure
     seconds: float  # compressing, fine-tuning and measuring
 
@@ -179,11 +179,9 @@ def _measure_one(
         _lean(measure(a, model, x[:k], y[:k], bounds=bounds, norm=norm, eps_max=eps_max, batch_size=batch_size))  # type: ignore[arg-type]
         for a in attacks
     )
-    best = masking = None
-    if checks:
-        members = [_first(fgsm, k), *checks]
-        best = best_of(members)
-        masking = masking_flags(model, x[:k], y[:k], members, bounds=bounds, norm=norm, batch_size=batch_size).to_dict()  # type: ignore[arg-type]
+    members = [_first(fgsm, k), *checks]
+    best = best_of(members) if checks else None
+    masking = masking_flags(model, x[:k], y[:k], members, bounds=bounds, norm=norm, batch_size=batch_size).to_dict()  # type: ignore[arg-type]
     return ModelAudit(compression, fgsm, checks, best, masking, model_structure(model), time.perf_counter() - start)
 
 
@@ -244,6 +242,7 @@ def audit(
         norm, eps_max, resolution, tol: the FGSM measure (PROTOCOL §2).
         attacks: cross-checks among ``pgd``, ``fmn``, ``deepfool`` (PROTOCOL §3), on the first
             ``attack_n`` inputs (None: all), with ``steps`` and ``restarts`` as ``sparank measure``.
+            The gradient-masking flags are computed on those inputs whether or not cross-checks run.
         accuracy_tolerance: the largest clean-accuracy loss (a fraction: 0.01 = one point) that
             an acceptable compression may cost.
         reference_eps: ε of the robust-accuracy differences (default: 5, 10, 20 % of ``eps_max``).
@@ -331,7 +330,7 @@ def audit(
         rows.append(CompressionComparison(m.compression, fc, fv, bc, bv, change, ok))  # type: ignore[arg-type]
     settings = {
         "bounds": list(bounds), "n": len(x), "norm": norm, "eps_max": eps_max, "resolution": resolution, "tol": tol,
-        "attacks": list(attacks), "attack_n": k if cross else None, "steps": steps, "restarts": restarts,
+        "attacks": list(attacks), "attack_n": k, "steps": steps, "restarts": restarts,
         "fine_tune_epochs": fine.epochs, "fine_tune_lr": fine.lr, "fine_tune_batch_size": fine.batch_size,
         "accuracy_tolerance": accuracy_tolerance, "reference_eps": list(refs), "n_boot": n_boot, "alpha": ALPHA, "seed": seed,
         "families": list(families), "sparsities": list(sparsities), "rank_fractions": list(rank_fractions),

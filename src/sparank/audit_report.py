@@ -128,7 +128,8 @@ def audit_table(result: AuditResult) -> tuple[list[str], list[list[Cell]]]:
     best = result.settings.get("attacks")
     headers = ["model", "sparsity", "eff. rank", "clean acc.", "Δ acc. (points)", "FGSM ε* AUC", "ΔAUC", "median ε* ratio", "verdict"]
     if best:
-        headers += ["best ε* ratio", "best verdict", "masking"]
+        headers += ["best ε* ratio", "best verdict"]
+    headers += ["masking"]
     headers += ["flipped (median orig. ε* flipped / kept)", "acceptable"]
     table: list[list[Cell]] = []
     o = result.original
@@ -145,7 +146,8 @@ def audit_table(result: AuditResult) -> tuple[list[str], list[list[Cell]]]:
         Cell("verdict", "–"),
     ]
     if best:
-        row += [Cell("best_ratio", "–"), Cell("best_verdict", "–"), Cell("masking", _masking_text(o))]
+        row += [Cell("best_ratio", "–"), Cell("best_verdict", "–")]
+    row += [Cell("masking", _masking_text(o))]
     row += [Cell("flipped", "–"), Cell("acceptable", "–")]
     table.append(row)
     for m, c in zip(result.compressed, result.comparisons):
@@ -171,9 +173,9 @@ def audit_table(result: AuditResult) -> tuple[list[str], list[list[Cell]]]:
                 Cell("best_ratio", "–" if b is None else f"{b.ratio.estimate:.3g} [{b.ratio.low:.3g}, {b.ratio.high:.3g}]",
                      None if b is None else b.ratio.estimate, None if b is None else b.ratio.low, None if b is None else b.ratio.high),
                 Cell("best_verdict", c.best_verdict or "–", c.best_verdict, css=_VERDICT_CSS.get(c.best_verdict or "", "")),
-                Cell("masking", _masking_text(m)),
             ]  # fmt: skip
         row += [
+            Cell("masking", _masking_text(m)),
             Cell("flipped", f"{flipped} ({_num(eps_f)} / {_num(eps_k)})", flipped),
             Cell("acceptable", "yes" if c.acceptable else "no", c.acceptable),
         ]
