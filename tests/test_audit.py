@@ -118,7 +118,8 @@ def test_zeroing_a_whole_layer_is_less_robust(digits, trained_skip):
     assert c.fgsm_verdict == LESS_ROBUST
     assert c.fgsm.ratio.high < 1.0 and c.fgsm.auc_difference.high < 0
     assert not c.acceptable
-    assert result.per_family[0].chosen is None
+    assert result.per_family[0].chosen is None and result.per_family[0].layers == ("skip",)
+    assert "magnitude pruning per layer of skip: no setting qualifies" in result.answer()
 
 
 def test_a_dead_feed_forward_model_is_not_acceptable_though_it_cannot_be_fooled(digits, digits_mlp):

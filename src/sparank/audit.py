@@ -119,6 +119,7 @@ class FamilyAnswer:
     family: str
     chosen: CompressionComparison | None  # the strongest acceptable setting (None: none is)
     next_stronger: CompressionComparison | None  # the next stronger setting audited (None: chosen is the strongest)
+    layers: tuple[str, ...] | None = None  # the layers its compressions name (None: the family's default layers)
 
 
 @dataclass(frozen=True)
@@ -341,15 +342,17 @@ def audit(
 
 
 def _with_answers(result: AuditResult) -> AuditResult:
+    """Per family (and per set of named layers, for compressions that name theirs), the strongest acceptable setting."""
     answers = []
-    for family in dict.fromkeys(c.compression.family for c in result.comparisons):
-        ordered = sorted((c for c in result.comparisons if c.compression.family == family), key=lambda c: c.compression.strength)
+    for family, layers in dict.fromkeys((c.compression.family, c.compression.layers) for c in result.comparisons):
+        group = [c for c in result.comparisons if (c.compression.family, c.compression.layers) == (family, layers)]
+        ordered = sorted(group, key=lambda c: c.compression.strength)
         ok = [i for i, c in enumerate(ordered) if c.acceptable]
         if not ok:
-            answers.append(FamilyAnswer(family, None, ordered[0]))
+            answers.append(FamilyAnswer(family, None, ordered[0], layers))
             continue
         i = ok[-1]
-        answers.append(FamilyAnswer(family, ordered[i], ordered[i + 1] if i + 1 < len(ordered) else None))
+        answers.append(FamilyAnswer(family, ordered[i], ordered[i + 1] if i + 1 < len(ordered) else None, layers))
     return dataclasses.replace(result, per_family=tuple(answers))
 
 
@@ -399,7 +402,7 @@ def answer_paragraph(result: AuditResult) -> str:
         )
     ]
     for fa in result.per_family:
-        title = FAMILY_TITLES.get(fa.family, fa.family)
+        title = FAMILY_TITLES.get(fa.family, fa.family) + ("" if fa.layers is None else f" of {', '.join(fa.layers)}")
         if fa.chosen is None:
             c = fa.next_stronger
             assert c is not None
