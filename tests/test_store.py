@@ -455,6 +455,7 @@ def test_a_version_1_store_is_read_and_upgraded(tmp_path: Path) -> None:
         con.execute("DROP INDEX measurements_by_key")
         con.execute("ALTER TABLE measurements DROP COLUMN key")
         con.execute("ALTER TABLE brackets DROP COLUMN distance")
+        con.execute("ALTER TABLE brackets DROP COLUMN certified")
         con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     con.close()
     with Store(tmp_path, readonly=True) as store:
@@ -502,6 +503,7 @@ def test_a_version_2_store_is_read_and_upgraded_with_distances(tmp_path: Path) -
         old = store.add_measurement(run_id, config={}, result=make_result(), indices=torch.arange(5))
     with sqlite3.connect(tmp_path / DB_NAME) as con:  # what sparank wrote before distances: no distance column
         con.execute("ALTER TABLE brackets DROP COLUMN distance")
+        con.execute("ALTER TABLE brackets DROP COLUMN certified")
         con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     con.close()
     with Store(tmp_path, readonly=True) as store:
@@ -511,3 +513,37 @@ def test_a_version_2_store_is_read_and_upgraded_with_distances(tmp_path: Path) -
     with Store(tmp_path) as store:
         new = store.add_measurement(run_id, config={}, result=replace(make_result(), distance=distance), indices=torch.arange(5))
         assert torch.equal(store.brackets(new).distance, distance) and store.brackets(old).distance.isnan().all()
+
+
+def test_certified_flags_round_trip_and_absent_when_not_asked(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    flags = torch.tensor([True, True, False, True, False])
+    with Store(tmp_path) as store:
+        run_id = store.add_run(kind="train", config={})
+        asked = store.add_measurement(run_id, config={}, result=replace(make_result(), certified=flags), indices=torch.arange(5))
+        not_asked = store.add_measurement(run_id, config={}, result=make_result(), indices=torch.arange(5))
+        assert torch.equal(store.brackets(asked).certified, flags)  # type: ignore[arg-type]
+        assert store.brackets(not_asked).certified is None
+        assert store._con.execute("SELECT COUNT(*) FROM brackets WHERE certified IS NULL").fetchone()[0] == 5
+
+
+def test_a_version_3_store_is_read_and_upgraded_with_certified_flags(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    with Store(tmp_path) as store:
+        run_id = store.add_run(kind="train", config={})
+        old = store.add_measurement(run_id, config={}, result=make_result(), indices=torch.arange(5))
+    with sqlite3.connect(tmp_path / DB_NAME) as con:  # what sparank wrote before certification: no certified column
+        con.execute("ALTER TABLE brackets DROP COLUMN certified")
+        con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    con.close()
+    with Store(tmp_path, readonly=True) as store:  # read as it is, not upgraded
+        table = store.brackets(old)
+        assert torch.equal(table.eps_hi, make_result().eps_hi) and table.certified is None
+        assert store._con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+    flags = torch.tensor([True, True, True, False, True])
+    with Store(tmp_path) as store:
+        assert store._con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "4"
+        new = store.add_measurement(run_id, config={}, result=replace(make_result(), certified=flags), indices=torch.arange(5))
+        assert torch.equal(store.brackets(new).certified, flags) and store.brackets(old).certified is None  # type: ignore[arg-type]

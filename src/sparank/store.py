@@ -21,8 +21,10 @@ Tables:
   indices), so that measuring the same thing twice reuses the first result;
 - ``brackets``: the per-input verified brackets of a measurement, in the
   order measured: ``input_index`` (into the test split), ``label``,
-  ``eps_lo``, ``eps_hi`` (+inf for censored inputs, stored as an IEEE REAL)
-  and ``status`` (:class:`sparank.robustness.Status`).
+  ``eps_lo``, ``eps_hi`` (+inf for censored inputs, stored as an IEEE REAL),
+  ``status`` (:class:`sparank.robustness.Status`), ``distance`` (the verified
+  adversarial's distance) and ``certified`` (1: proved, 0: scanned at the
+  measurement's resolution, NULL: certification not asked).
 
 JSON columns are strict JSON, readable by any SQLite client: a non-finite
 float is stored as the string ``"inf"``, ``"-inf"`` or ``"nan"`` (the
@@ -87,7 +89,9 @@ WEIGHTS_DIR = "weights"
 #: bumped whenever the tables change; a store with a larger version is refused.
 #: 2: ``measurements.key`` (a store of version 1 is upgraded when opened for writing)
 #: 3: ``brackets.distance``, the verified adversarial's ||x_adv − x|| (NULL in measurements stored before it)
-SCHEMA_VERSION = 3
+#: 4: ``brackets.certified``, 1 where the input's result is proved (FGSM with certify), 0 where it is scanned,
+#:    NULL where certification was not asked (and in measurements stored before it)
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE meta (
@@ -124,6 +128,7 @@ CREATE TABLE brackets (
     eps_hi         REAL NOT NULL,
     status         INTEGER NOT NULL,
     distance       REAL,
+    certified      INTEGER,
     PRIMARY KEY (measurement_id, position)
 ) WITHOUT ROWID;
 """
@@ -191,6 +196,8 @@ class BracketTable:
     eps_hi: Tensor  # float64; ε* = eps_hi (0 clean-wrong, inf censored)
     status: Tensor  # int64, values of sparank.robustness.Status
     distance: Tensor  # float64, ||x_adv − x|| of the verified adversarial (inf none); NaN where not recorded (before schema 3)
+    # bool: the input's result is proved (FGSM with certify) rather than scanned; None where certification was not asked
+    certified: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.status)
@@ -379,6 +386,8 @@ class Store:
                 con.execute("CREATE UNIQUE INDEX measurements_by_key ON measurements(key)")
             if self._version <= 2:  # version 2 had no adversarial distances: add the column (NULL for old rows)
                 con.execute("ALTER TABLE brackets ADD COLUMN distance REAL")
+            if self._version <= 3:  # version 3 had no certified flag: add the column (NULL: not asked)
+                con.execute("ALTER TABLE brackets ADD COLUMN certified INTEGER")
             if self._version < SCHEMA_VERSION:
                 con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
                 self._version = SCHEMA_VERSION
@@ -681,6 +690,7 @@ class Store:
             eps_hi.tolist(),
             result.status.tolist(),
             [None] * n if distance is None else distance.tolist(),
+            [None] * n if result.certified is None else [int(c) for c in result.certified.tolist()],
             strict=True,
         )
 
@@ -703,8 +713,8 @@ class Store:
                 )
                 measurement_id = int(cursor.lastrowid)  # type: ignore[arg-type]
                 con.executemany(
-                    "INSERT INTO brackets (measurement_id, position, input_index, label, eps_lo, eps_hi, status, distance)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO brackets (measurement_id, position, input_index, label, eps_lo, eps_hi, status, distance, certified)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     ((measurement_id, *row) for row in rows),
                 )
                 con.execute("COMMIT")
@@ -743,11 +753,13 @@ class Store:
             if con.execute("SELECT 1 FROM measurements WHERE id = ?", (measurement_id,)).fetchone() is None:
                 raise StoreError(f"no measurement {measurement_id} in store {self.path}; see `sparank show --store {self.path}`")
             rows = con.execute(
-                f"SELECT input_index, label, eps_lo, eps_hi, status, {'distance' if self._version >= 3 else 'NULL'} FROM brackets"
+                f"SELECT input_index, label, eps_lo, eps_hi, status, {'distance' if self._version >= 3 else 'NULL'},"
+                f" {'certified' if self._version >= 4 else 'NULL'} FROM brackets"
                 " WHERE measurement_id = ? ORDER BY position",
                 (measurement_id,),
             ).fetchall()
-        columns = list(zip(*rows, strict=True)) if rows else [()] * 6
+        columns = list(zip(*rows, strict=True)) if rows else [()] * 7
+        flags = columns[6]
         return BracketTable(
             input_index=torch.tensor(columns[0], dtype=torch.int64),
             label=torch.tensor(columns[1], dtype=torch.int64),
@@ -755,6 +767,7 @@ class Store:
             eps_hi=torch.tensor(columns[3], dtype=torch.float64),
             status=torch.tensor(columns[4], dtype=torch.int64),
             distance=torch.tensor([math.nan if d is None else d for d in columns[5]], dtype=torch.float64),
+            certified=None if not flags or any(f is None for f in flags) else torch.tensor(flags, dtype=torch.bool),
         )
 
 
