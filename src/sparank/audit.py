@@ -377,12 +377,13 @@ def _cost(c: CompressionComparison) -> str:
 
 
 def _why_not(c: CompressionComparison, tolerance: float) -> str:
+    """What keeps ``c`` from being acceptable, as a predicate: ``is less robust and costs 3.1 points of clean accuracy``."""
     reasons = []
     if c.fgsm_verdict == LESS_ROBUST or c.best_verdict == LESS_ROBUST:
-        reasons.append("less robust")
+        reasons.append("is less robust")
     if c.accuracy_change < -tolerance - 1e-12:
-        reasons.append(f"accuracy {_pct_points(c.accuracy_change)}")
-    return " and ".join(reasons)
+        reasons.append(f"costs {-100 * c.accuracy_change:.1f} points of clean accuracy")
+    return " and ".join(reasons) or "is acceptable too"
 
 
 def answer_paragraph(result: AuditResult) -> str:
@@ -408,7 +409,7 @@ def answer_paragraph(result: AuditResult) -> str:
             assert c is not None
             parts.append(
                 f"{title}: no setting qualifies; the weakest audited, {LEVEL_NAMES[fa.family]} {c.compression.level:g}, "
-                f"is {_why_not(c, tol)} ({_cost(c)})."
+                f"{_why_not(c, tol)} ({_cost(c)})."
             )
             continue
         c = fa.chosen
@@ -420,7 +421,7 @@ def answer_paragraph(result: AuditResult) -> str:
             text += "; it is the strongest setting audited."
         else:
             n = fa.next_stronger
-            text += f"; the next stronger, {n.compression.level:g}, is {_why_not(n, tol) or 'acceptable too'} ({_cost(n)})."
+            text += f"; the next stronger, {n.compression.level:g}, {_why_not(n, tol)} ({_cost(n)})."
         parts.append(text)
     if s.get("fine_tune_epochs"):
         parts.append(f"Each copy was fine-tuned {s['fine_tune_epochs']} epoch(s) with its mask or rank held fixed.")
