@@ -448,13 +448,14 @@ def _attack(
     source: Any = None,
     source_name: str = "",
     via: str = "fgsm",
+    certify: bool = False,
 ) -> Any:
     """The attack object for a CLI name and options (each attack checks its own settings)."""
     from sparank.attacks import FGSM, RandomRay, Transfer
 
     with _as_options({"resolution": "--resolution", "tol": "--tol", "steps": "--steps", "restarts": "--restarts"}):
         if name == "fgsm":
-            return FGSM(resolution=resolution, tol=tol)
+            return FGSM(resolution=resolution, tol=tol, certify=certify)
         if name == "random":
             return RandomRay(resolution=resolution, tol=tol)
         if name == "transfer":
@@ -521,6 +522,7 @@ def _measure_run(
     via: str = "fgsm",
     steps: int | None = None,
     restarts: int = 0,
+    certify: bool = False,
 ) -> tuple[list[tuple[str, int, dict[str, Any], bool]], dict[str, Any] | None]:
     """Measure a stored run with each attack, store every measurement as it finishes, then its best ε* and masking flags.
 
@@ -530,6 +532,7 @@ def _measure_run(
     directions: this run with ``source``'s adversarials, and ``source`` with this run's.
     After the attacks, the best ε* over every attack stored for these inputs and
     settings, with the model's gradient-masking flags, is stored (replacing the previous one).
+    With ``certify`` the FGSM measurement is the certified one (``FGSM(certify=True)``, its own key).
 
     Returns:
         ([(run, measurement id, summary, reused) per attack], the best record's summary or None).
@@ -561,8 +564,10 @@ def _measure_run(
             models[rid] = _stored_model(store, rid, data)
         return models[rid]
 
+    # certified FGSM is measured here (the run spec's FGSM is the scanned one; PGD starts from that)
+    spec_attacks = [a for a in attacks if not (certify and a == "fgsm")]
     done_by_attack = _measure_spec_attacks(
-        store, run_id, data, model_of, attacks=attacks, n=n, eval_seed=eval_seed, norm=norm, eps_max=eps_max, resolution=resolution,
+        store, run_id, data, model_of, attacks=spec_attacks, n=n, eval_seed=eval_seed, norm=norm, eps_max=eps_max, resolution=resolution,
         tol=tol, batch_size=batch_size, steps=steps, restarts=restarts, force=force,
     )  # fmt: skip
     jobs: list[tuple[str, str, str | None]] = []  # (target run, attack, source run): the attacks run.py does not make
@@ -570,12 +575,12 @@ def _measure_run(
         if name == "transfer":
             assert source is not None
             jobs += [(run_id, name, source), (source, name, run_id)]
-        elif name == "random":
+        elif name == "random" or (certify and name == "fgsm"):
             jobs.append((run_id, name, None))
     done: list[tuple[str, int, dict[str, Any], bool]] = []
     for target, name, src in jobs:
         attack = _attack(name, resolution=resolution, tol=tol, steps=steps, restarts=restarts,
-                         source=None if src is None else model_of(src), source_name=src or "", via=via)  # fmt: skip
+                         source=None if src is None else model_of(src), source_name=src or "", via=via, certify=certify)  # fmt: skip
         done.append(_measure_one(store, target, attack, data, indices, x, y, eval_seed=eval_seed, norm=norm, eps_max=eps_max,
                                  batch_size=batch_size, force=force, model_of=model_of))  # fmt: skip
     by_attack = {(t, a): d for (t, a, _), d in zip(jobs, done, strict=True)}
@@ -668,11 +673,12 @@ def _measure_one(store: Store, run_id: str, attack: Any, data: Any, indices: Any
         "n": len(x), "eval_seed": eval_seed, "split": "test", "bounds": [0.0, 1.0], "batch_size": batch_size, "attack": attack.name,
         "dataset": data.name, **_data_record(data),
     }  # fmt: skip
+    extra = None if result.certified is None else {"certified_fraction": float(result.certified.double().mean()) if len(x) else 1.0}
     try:
-        mid = store.add_measurement(run_id, config=config, result=result, indices=indices, key=key, replace=force)
+        mid = store.add_measurement(run_id, config=config, result=result, indices=indices, key=key, replace=force, extra_summary=extra)
     except DuplicateKeyError as race:  # another process stored the same measurement meanwhile
         mid = int(race.existing)
-    return run_id, mid, result.summary().to_dict(), False
+    return run_id, mid, {**result.summary().to_dict(), **(extra or {})}, False
 
 
 def _store_best(store: Store, run_id: str, data: Any, indices: Any, x: Any, y: Any, *, norm: str, eps_max: float, batch_size: int,
@@ -773,6 +779,9 @@ def measure(
     data_dir: DataDirOpt = None,
     store: StoreOpt = DEFAULT_STORE,
     threads: ThreadsOpt = None,
+    certify: Annotated[
+        bool, typer.Option("--certify", help="fgsm: prove the first crossing (every ε below ε* classified correctly), not only the scanned points")
+    ] = False,
 ) -> None:
     """Measure ε* (PROTOCOL §2-3) of a stored run or a safetensors file with one or more attacks, and store the results.
 
@@ -805,7 +814,7 @@ def measure(
             done, best = _measure_run(
                 run_id=run_id, store=opened, data_dir=data_dir, n=n, eval_seed=eval_seed, norm=norm, eps_max=eps_max,
                 resolution=resolution, tol=tol, batch_size=batch_size, force=force, attacks=attacks, source=source, via=via,
-                steps=steps, restarts=restarts,
+                steps=steps, restarts=restarts, certify=certify,
             )  # fmt: skip
         if as_json:
             records = [{"run": rid, "measurement": mid, "summary": summary} for rid, mid, summary, _ in done]
@@ -819,6 +828,8 @@ def measure(
             name = summary.get("attack", "fgsm")
             what = "ε* along the FGSM ray" if name == "fgsm" else f"ε* by {name}"
             _print_summary(f"run {rid}: {what} ({norm}), measurement {mid}", summary)
+            if "certified_fraction" in summary:
+                out.print(f"certified: {summary['certified_fraction']:.1%} of inputs (the others scanned at resolution {resolution:g})", markup=False)
         else:
             with Store(store, readonly=True) as st:
                 shown = {m.id: m for m in st.measurements()}

@@ -99,7 +99,8 @@ class RobustnessResult:
     (re-checked by a forward pass: misclassified in any batching, inside the
     box and inside the ``eps_hi`` ball up to :func:`~sparank.attacks.base.ball_tolerance`).
     For the FGSM ray, ``x(eps_hi)`` is that adversarial, every scanned point at
-    or below ``eps_lo`` is classified correctly, and ``eps_hi - eps_lo <= tol``;
+    or below ``eps_lo`` is classified correctly (every point, proved, where
+    ``certified`` is True), and ``eps_hi - eps_lo <= tol``;
     for other attacks ``eps_lo`` is the largest radius the attack tried and
     failed at (not a proof). Clean-wrong inputs have ``eps_lo = eps_hi = 0``;
     censored (nothing found up to ``eps_max``) and no-direction ones ``eps_hi = inf``.
@@ -121,6 +122,11 @@ class RobustnessResult:
     adversarials: Tensor | None = field(default=None, repr=False)  # (N, *shape) where asked: x_adv if fooled, else x
     rejected: int = 0  # adversarials the attack claimed that the re-check refused (counted as not found)
     forward_rows: int = 0  # rows passed through the model (cost)
+    # (N,) bool where certification was asked (FGSM(certify=True)): True where the result is proved (every ε in
+    # [0, eps_lo] classified y by bounds over the ray, sparank.certify; clean-wrong inputs need no proof),
+    # False where it is the scan's at ``resolution``; None where not asked
+    certified: Tensor | None = field(default=None, repr=False)
+    bound_passes: int = 0  # bound passes over ray segments (certification cost)
 
     @property
     def eps_star(self) -> Tensor:
@@ -195,6 +201,7 @@ def fgsm_robustness(
     tol: float = 1e-6,
     batch_size: int = 256,
     progress: Progress | None = None,
+    certify: bool = False,
 ) -> RobustnessResult:
     """ε* along the FGSM ray for every input, as verified brackets (PROTOCOL §2).
 
@@ -218,6 +225,9 @@ def fgsm_robustness(
             ``eps_max`` (:func:`sparank.attacks.min_tol`: about 2.4e-7 for float32 pixels).
         batch_size: rows per forward pass (memory).
         progress: called as ``progress(resolved, total)`` while inputs are resolved.
+        certify: also prove the first crossing (:mod:`sparank.certify`): where the proof
+            succeeds every ε in ``[0, eps_lo]`` is classified ``y``, not only the scanned
+            points; ``result.certified`` says per input whether it did.
 
     Returns:
         :class:`RobustnessResult` on the CPU. Every returned ``x(eps_hi)`` is misclassified
@@ -238,7 +248,7 @@ def fgsm_robustness(
     box = check_inputs(inputs, labels, bounds)
     check_tol(tol, inputs.dtype, box, eps_max)
     result = measure(
-        FGSM(resolution=resolution, tol=tol), model, inputs, labels, bounds=box, norm=norm, eps_max=eps_max,
+        FGSM(resolution=resolution, tol=tol, certify=certify), model, inputs, labels, bounds=box, norm=norm, eps_max=eps_max,
         batch_size=batch_size, progress=progress,
     )  # fmt: skip
     wrong = result.status == int(CLEAN_WRONG)
@@ -346,6 +356,10 @@ def measure(
     distance[c] = torch.where(ok, dist, math.inf)
     if adversarials is not None:
         adversarials[correct[ok.to(device)]] = points[ok.to(device)]
+    certified: Tensor | None = None
+    if found.certified is not None:  # a refused claim is not certified; clean-wrong inputs (ε* = 0) need no proof
+        certified = torch.ones(n, dtype=torch.bool)
+        certified[c] = found.certified.cpu() & (ok | ~found.found.cpu())
     if found.directions is not None:
         directions = torch.zeros_like(x)
         directions[correct] = found.directions
@@ -368,6 +382,8 @@ def measure(
         adversarials=None if adversarials is None else adversarials.detach().cpu(),
         rejected=rejected,
         forward_rows=found.forward_rows + n,
+        certified=certified,
+        bound_passes=found.bound_passes,
     )
 
 

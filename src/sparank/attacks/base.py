@@ -353,6 +353,8 @@ class Found(NamedTuple):
     no_direction: Tensor  # (N,) bool: the attack could not move (a zero gradient or direction)
     forward_rows: int  # rows passed through the model, forward or backward (cost)
     directions: Tensor | None = None  # (N, *shape) ray directions, for ray attacks
+    certified: Tensor | None = None  # (N,) bool: the result is proved (FGSM with certify), not scanned; None: not asked
+    bound_passes: int = 0  # bound passes over ray segments (certification cost, see sparank.certify)
 
 
 class MinimalAttack(ABC):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -526,18 +526,38 @@ def check_ray_settings(resolution: object, tol: object) -> None:
 class FGSM(MinimalAttack):
     """ε* along the FGSM ray (PROTOCOL §2): :func:`fgsm_direction`, then :func:`first_crossing`.
 
-    Settings: ``resolution`` (the scan step ``h``) and ``tol`` (the bracket
-    width). The adversarial of an input is ``x(eps_hi)``; its claimed radius
+    Settings: ``resolution`` (the scan step ``h``), ``tol`` (the bracket
+    width) and ``certify``. The adversarial of an input is ``x(eps_hi)``; its claimed radius
     is ``eps_hi`` (the ray parameter: ``||x(ε) − x|| <= ε``, less where the box clips).
     Goodfellow, Shlens & Szegedy 2015, https://arxiv.org/abs/1412.6572.
+
+    With ``certify=True`` the scan's result is only a hint: :mod:`sparank.certify`
+    then proves, with bounds on the margin over whole segments of the ray, that
+    every ε in ``[0, eps_lo]`` is classified ``y``, so ``eps_hi`` is the first
+    crossing with no resolution caveat. Per input, ``Found.certified`` says
+    whether that proof was obtained; where not (a layer the bounds do not
+    support, or no proof within :data:`sparank.certify.MAX_PASSES` bound
+    passes) the input keeps its scanned result. ``certify`` enters the
+    settings (and the measurement's key) only when True, so the keys of
+    measurements stored before it are unchanged.
     """
 
     name: ClassVar[str] = "fgsm"
     resolution: float = 1e-2
     tol: float = 1e-6
+    certify: bool = False
 
     def __post_init__(self) -> None:
         check_ray_settings(self.resolution, self.tol)
+        if not isinstance(self.certify, bool):
+            raise ValueError(f"certify must be True or False, got {self.certify!r}")
+
+    def settings(self) -> dict[str, Any]:
+        """The attack's name and settings; ``certify`` only when True (scanned measurements keep their keys)."""
+        out = super().settings()
+        if not self.certify:
+            out.pop("certify")
+        return out
 
     def run(
         self,
@@ -554,7 +574,60 @@ class FGSM(MinimalAttack):
         if self.resolution > eps_max:
             raise ValueError(f"resolution must be in (0, eps_max={eps_max}], got {self.resolution}")
         directions = fgsm_direction(model, inputs, labels, norm=norm, batch_size=batch_size)
-        return ray_search(model, inputs, labels, directions, self.resolution, self.tol, bounds, eps_max, batch_size, progress)
+        found = ray_search(model, inputs, labels, directions, self.resolution, self.tol, bounds, eps_max, batch_size, progress)
+        if not self.certify:
+            return found
+        return certify_found(model, inputs, labels, found, bounds, eps_max, self.tol, batch_size)
+
+
+def certify_found(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    found: Found,
+    bounds: Bounds,
+    eps_max: float,
+    tol: float,
+    batch_size: int,
+) -> Found:
+    """``found`` (a scan's result along ``found.directions``) with each input's result proved where :mod:`sparank.certify` can.
+
+    Where the proof succeeds, the input's bracket is replaced by the certified one
+    (``eps_lo`` proved, ``eps_hi`` verified; inf where the whole ray up to
+    ``eps_max`` is proved correct); elsewhere the scanned result stays, with
+    ``certified`` False.
+    """
+    from sparank.certify import Unsupported, bound_network, certified_crossing, check_walk
+
+    assert found.directions is not None
+    n = len(inputs)
+    try:
+        net = bound_network(model)
+        check_walk(model, net, inputs[:batch_size])
+    except Unsupported:
+        return found._replace(certified=torch.zeros(n, dtype=torch.bool))
+    fooled = found.found.to(inputs.device)
+    hint_lo = torch.where(fooled, found.eps_lo.to(inputs.device), float(eps_max))
+    hint_hi = torch.where(fooled, found.eps.to(inputs.device), math.inf)
+    cert = certified_crossing(
+        model, net, inputs, labels, found.directions, hint_lo, hint_hi, bounds=bounds, eps_max=eps_max, tol=tol, batch_size=batch_size,
+    )  # fmt: skip
+    ok = cert.certified
+    hit = ok & torch.isfinite(cert.eps_hi)
+    eps = torch.where(ok, cert.eps_hi, found.eps)
+    adversarials = found.adversarials.clone()
+    if bool(hit.any()):
+        h = hit.to(inputs.device)
+        adversarials[h] = ray_points(inputs[h], found.directions[h], cert.eps_hi[hit].to(inputs.device), bounds)
+    return found._replace(
+        adversarials=adversarials,
+        found=torch.where(ok, hit, found.found),
+        eps=eps,
+        eps_lo=torch.where(ok, torch.where(hit, cert.eps_lo, float(eps_max)), found.eps_lo),
+        forward_rows=found.forward_rows + cert.forward_rows,
+        certified=ok,
+        bound_passes=int(cert.passes.sum()),
+    )
 
 
 def ray_search(

@@ -1,0 +1,617 @@
+"""Certified first crossing along the FGSM ray: bounds on the margin over whole segments of the ray.
+
+Along the ray ``x(ε) = clip(x + ε·d, lo, hi)`` (PROTOCOL §2) the input is a
+function of one scalar. On a segment ``ε = a + t·(b − a)``, ``t ∈ [0, 1]``,
+:func:`margin_bounds` propagates, for every neuron, a lower and an upper
+*affine function of t* through the network (linear bounds over a 1-D input,
+in the spirit of CROWN, Zhang et al. 2018, https://arxiv.org/abs/1811.00866,
+and of the linear restrictions of Sotoudeh & Thakur 2019,
+https://arxiv.org/abs/1908.06214). An affine function on ``[0, 1]`` is held
+by its values at the two ends, so every relaxation is a comparison of
+numbers, never an approximation:
+
+- input: each clipped coordinate is monotone in ``t``; its chord, shifted
+  down and up by its largest deviation at the (at most two) points where it
+  meets the box, bounds it; a coordinate that does not meet the box inside
+  the segment is its chord exactly;
+- ``Linear`` / ``Conv2d`` / ``AvgPool2d`` / eval-mode ``BatchNorm``: exact,
+  as centre ``W·m + b`` and radius ``|W|·r`` of the two bounds;
+- ``ReLU``: ``relu`` of an affine function of ``t`` is convex, so above it
+  the chord from ``relu(U(0))`` to ``relu(U(1))``; below, the lower bound
+  itself where it is non-negative at both ends, 0 where it is non-positive at
+  both, else whichever of the two has the larger mean;
+- ``MaxPool2d``: above, the chord of the window's largest upper ends (a
+  maximum of affine functions is convex); below, the lower bound of the one
+  element with the largest mean lower bound;
+- the last ``Linear`` layer is folded into the margins ``f_y − f_k`` (exact:
+  a difference of two float32 weights is exact in float64).
+
+Where no ReLU or pool changes state and no pixel meets the box on the
+segment, the two bounds coincide and the margin is known exactly: its root is
+the crossing. :func:`certified_crossing` walks each ray from 0 with
+segments that double while their lower margin bound stays positive, jumps
+to the root of the lowest margin bound where it does not (everything before
+that root is proved correct), and tries the point ``tol`` past it with a
+forward pass.
+
+**Rounding.** Bounds are computed in float64 and widened so that they stay
+sound: every matrix product gets the a-priori error bound of a dot product,
+``γ_n · (Σ|w_i||m_i| + |b|)`` with ``γ_n = n·u/(1 − n·u)`` (Higham,
+*Accuracy and Stability of Numerical Algorithms*, §3.1), computed from the
+rows' absolute sums and the largest ``|m|`` (cheap, and γ_n ≈ 1e-13 makes
+the looseness irrelevant), and every subtraction or addition that forms a
+lower or upper bound is nudged outward by one ulp with ``torch.nextafter``.
+This was chosen over float32 with error terms because a rigorous float32
+dot-product bound (γ_n ≈ 1e-4 for n = 1568) would be far wider than the
+margin change over ``tol`` near a crossing.
+
+What a certificate says: every point of the exact ray ``clip(x + ε·d)``
+with ``ε`` in ``[0, eps_lo]`` has a positive margin for the model *in exact
+arithmetic* with its stored weights (so the argmax is ``y``, with no tie).
+The measure evaluates float32 points with a float32 model; those agree with
+the exact values up to their rounding, the noise band that the measure's
+"verified" rule is about. Covering that rounding too was tried: a rigorous
+bound on it (the input's last-place errors times the weights' absolute
+sums) was 4e-5 in margin on the digits MLP, wider than the margin change
+over ``tol`` = 1e-6 there, so no bracket would close.
+The upper end ``x(eps_hi)`` is, as always, verified by forward passes.
+Models with a layer not listed above are not certified: :func:`bound_network`
+says why, and the measure falls back to the scan, marked as scanned.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sparank.attacks.base import Bounds, _evaluate, verify_points
+from sparank.attacks.fgsm import ray_points
+
+#: unit roundoff of float64
+_U = 2.0**-53
+#: bound passes an input may take before it keeps its scanned result (marked not certified)
+MAX_PASSES = 64
+
+
+def _gamma(n: int) -> float:
+    """``γ_n = n·u/(1 − n·u)`` for float64, with two more operations (bias, rounding of the error term itself)."""
+    k = n + 2
+    return 2.0 * k * _U / (1.0 - k * _U)
+
+
+def _down(x: Tensor) -> Tensor:
+    return torch.nextafter(x, torch.full_like(x, -math.inf))
+
+
+def _up(x: Tensor) -> Tensor:
+    return torch.nextafter(x, torch.full_like(x, math.inf))
+
+
+class Unsupported(ValueError):
+    """The model has a layer (or a structure) whose bounds :mod:`sparank.certify` does not propagate."""
+
+
+def _flat_layers(model: nn.Module) -> list[nn.Module]:
+    if isinstance(model, nn.Sequential):
+        return [leaf for child in model for leaf in _flat_layers(child)]
+    return [model]
+
+
+class BoundNet(NamedTuple):
+    """A model as :func:`margin_bounds` reads it: its layers in order and float64 copies of their weights."""
+
+    layers: list[nn.Module]
+    affine: dict[int, _Affine]  # by id of the Linear / Conv2d module
+
+
+def bound_network(model: nn.Module) -> BoundNet:
+    """The model's layers with float64 weights, if :func:`margin_bounds` supports every one; else :class:`Unsupported` saying which.
+
+    Supported: (nested) ``nn.Sequential`` of ``Linear``, ``Conv2d`` (zero padding), ``ReLU``,
+    ``MaxPool2d``, ``AvgPool2d``, ``Flatten``, ``BatchNorm1d/2d`` in eval mode with running
+    statistics, ``Identity`` and ``Dropout`` (identity in eval mode); the last layer must be ``Linear``.
+    """
+    layers = [m for m in _flat_layers(model) if not isinstance(m, nn.Identity | nn.Dropout)]
+    for m in layers:
+        name = type(m).__name__
+        if _base_type(m) not in _SUPPORTED:  # exact types: a subclass may compute something else
+            raise Unsupported(f"layer {name} has no certified bounds")
+        if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
+            raise Unsupported(f"Conv2d with padding_mode={m.padding_mode!r} has no certified bounds")
+        if isinstance(m, nn.MaxPool2d) and (m.ceil_mode or m.dilation not in (1, (1, 1))):
+            raise Unsupported("MaxPool2d with ceil_mode or dilation has no certified bounds")
+        if isinstance(m, nn.AvgPool2d) and m.divisor_override is not None:
+            raise Unsupported("AvgPool2d with divisor_override has no certified bounds")
+        if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) and (m.training or m.running_mean is None):
+            raise Unsupported(f"{name} outside eval mode or without running statistics has no certified bounds")
+        if isinstance(m, nn.Flatten) and m.start_dim != 1:
+            raise Unsupported("Flatten with start_dim != 1 has no certified bounds")
+    if not layers or not isinstance(layers[-1], nn.Linear):
+        raise Unsupported("the last layer must be Linear (it is folded into the margins)")
+    return BoundNet(layers, {id(m): _affine(m) for m in layers if isinstance(m, nn.Linear | nn.Conv2d)})
+
+
+def _base_type(m: nn.Module) -> type:
+    """The module's class, or for a ``torch.nn.utils.parametrize`` module the class it parametrises (read through ``.weight``)."""
+    from torch.nn.utils import parametrize
+
+    return type(m).__mro__[1] if parametrize.is_parametrized(m) else type(m)
+
+
+_SUPPORTED = (nn.Linear, nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+class _Affine(NamedTuple):
+    """A linear map ``z → W z + b`` in float64, applied to a batch, with its per-output ``Σ|w|`` and fan-in."""
+
+    kind: str  # "linear" or "conv"
+    weight: Tensor
+    abs_weight: Tensor
+    bias: Tensor | None
+    row_abs: Tensor  # per output feature / channel: Σ|w| (+ |b|)
+    fan_in: int
+    module: nn.Module
+
+
+def _affine(module: nn.Module) -> _Affine:
+    if isinstance(module, nn.Linear | nn.Conv2d):
+        w = module.weight.detach().double()
+        b = None if module.bias is None else module.bias.detach().double()
+        row_abs = w.abs().flatten(1).sum(dim=1) + (0.0 if b is None else b.abs())
+        return _Affine("linear" if isinstance(module, nn.Linear) else "conv", w, w.abs(), b, row_abs, w[0].numel(), module)
+    raise TypeError(type(module).__name__)
+
+
+def _apply(op: _Affine, z: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    if op.kind == "linear":
+        return F.linear(z, weight, bias)
+    m = op.module
+    assert isinstance(m, nn.Conv2d)
+    return F.conv2d(z, weight, bias, m.stride, m.padding, m.dilation, m.groups)
+
+
+def _error(op: _Affine, scale: Tensor, out_shape: torch.Size) -> Tensor:
+    """``γ_n · (Σ|w| · scale + |b|)`` broadcast to the output, ``scale`` (N,) the largest |input| per row."""
+    per = _gamma(op.fan_in) * op.row_abs[None, :] * scale[:, None].clamp_min(1.0)
+    return per.view(per.shape + (1,) * (len(out_shape) - 2))
+
+
+class _Bounds(NamedTuple):
+    """Lower and upper bounds at both ends of a segment: ``lo0, lo1, hi0, hi1``, each ``(N, *shape)`` float64."""
+
+    lo0: Tensor
+    lo1: Tensor
+    hi0: Tensor
+    hi1: Tensor
+
+
+class _Centre(NamedTuple):
+    """Bounds as a centre and radius at both ends, stacked ``(2N, ...)`` (end 0 then end 1), plus a uniform
+    extra radius ``slack`` ``(2N,)`` (rounding) kept apart so that ``rad`` stays exactly 0 where it is."""
+
+    mid: Tensor
+    rad: Tensor
+    slack: Tensor
+
+
+def _input_centre(x: Tensor, d: Tensor, a: Tensor, b: Tensor, box: Bounds) -> _Centre:
+    """Bounds on ``clip(x + (a + t(b − a))·d)`` over ``t ∈ [0, 1]``, computed in float64 (inputs ``(N, *shape)``)."""
+    lo, hi = float(box.lo), float(box.hi)
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    xd, dd = x.double(), d.double()
+    a_, b_ = a.view(shape), b.view(shape)
+    v0 = (xd + a_ * dd).clamp_(lo, hi)
+    v1 = (xd + b_ * dd).clamp_(lo, hi)
+    # where the coordinate meets the box inside (a, b) its value is lo or hi there, off the chord
+    dev_up = torch.zeros_like(v0)
+    dev_dn = torch.zeros_like(v0)
+    width = (b_ - a_).clamp_min(torch.finfo(torch.float64).tiny)
+    safe_d = torch.where(dd != 0, dd, 1.0)
+    for bound in (lo, hi):
+        eps_at = torch.where(dd != 0, (bound - xd) / safe_d, math.inf)
+        inside = (eps_at > a_) & (eps_at < b_)
+        if not bool(inside.any()):
+            continue
+        t = ((eps_at - a_) / width).clamp_(0.0, 1.0)
+        dev = torch.where(inside, bound - (v0 + t * (v1 - v0)), 0.0)
+        dev_up = torch.maximum(dev_up, dev)
+        dev_dn = torch.maximum(dev_dn, -dev)
+    half = 0.5 * (dev_up - dev_dn)
+    mid = torch.cat([v0 + half, v1 + half])
+    rad = 0.5 * (dev_up + dev_dn) * (1.0 + 8 * _U)
+    rad = torch.cat([rad, rad])
+    # rounding of the products, sums, chords and deviations above: a few units in the last place of the
+    # largest magnitude in play, per input (kept apart so that rad stays exactly 0 off the breakpoints)
+    scale = (xd.abs() + b_.abs() * dd.abs()).flatten(1).amax(dim=1) + abs(lo) + abs(hi)
+    scale = scale + 2 * (dev_up + dev_dn).flatten(1).amax(dim=1) if len(x) and x[0].numel() else scale
+    slack = 16 * _U * scale + 1e-300
+    return _Centre(mid, rad, torch.cat([slack, slack]))
+
+
+def _centre(bnd: _Bounds) -> _Centre:
+    """Centre and radius covering the bounds (rounding included in the radius)."""
+    lo = torch.cat([bnd.lo0, bnd.lo1])
+    hi = torch.cat([bnd.hi0, bnd.hi1])
+    mid = 0.5 * (lo + hi)
+    rad = 0.5 * (hi - lo) + 4 * _U * (lo.abs() + hi.abs())
+    return _Centre(mid, rad, torch.zeros(len(mid), dtype=mid.dtype, device=mid.device))
+
+
+def _from_centre(cen: _Centre) -> _Bounds:
+    mid, rad, slack = cen
+    n = len(mid) // 2
+    extra = slack.view((-1,) + (1,) * (mid.ndim - 1))
+    lo, hi = _down(_down(mid - rad) - extra), _up(_up(mid + rad) + extra)
+    return _Bounds(lo[:n], lo[n:], hi[:n], hi[n:])
+
+
+def _largest(z: Tensor) -> Tensor:
+    """Per row of a ``(2N, ...)`` stack: the largest |entry| of the input's two ends, ``(2N,)``."""
+    n = len(z) // 2
+    per = z.abs().flatten(1).amax(dim=1) if z[0].numel() else torch.zeros(len(z), dtype=z.dtype, device=z.device)
+    both = torch.maximum(per[:n], per[n:])
+    return torch.cat([both, both])
+
+
+def _through_affine(op: _Affine, cen: _Centre) -> _Centre:
+    """``W·z + b`` of every ``z`` within the bounds: centre ``W·m + b``, radius ``|W|·r``, and the rounding error."""
+    mid, rad, slack = cen
+    out_mid = _apply(op, mid, op.weight, op.bias)
+    if op.kind == "linear" and rad.ndim == 2:
+        used = torch.nonzero((rad != 0).any(dim=0)).squeeze(1)  # off the box's breakpoints the input radius is 0
+        if len(used) == 0:
+            out_rad = torch.zeros_like(out_mid)
+        elif len(used) < rad.shape[1] // 2:
+            out_rad = F.linear(rad[:, used], op.abs_weight[:, used])
+        else:
+            out_rad = F.linear(rad, op.abs_weight)
+    elif not bool(rad.any()):
+        out_rad = torch.zeros_like(out_mid)
+    else:
+        out_rad = _apply(op, rad, op.abs_weight, None)
+    # a dot product of n terms in float64 is off by at most γ_n·Σ|w||z|; the slack adds Σ|w|·slack exactly
+    scale = _largest(mid) + _largest(rad)
+    per = op.row_abs[None, :] * (_gamma(op.fan_in) * scale.clamp_min(1.0) + slack * (1 + _gamma(op.fan_in)))[:, None]
+    per = per.view(per.shape + (1,) * (out_mid.ndim - 2))
+    return _Centre(out_mid, out_rad + per, torch.zeros_like(slack))
+
+
+def _relu(bnd: _Bounds) -> _Bounds:
+    lo0, lo1, hi0, hi1 = bnd
+    keep = (lo0 + lo1) > 0  # the lower bound itself has the larger mean than 0
+    lower0 = torch.where((lo0 >= 0) & (lo1 >= 0), lo0, torch.where((lo0 <= 0) & (lo1 <= 0), 0.0, torch.where(keep, lo0, 0.0)))
+    lower1 = torch.where((lo0 >= 0) & (lo1 >= 0), lo1, torch.where((lo0 <= 0) & (lo1 <= 0), 0.0, torch.where(keep, lo1, 0.0)))
+    return _Bounds(lower0, lower1, hi0.clamp_min(0.0), hi1.clamp_min(0.0))
+
+
+def _maxpool(m: nn.MaxPool2d, bnd: _Bounds) -> _Bounds:
+    lo0, lo1, hi0, hi1 = bnd
+    args = (m.kernel_size, m.stride, m.padding)
+    up0, up1 = F.max_pool2d(hi0, *args), F.max_pool2d(hi1, *args)
+    _, idx = F.max_pool2d(lo0 + lo1, *args, return_indices=True)  # the element with the largest mean lower bound
+    flat = idx.flatten(2)
+    pick0 = lo0.flatten(2).gather(2, flat).view_as(up0)
+    pick1 = lo1.flatten(2).gather(2, flat).view_as(up0)
+    return _Bounds(pick0, pick1, up0, up1)
+
+
+def _avgpool(m: nn.AvgPool2d, bnd: _Bounds) -> _Bounds:
+    args = (m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad)
+    lo = [F.avg_pool2d(v, *args) for v in (bnd.lo0, bnd.lo1)]
+    hi = [F.avg_pool2d(v, *args) for v in (bnd.hi0, bnd.hi1)]
+    k = math.prod(m.kernel_size) if isinstance(m.kernel_size, tuple) else m.kernel_size**2
+    lo = [_down(v - _gamma(k) * v.abs()) for v in lo]
+    hi = [_up(v + _gamma(k) * v.abs()) for v in hi]
+    return _Bounds(lo[0], lo[1], hi[0], hi[1])
+
+
+def _batchnorm(m: nn.BatchNorm1d | nn.BatchNorm2d, bnd: _Bounds) -> _Bounds:
+    assert m.running_mean is not None and m.running_var is not None
+    scale = m.weight.detach().double() if m.weight is not None else torch.ones_like(m.running_mean.double())
+    scale = scale / torch.sqrt(m.running_var.double() + m.eps)
+    shift = (m.bias.detach().double() if m.bias is not None else 0.0) - m.running_mean.double() * scale
+    view = (1, -1) + (1,) * (bnd.lo0.ndim - 2)
+    s, c = scale.view(view), shift.view(view) if isinstance(shift, Tensor) else shift
+    mid, rad, _ = _centre(bnd)
+    out_mid = mid * s + c
+    # the scale itself is rounded (division, square root): a relative 8u on it, plus the two operations
+    out_rad = rad * s.abs() + 16 * _U * (mid.abs() * s.abs() + abs(c) if isinstance(c, float) else mid.abs() * s.abs() + c.abs())
+    return _from_centre(_Centre(out_mid, out_rad, torch.zeros(len(mid), dtype=mid.dtype, device=mid.device)))
+
+
+def _forward_bounds(net: BoundNet, layers: list[nn.Module], state: _Bounds | _Centre) -> _Bounds | _Centre:
+    for m in layers:
+        if isinstance(m, nn.Flatten):
+            state = type(state)(*(v.flatten(1) if v.ndim > 1 else v for v in state))
+            continue
+        if isinstance(m, nn.Linear | nn.Conv2d):
+            state = _through_affine(net.affine[id(m)], state if isinstance(state, _Centre) else _centre(state))
+            continue
+        bnd = _from_centre(state) if isinstance(state, _Centre) else state
+        if isinstance(m, nn.ReLU):
+            state = _relu(bnd)
+        elif isinstance(m, nn.MaxPool2d):
+            state = _maxpool(m, bnd)
+        elif isinstance(m, nn.AvgPool2d):
+            state = _avgpool(m, bnd)
+        elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+            state = _batchnorm(m, bnd)
+        else:  # bound_network admits nothing else
+            raise Unsupported(type(m).__name__)
+    return state
+
+
+def margin_bounds(
+    net: BoundNet,
+    inputs: Tensor,
+    labels: Tensor,
+    directions: Tensor,
+    a: Tensor,
+    b: Tensor,
+    bounds: Bounds | tuple[float, float],
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Bounds on the margins ``f_y − f_k`` over the ray segments ``ε ∈ [a, b]``, at both ends.
+
+    Args:
+        net: from :func:`bound_network`.
+        inputs, directions: ``(N, *shape)``; labels ``(N,)``; a, b: ``(N,)`` float64 segment ends.
+
+    Returns:
+        ``(lower at a, lower at b, upper at a, upper at b)``, each ``(N, K)`` float64: for every ``t``
+        in ``[0, 1]`` and every class ``k ≠ y`` the margin at ``ε = a + t(b − a)`` lies between
+        ``(1 − t)·lower_a + t·lower_b`` and ``(1 − t)·upper_a + t·upper_b`` (exact arithmetic, sound
+        rounding). The entry of ``y`` itself is ``+inf`` (lower) and ``+inf`` (upper).
+    """
+    box = Bounds(float(bounds[0]), float(bounds[1]))
+    state = _forward_bounds(net, net.layers[:-1], _input_centre(inputs, directions, a.double(), b.double(), box))
+    cen = state if isinstance(state, _Centre) else _centre(state)
+    op = net.affine[id(net.layers[-1])]
+    w, bias = op.weight, op.bias if op.bias is not None else torch.zeros(op.weight.shape[0], dtype=torch.float64)
+    n = len(labels)
+    c = w[labels][:, None, :] - w[None, :, :]  # (N, K, H): exact differences of float32 weights
+    db = bias[labels][:, None] - bias[None, :]  # (N, K)
+    mid, rad, slack = cen  # (2N, H)
+    rad = rad + slack[:, None]
+    mid2 = torch.stack([mid[:n], mid[n:]], dim=2)  # (N, H, 2)
+    rad2 = torch.stack([rad[:n], rad[n:]], dim=2)
+    centre = torch.bmm(c, mid2) + db[:, :, None]  # (N, K, 2)
+    spread = torch.bmm(c.abs(), rad2)
+    c_abs_sum = c.abs().sum(dim=2)  # (N, K)
+    scale = torch.maximum(mid2.abs().amax(dim=(1, 2)), rad2.abs().amax(dim=(1, 2))).clamp_min(1.0)
+    err = _gamma(c.shape[2]) * (c_abs_sum * 2 * scale[:, None] + db.abs())
+    lower = _down(centre - spread - err[:, :, None])
+    upper = _up(centre + spread + err[:, :, None])
+    own = torch.nn.functional.one_hot(labels, w.shape[0]).bool()
+    lower = lower.masked_fill(own[:, :, None], math.inf)
+    upper = upper.masked_fill(own[:, :, None], math.inf)
+    return lower[..., 0], lower[..., 1], upper[..., 0], upper[..., 1]
+
+
+def point_logits(net: BoundNet, inputs: Tensor) -> Tensor:
+    """The logits of ``inputs`` through the layers as :func:`margin_bounds` reads them (float64, no relaxation)."""
+    z = inputs.double()
+    for m in net.layers:
+        if isinstance(m, nn.Linear | nn.Conv2d):
+            op = net.affine[id(m)]
+            z = _apply(op, z, op.weight, op.bias)
+        elif isinstance(m, nn.ReLU):
+            z = z.clamp_min(0.0)
+        elif isinstance(m, nn.MaxPool2d):
+            z = F.max_pool2d(z, m.kernel_size, m.stride, m.padding)
+        elif isinstance(m, nn.AvgPool2d):
+            z = F.avg_pool2d(z, m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad)
+        elif isinstance(m, nn.Flatten):
+            z = z.flatten(1)
+        else:
+            bnd = _batchnorm(m, _Bounds(z, z, z, z))  # type: ignore[arg-type]
+            z = 0.5 * (bnd.lo0 + bnd.hi0)
+    return z
+
+
+def check_walk(model: nn.Module, net: BoundNet, inputs: Tensor) -> None:
+    """:class:`Unsupported` unless the layer walk reproduces the model's logits on ``inputs`` (a hook, a patched forward)."""
+    if not len(inputs):
+        return
+    with torch.inference_mode():
+        ours = point_logits(net, inputs)
+        theirs = model(inputs).double()
+    scale = theirs.abs().amax(dim=1, keepdim=True).clamp_min(1.0)
+    if ours.shape != theirs.shape or bool(((ours - theirs).abs() > 1e-3 * scale).any()):
+        raise Unsupported("the model's forward pass is not the composition of its layers (a hook or a patched forward)")
+
+
+class Certified(NamedTuple):
+    """Per-input result of :func:`certified_crossing` (CPU tensors)."""
+
+    certified: Tensor  # (N,) bool: every ε in [0, eps_lo] is proved correct and (fooled) x(eps_hi) verified
+    eps_lo: Tensor  # (N,) float64 where certified
+    eps_hi: Tensor  # (N,) float64 where certified: inf if censored
+    passes: Tensor  # (N,) int64: bound passes taken
+    forward_rows: int  # forward rows spent on probes and verification
+
+
+def certified_crossing(
+    model: nn.Module,
+    net: BoundNet,
+    inputs: Tensor,
+    labels: Tensor,
+    directions: Tensor,
+    hint_lo: Tensor,
+    hint_hi: Tensor,
+    *,
+    bounds: Bounds | tuple[float, float],
+    eps_max: float,
+    tol: float,
+    batch_size: int = 256,
+    max_passes: int = MAX_PASSES,
+) -> Certified:
+    """The exact first crossing to ``tol`` for inputs that are correct at ε = 0 and have a direction.
+
+    Each input walks its ray from ``c = 0``: a bound pass over ``[c, c + w]``
+    (:func:`margin_bounds`); where every margin's lower bound is positive at
+    both ends the whole segment is proved and ``w`` doubles; otherwise ``c``
+    moves to the first root of the lower bounds (everything before it is
+    proved), the point ``c + tol`` is tried with a forward pass, and ``w``
+    becomes twice the distance advanced (an eighth of it where nothing was).
+    A tried point misclassified beyond the noise, and accepted by
+    :func:`~sparank.attacks.base.verify_points`, ends the search with the bracket
+    ``[c, c + tol]``; reaching ``eps_max`` proves the input censored. Where that
+    point's margin is within the model's float32 noise (its margin falls by
+    less than the noise over ``tol``), points ``tol·2^k`` past ``c`` are tried
+    and the first one verified is pulled back (15 points per round, 3 rounds)
+    to within ``tol`` of the last point the noise hides: that bracket is wider
+    than ``tol``, with ``eps_lo = c`` still the proved end (the scan, there,
+    puts ``eps_lo`` at ``eps_hi − tol`` inside the noise band instead).
+
+    Args:
+        net: :func:`bound_network` of the model.
+        hint_lo, hint_hi: ``(N,)`` the scan's bracket: ``hint_hi`` a verified misclassified ε or inf
+            (segments never pass it), ``hint_lo`` the last scanned correct point: the first segment is
+            ``[0, hint_lo]`` (``[0, min(hint_hi, eps_max)]`` where it is 0).
+        max_passes: inputs still open after this many bound passes are returned not certified.
+    """
+    device = inputs.device
+    n = len(inputs)
+    certified = torch.zeros(n, dtype=torch.bool, device=device)
+    eps_lo = torch.zeros(n, dtype=torch.float64, device=device)
+    eps_hi = torch.full((n,), math.inf, dtype=torch.float64, device=device)
+    passes = torch.zeros(n, dtype=torch.int64, device=device)
+    hint_hi = hint_hi.to(device=device, dtype=torch.float64)
+    limit = torch.where(torch.isfinite(hint_hi), torch.clamp(hint_hi, max=eps_max), torch.full_like(hint_hi, eps_max))
+    c = torch.zeros(n, dtype=torch.float64, device=device)
+    first = hint_lo.to(device=device, dtype=torch.float64).clamp(max=eps_max)
+    w = torch.where(first > 0, first, limit)
+    active = torch.arange(n, device=device)
+    rows = 0
+    while len(active):
+        a = c[active]
+        b = torch.minimum(a + w[active], limit[active])
+        lo_a_parts, lo_b_parts = [], []
+        for s in range(0, len(active), batch_size):
+            sl = active[s : s + batch_size]
+            la, lb, _, _ = margin_bounds(net, inputs[sl], labels[sl], directions[sl], a[s : s + batch_size], b[s : s + batch_size], bounds)
+            lo_a_parts.append(la)
+            lo_b_parts.append(lb)
+        lo_a, lo_b = torch.cat(lo_a_parts), torch.cat(lo_b_parts)
+        passes[active] += 1
+        whole = ((lo_a > 0) & (lo_b > 0)).all(dim=1)
+        # first root of the lowest lower-bound line: t = lo_a / (lo_a − lo_b) where lo_a > 0 >= lo_b; 0 where lo_a <= 0
+        crossing = (lo_a > 0) & (lo_b <= 0)
+        t_k = torch.where(crossing, lo_a / torch.where(crossing, lo_a - lo_b, 1.0), 1.0)
+        t_k = torch.where(lo_a <= 0, 0.0, t_k)
+        t = t_k.amin(dim=1).clamp(0.0, 1.0) * (1.0 - 2.0**-40)  # strictly before the root, whatever its rounding
+        reached = torch.where(whole, b, _down(a + t * (b - a)).clamp(min=a))
+        reached = torch.where(whole, reached, torch.minimum(reached, b))
+        c[active] = reached
+        advanced = reached - a
+        w[active] = torch.where(whole, 2 * (b - a), torch.where(advanced > 0, 2 * advanced, (b - a) / 8)).clamp_min(tol)
+        # censored: proved up to eps_max
+        done_censored = whole & (b >= eps_max)
+        certified[active[done_censored]] = True
+        eps_lo[active[done_censored]] = eps_max
+        # try the point just past the proved stretch; where its margin is within the noise, a ladder beyond it
+        probe = active[~whole]
+        if len(probe):
+            rows += _probe(model, inputs, labels, directions, probe, c, eps_max, tol, bounds, batch_size, certified, eps_lo, eps_hi)
+        # proved up to a verified misclassified point (only rounding noise in the model can do that), or
+        # no progress on the shortest segment: the scanned result stands
+        stuck = whole & (b >= limit[active]) & (limit[active] < eps_max)
+        stuck |= ~whole & (advanced <= 0) & (b - a <= tol)
+        open_ = ~certified[active] & ~stuck & (passes[active] < max_passes)
+        active = active[open_]
+    return Certified(certified.cpu(), eps_lo.cpu(), eps_hi.cpu(), passes.cpu(), rows)
+
+
+#: where the point ``tol`` past the proved stretch is within the noise band, the points ``tol·2^k`` past it,
+#: k = 1 .. LADDER, are tried too (a crossing whose margin falls by less than the noise over ``tol``)
+LADDER = 12
+
+
+def _probe(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    directions: Tensor,
+    probe: Tensor,
+    c: Tensor,
+    eps_max: float,
+    tol: float,
+    bounds: Bounds | tuple[float, float],
+    batch_size: int,
+    certified: Tensor,
+    eps_lo: Tensor,
+    eps_hi: Tensor,
+) -> int:
+    """Forward passes past the proved ends ``c[probe]``; certify in place the inputs whose point is verified. Returns rows."""
+    p = torch.clamp(c[probe] + 0.999 * tol, max=eps_max)
+    pts = ray_points(inputs[probe], directions[probe], p, bounds)
+    margin, floor, _ = _evaluate(model, pts, labels[probe], probe, batch_size)
+    rows = len(probe)
+    robust = margin < -floor
+    noisy = ~robust & (margin < floor)
+    cand, at, points = probe[robust], p[robust], pts[robust]
+    if bool(noisy.any()):
+        owners = probe[noisy]
+        steps = 0.999 * tol * 2.0 ** torch.arange(1, LADDER + 1, dtype=torch.float64, device=c.device)
+        ladder = torch.clamp(c[owners][:, None] + steps[None, :], max=eps_max)  # (m, LADDER)
+        flat_owner = owners.repeat_interleave(LADDER)
+        lpts = ray_points(inputs[flat_owner], directions[flat_owner], ladder.flatten(), bounds)
+        lm, lf, _ = _evaluate(model, lpts, labels[flat_owner], flat_owner, batch_size)
+        rows += len(lpts)
+        good = (lm < -lf).view(-1, LADDER)
+        has = good.any(dim=1)
+        k = good.int().argmax(dim=1)
+        pick = torch.arange(len(owners), device=c.device) * LADDER + k
+        hi = ladder.flatten()[pick][has]
+        lo = torch.where(k > 0, ladder.flatten()[pick - 1], p[noisy])[has]
+        hi, rows_dense = _narrow(model, inputs, labels, directions, owners[has], lo, hi, tol, bounds, batch_size)
+        rows += rows_dense
+        cand = torch.cat([cand, owners[has]])
+        at = torch.cat([at, hi])
+        points = torch.cat([points, ray_points(inputs[owners[has]], directions[owners[has]], hi, bounds)])
+    if len(cand):
+        ok, _, r = verify_points(model, points, labels[cand], cand, batch_size)
+        rows += r
+        hit = cand[ok]
+        certified[hit] = True
+        eps_lo[hit] = c[hit]
+        eps_hi[hit] = at[ok]
+    return rows
+
+
+def _narrow(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    directions: Tensor,
+    owners: Tensor,
+    lo: Tensor,
+    hi: Tensor,
+    tol: float,
+    bounds: Bounds | tuple[float, float],
+    batch_size: int,
+) -> tuple[Tensor, int]:
+    """Move each ``hi`` (misclassified beyond the noise) down to the first such point of 15 evenly spaced in ``(lo, hi)``,
+    three rounds at most or until the spacing is below ``tol``. Returns the new ``hi`` and the rows evaluated."""
+    rows = 0
+    fractions = torch.arange(1, 16, dtype=torch.float64, device=hi.device) / 16
+    for _ in range(3):
+        open_ = hi - lo > tol
+        if not bool(open_.any()):
+            break
+        idx = torch.nonzero(open_).squeeze(1)
+        cand = lo[idx, None] + (hi[idx] - lo[idx])[:, None] * fractions[None, :]  # (m, 15)
+        who = owners[idx].repeat_interleave(15)
+        m, f, _ = _evaluate(model, ray_points(inputs[who], directions[who], cand.flatten(), bounds), labels[who], who, batch_size)
+        rows += len(who)
+        good = torch.cat([(m < -f).view(-1, 15), torch.ones(len(idx), 1, dtype=torch.bool, device=hi.device)], dim=1)
+        j = good.int().argmax(dim=1)  # 15: none of them, hi stays
+        full = torch.cat([cand, hi[idx, None]], dim=1)
+        before = torch.cat([lo[idx, None], cand], dim=1)
+        hi[idx] = full.gather(1, j[:, None]).squeeze(1)
+        lo[idx] = before.gather(1, j[:, None]).squeeze(1)
+    return hi, rows

@@ -1,0 +1,348 @@
+"""Certified first crossing (sparank.certify): known answers, a dense brute-force grid, a hidden stretch, sound bounds.
+
+Independent checks: the exact closed form of affine models (sparank.linear),
+a dense grid of forward passes along each ray, a network built by hand whose
+misclassified stretch is 1e-5 wide and whose crossing is known in closed form,
+and forward passes at sampled points of random segments against the bounds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from sparank.attacks import FGSM, fgsm_direction
+from sparank.attacks.fgsm import ray_points
+from sparank.certify import Unsupported, bound_network, check_walk, margin_bounds
+from sparank.linear import affine_parameters, linear_fgsm_robustness
+from sparank.robustness import CENSORED, CLEAN_WRONG, FOOLED, NO_DIRECTION, fgsm_robustness
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _random_mlp(seed: int, dim: int = 16, widths: tuple[int, ...] = (24, 12), k: int = 5) -> nn.Sequential:
+    gen = torch.Generator().manual_seed(seed)
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = dim
+    for w in widths:
+        lin = nn.Linear(width, w)
+        layers += [lin, nn.ReLU()]
+        width = w
+    layers.append(nn.Linear(width, k))
+    model = nn.Sequential(*layers)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p.shape[-1]))
+    return model.eval()
+
+
+def _random_cnn(seed: int, pool: str = "max", batchnorm: bool = False) -> nn.Sequential:
+    torch.manual_seed(seed)
+    pool1 = nn.MaxPool2d(2) if pool == "max" else nn.AvgPool2d(2)
+    layers: list[nn.Module] = [nn.Conv2d(1, 3, 3, padding=1)]
+    if batchnorm:
+        bn = nn.BatchNorm2d(3)
+        with torch.no_grad():
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(-1.5, 1.5)
+            bn.bias.uniform_(-0.3, 0.3)
+        layers.append(bn)
+    layers += [nn.ReLU(), pool1, nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)]
+    model = nn.Sequential(*layers).eval()
+    with torch.no_grad():  # He-scaled weights, small biases: the inputs, not the biases, decide the class
+        for m in model:
+            if isinstance(m, nn.Conv2d | nn.Linear):
+                m.weight.copy_(torch.randn(m.weight.shape) * math.sqrt(2.0 / m.weight[0].numel()))
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape))
+    return model
+
+
+def _dense_grid(model: nn.Module, x: torch.Tensor, y: torch.Tensor, d: torch.Tensor, eps_max: float, points: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per input: the first grid ε whose point is misclassified (by argmax) and the grid point before it; inf if none."""
+    grid = torch.linspace(0.0, eps_max, points, dtype=torch.float64)
+    first = torch.full((len(x),), math.inf, dtype=torch.float64)
+    before = torch.full((len(x),), math.inf, dtype=torch.float64)
+    with torch.inference_mode():
+        for i in range(len(x)):
+            pts = ray_points(x[i : i + 1].expand(points, *x.shape[1:]), d[i : i + 1].expand(points, *x.shape[1:]), grid, (0.0, 1.0))
+            wrong = model(pts).argmax(dim=1) != y[i]
+            if bool(wrong.any()):
+                j = int(wrong.int().argmax())
+                first[i] = grid[j]
+                before[i] = grid[max(j - 1, 0)]
+    return first, before
+
+
+# --------------------------------------------------------------------------- affine models: the closed form
+
+
+@pytest.mark.parametrize(("seed", "boost", "eps_max"), [(0, 0.8, 0.2), (2, 1.0, 0.2), (2, 0.3, 0.5)])
+def test_affine_models_match_the_closed_form(seed, boost, eps_max):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 6)).double().eval()
+    x = torch.rand(60, 1, 3, 4, dtype=torch.float64)
+    with torch.no_grad():
+        model[1].bias[0] += boost  # class 0 wins by far on some inputs: censored ones
+        y = model(x).argmax(dim=1)
+    y[:5] = (y[:5] + 1) % 6  # clean-wrong ones
+    tol = 1e-9
+    result = fgsm_robustness(model, x, y, eps_max=eps_max, resolution=1e-2, tol=tol, certify=True)
+    w, b = affine_parameters(model)
+    exact = linear_fgsm_robustness(w, b, x, y, eps_max=eps_max, directions=result.directions)
+    assert result.certified is not None and bool(result.certified.all())
+    assert torch.equal(result.status, exact.status)
+    fooled = exact.status == FOOLED
+    assert int(fooled.sum()) >= 10 and int((exact.status == CENSORED).sum()) >= 5 and int((exact.status == CLEAN_WRONG).sum()) >= 1
+    # the certified bracket holds the exact crossing: eps_lo <= ε* <= eps_hi, and eps_hi is within tol of it
+    assert bool((result.eps_lo[fooled] <= exact.eps_hi[fooled] + 1e-12).all())
+    assert bool((result.eps_hi[fooled] >= exact.eps_hi[fooled] - 1e-12).all())
+    assert float((result.eps_hi[fooled] - exact.eps_hi[fooled]).max()) <= tol
+
+
+# --------------------------------------------------------------------------- ReLU networks: a dense brute-force grid
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: _random_mlp(3), lambda: _random_mlp(4, widths=(40,)), lambda: _random_cnn(5), lambda: _random_cnn(6, "avg", True)]
+)
+def test_random_relu_networks_against_a_dense_grid(make):
+    model = make().double()
+    shape = (1, 4, 4) if isinstance(model[0], nn.Flatten) else (1, 8, 8)
+    torch.manual_seed(11)
+    x = torch.rand(40, *shape, dtype=torch.float64)
+    with torch.no_grad():
+        model[-1].bias -= model(x).mean(dim=0)  # every class about as likely: crossings within eps_max
+        y = model(x).argmax(dim=1)
+    y[:3] = (y[:3] + 1) % model[-1].out_features  # a few clean-wrong inputs
+    tol = 1e-9
+    r = fgsm_robustness(model, x, y, eps_max=0.5, resolution=1e-2, tol=tol, certify=True)
+    assert r.certified is not None and float(r.certified.double().mean()) >= 0.95
+    grid_first, grid_before = _dense_grid(model, x, y, r.directions, 0.5, 5001)  # step 1e-4
+    c = r.certified & (r.status != CLEAN_WRONG)
+    # never beyond the grid's first misclassified point; censored only where the grid found nothing
+    assert bool((r.eps_hi[c] <= grid_first[c] + tol).all())
+    assert torch.equal(r.status[c] == CENSORED, ~torch.isfinite(grid_first[c]))
+    # equal wherever the grid resolves the crossing: inside the grid's bracket
+    hit = c & torch.isfinite(grid_first) & (r.status == FOOLED)
+    assert int(hit.sum()) >= 5
+    inside = (r.eps_hi[hit] > grid_before[hit] - tol) & (r.eps_hi[hit] <= grid_first[hit] + tol)
+    assert bool(inside.all())
+    assert bool((r.eps_hi[c & (r.status == FOOLED)] - r.eps_lo[c & (r.status == FOOLED)] <= tol).all())
+
+
+def test_trained_digits_mlp_float32_against_a_dense_grid_and_the_scan(digits, digits_mlp):
+    x, y = digits.test_x[:120], digits.test_y[:120]
+    r = fgsm_robustness(digits_mlp, x, y, eps_max=0.5, resolution=1e-2, certify=True)
+    scan = fgsm_robustness(digits_mlp, x, y, eps_max=0.5, resolution=1e-3)
+    assert r.certified is not None and bool(r.certified.all())
+    assert torch.equal(r.status, scan.status)
+    grid_first, grid_before = _dense_grid(digits_mlp, x, y, r.directions, 0.5, 5001)
+    fooled = r.status == FOOLED
+    assert bool((r.eps_hi[fooled] <= grid_first[fooled] + 1e-6).all())
+    assert bool((r.eps_hi[fooled] > grid_before[fooled] - 1e-6).all())
+    assert float((r.eps_hi[fooled] - scan.eps_hi[fooled]).abs().max()) <= 2e-6
+    assert r.bound_passes > 0 and r.settings["certify"] is True
+
+
+def test_trained_digits_cnn_is_certified(digits):
+    from sparank.train import TrainConfig, train_model
+
+    model, _ = train_model("cnn:4,8,16", digits, TrainConfig(epochs=4, seed=0))
+    x, y = digits.test_x[:80], digits.test_y[:80]
+    r = fgsm_robustness(model, x, y, eps_max=0.5, resolution=1e-2, certify=True)
+    scan = fgsm_robustness(model, x, y, eps_max=0.5, resolution=1e-3)
+    assert r.certified is not None and float(r.certified.double().mean()) >= 0.95
+    both = r.certified & (r.status == FOOLED) & (scan.status == FOOLED)
+    # the certified ε* is never above the scan's (the scan's point is misclassified), and equal where no dip hides
+    assert bool((r.eps_hi[both] <= scan.eps_hi[both] + 1e-6).all())
+    assert float((r.eps_hi[both] - scan.eps_hi[both]).abs().median()) <= 1e-6
+
+
+# --------------------------------------------------------------------------- a stretch narrower than any scan step
+
+
+def _bump_network(center: float, half_width: float) -> nn.Sequential:
+    """1-D input u; logits f_0 = 1 and f_1 = 0.01·u + a triangle of height 2 at ``center``, half-width ``half_width``."""
+    a = 2.0 / half_width
+    hidden = nn.Linear(1, 4, dtype=torch.float64)  # float64 from the start: a float32 bias would move the stretch
+    out = nn.Linear(4, 2, dtype=torch.float64)
+    with torch.no_grad():
+        hidden.weight.copy_(torch.ones(4, 1))
+        hidden.bias.copy_(torch.tensor([-(center - half_width), -center, -(center + half_width), 0.0], dtype=torch.float64))
+        out.weight.copy_(torch.tensor([[0.0, 0.0, 0.0, 0.0], [a, -2 * a, a, 0.01]], dtype=torch.float64))
+        out.bias.copy_(torch.tensor([1.0, 0.0]))
+    return nn.Sequential(hidden, nn.ReLU(), out).eval()
+
+
+def test_a_stretch_1e5_wide_is_found_by_certify_and_stepped_over_by_the_scan():
+    center, half = 0.4234567, 1e-5  # misclassified where the triangle tops 1 - 0.01·u: a stretch of about 1e-5
+    model = _bump_network(center, half)
+    x = torch.tensor([[0.3], [0.25], [0.2]], dtype=torch.float64)
+    y = torch.zeros(3, dtype=torch.int64)
+    a = 2.0 / half
+    u_star = (1.0 + a * (center - half)) / (a + 0.01)  # 0.01·u + a·(u − center + half) = 1
+    exact = u_star - x[:, 0]
+    scan = fgsm_robustness(model, x, y, eps_max=0.5, resolution=1e-3, tol=1e-9)
+    assert bool((scan.status == CENSORED).all())  # the scan steps over it (and over nothing else: there is nothing else)
+    r = fgsm_robustness(model, x, y, eps_max=0.5, resolution=1e-3, tol=1e-9, certify=True)
+    assert r.certified is not None and bool(r.certified.all())
+    assert bool((r.status == FOOLED).all())
+    assert bool((r.eps_lo <= exact + 1e-12).all()) and bool((r.eps_hi >= exact - 1e-12).all())
+    assert float((r.eps_hi - exact).max()) <= 1e-9
+    with torch.no_grad():  # independent check: the stretch is real and this narrow
+        u = torch.tensor([u_star - 1e-7, u_star + 1e-7, u_star + 2.1e-5], dtype=torch.float64)[:, None]
+        assert model(u).argmax(dim=1).tolist() == [0, 1, 0]
+
+
+# --------------------------------------------------------------------------- the bounds are sound
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 10_000),
+    arch=st.sampled_from(["mlp", "cnn-max", "cnn-avg-bn"]),
+    start=st.floats(0.0, 0.45),
+    width=st.sampled_from([1e-6, 1e-3, 0.05, 0.5]),
+    norm=st.sampled_from(["linf", "l2"]),
+)
+def test_sampled_margins_lie_inside_the_bounds(seed, arch, start, width, norm):
+    if arch == "mlp":
+        model = _random_mlp(seed).double()
+        shape: tuple[int, ...] = (1, 4, 4)
+    else:
+        model = _random_cnn(seed, "max" if arch == "cnn-max" else "avg", arch.endswith("bn")).double()
+        shape = (1, 8, 8)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand((6, *shape), generator=gen, dtype=torch.float64)
+    x[:, 0, 0, :3] = torch.tensor([0.0, 1.0, 0.999], dtype=torch.float64)  # on the box, and about to meet it
+    y = torch.randint(0, model[-1].out_features, (6,), generator=gen)
+    d = fgsm_direction(model, x, y, norm=norm)
+    if norm == "l2":
+        d = d * 4.0  # longer steps: more pixels meet the box inside the segment
+    a = torch.full((6,), start, dtype=torch.float64)
+    b = a + width
+    net = bound_network(model)
+    lo_a, lo_b, up_a, up_b = margin_bounds(net, x, y, d, a, b, (0.0, 1.0))
+    other = ~torch.nn.functional.one_hot(y, model[-1].out_features).bool()
+    for t in torch.linspace(0.0, 1.0, 41, dtype=torch.float64):
+        with torch.inference_mode():
+            z = model(ray_points(x, d, a + t * (b - a), (0.0, 1.0)))
+        margin = z.gather(1, y[:, None]) - z
+        lower, upper = (1 - t) * lo_a + t * lo_b, (1 - t) * up_a + t * up_b
+        slack = 1e-11 * (1 + z.abs().amax())  # the float64 forward pass's own rounding
+        assert bool((margin[other] >= lower[other] - slack).all())
+        assert bool((margin[other] <= upper[other] + slack).all())
+
+
+def test_bounds_are_exact_where_nothing_switches():
+    model = _random_mlp(7).double()
+    x = torch.full((1, 1, 4, 4), 0.5, dtype=torch.float64)
+    y = torch.tensor([0])
+    d = fgsm_direction(model, x, y)
+    a, b = torch.tensor([0.1], dtype=torch.float64), torch.tensor([0.1 + 1e-9], dtype=torch.float64)
+    lo_a, lo_b, up_a, up_b = margin_bounds(bound_network(model), x, y, d, a, b, (0.0, 1.0))
+    assert float((up_a - lo_a)[0, 1:].max()) < 1e-12 and float((up_b - lo_b)[0, 1:].max()) < 1e-12
+
+
+# --------------------------------------------------------------------------- what is not supported is scanned, and says so
+
+
+class _Doubler(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * x
+
+
+def test_unsupported_layers_keep_the_scanned_result_marked_as_such(digits):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 10)).eval()
+    x, y = digits.test_x[:40], digits.test_y[:40]
+    with pytest.raises(Unsupported, match="Tanh"):
+        bound_network(model)
+    r = fgsm_robustness(model, x, y, certify=True)
+    scan = fgsm_robustness(model, x, y)
+    assert r.certified is not None
+    assert torch.equal(r.certified, r.status == CLEAN_WRONG)  # only ε* = 0 needs no proof
+    assert torch.equal(r.eps_hi, scan.eps_hi) and torch.equal(r.status, scan.status)
+    with pytest.raises(Unsupported):
+        bound_network(nn.Sequential(nn.Flatten(), nn.Linear(64, 10), _Doubler()))
+
+
+def test_a_hook_that_changes_the_forward_pass_is_caught(digits):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)).eval()
+    x = digits.test_x[:8]
+    net = bound_network(model)
+    check_walk(model, net, x)  # the plain model is its layers
+    model[1].register_forward_hook(lambda _m, _i, out: out * 3)
+    with pytest.raises(Unsupported, match="hook"):
+        check_walk(model, net, x)
+    r = fgsm_robustness(model, x, digits.test_y[:8], certify=True)
+    assert r.certified is not None and not bool(r.certified[r.status != CLEAN_WRONG].any())
+
+
+def test_parametrised_and_pruned_layers_are_read_through_their_weight(digits, digits_mlp):
+    import copy
+
+    from torch.nn.utils import prune
+
+    model = copy.deepcopy(digits_mlp)
+    prune.l1_unstructured(model.fc1, "weight", amount=0.5)
+    x, y = digits.test_x[:40], digits.test_y[:40]
+    r = fgsm_robustness(model, x, y, certify=True)
+    assert r.certified is not None and bool(r.certified.all())
+
+
+def test_no_direction_inputs_keep_their_status():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).double().eval()
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.copy_(torch.tensor([1.0, 0.0]))
+    x = torch.rand(3, 1, 2, 2, dtype=torch.float64)
+    r = fgsm_robustness(model, x, torch.zeros(3, dtype=torch.int64), certify=True)
+    assert bool((r.status == NO_DIRECTION).all()) and r.certified is not None and bool(r.certified.all())
+
+
+# --------------------------------------------------------------------------- settings, key, store, command line
+
+
+def test_certify_enters_the_settings_only_when_true():
+    assert "certify" not in FGSM().settings()  # scanned measurements keep the keys they were stored with
+    assert FGSM(certify=True).settings() == {"attack": "fgsm", "resolution": 1e-2, "tol": 1e-6, "certify": True}
+    with pytest.raises(ValueError, match="certify must be True or False"):
+        FGSM(certify=1)  # type: ignore[arg-type]
+
+
+def test_scanned_results_carry_no_certified_flags(digits, digits_mlp):
+    r = fgsm_robustness(digits_mlp, digits.test_x[:10], digits.test_y[:10])
+    assert r.certified is None and r.bound_passes == 0
+
+
+def test_measure_certify_on_the_command_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from sparank.cli import app
+    from sparank.store import Store
+
+    runner = CliRunner()
+    store = tmp_path / "s"
+    assert runner.invoke(app, ["train", "--dataset", "digits", "--arch", "mlp:32", "--epochs", "3", "--store", str(store), "--threads", "1"]).exit_code == 0
+    base = ["measure", "r0001", "--n", "40", "--store", str(store), "--threads", "1"]
+    certified = runner.invoke(app, [*base, "--certify", "--json"])
+    assert certified.exit_code == 0, certified.output
+    payload = json.loads(certified.stdout)
+    assert payload["summary"]["certified_fraction"] == 1.0
+    scanned = runner.invoke(app, [*base, "--json"])
+    assert json.loads(scanned.stdout)["measurement"] != payload["measurement"]  # its own key
+    with Store(store, readonly=True) as st:
+        assert st.brackets(payload["measurement"]).certified is not None
+        assert bool(st.brackets(payload["measurement"]).certified.all())  # type: ignore[union-attr]
+        assert st.brackets(json.loads(scanned.stdout)["measurement"]).certified is None
+    text = runner.invoke(app, [*base, "--certify"])
+    assert text.exit_code == 0 and "certified: 100.0% of inputs" in text.output
