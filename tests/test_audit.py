@@ -303,3 +303,151 @@ def test_cli_audits_a_model_from_an_import_path(tmp_path, trained_skip):
                             "--families", "svd", "--rank-fractions", "0.5", "--out", str(tmp_path / "rep"), "--threads", "1"])  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "svd" in r.output and (tmp_path / "rep" / "report.md").exists()
+
+
+# --------------------------------------------------------------------------- the results store: record, resume, never reuse a stale record
+
+
+def _store_state(path):
+    """Every audit run of a store by content key (id, weights) and every measurement by key (id, run, brackets)."""
+    from sparank.store import Store
+
+    runs, measurements = {}, {}
+    with Store(path, readonly=True) as store:
+        for run in store.runs(kind="audit"):
+            runs[run.key] = (run.id, store.load_weights(run.id), run.structure, run.metrics["clean_accuracy"])
+        for m in store.measurements():
+            t = store.brackets(m.id)
+            measurements[m.key] = (m.id, m.run_id, m.config["attack"], t.input_index, t.eps_lo, t.eps_hi, t.status, t.distance)
+    return runs, measurements
+
+
+def _runs_stored(path) -> int:
+    import sqlite3
+
+    from sparank.store import Store, StoreError
+
+    try:
+        with Store(path, readonly=True) as store:
+            return len(store.runs())
+    except (StoreError, sqlite3.Error):  # not there yet, or being created
+        return 0
+
+
+def _csv_rows(path, drop=("seconds",)):
+    with path.open() as f:
+        return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(f)]
+
+
+KILLED_AUDIT = ["audit", "--model", "mlp:64", "--dataset", "digits", "--n", "300", "--families", "magnitude,svd", "--sparsities",
+                "0.5,0.8,0.9", "--rank-fractions", "0.5,0.25,0.1", "--attack", "pgd", "--attack-n", "40", "--threads", "1"]  # fmt: skip
+
+
+def test_an_audit_killed_with_sigkill_resumes_to_the_uninterrupted_result(digits_mlp, tmp_path):
+    """kill -9 of `sparank audit --store` after its first copies are stored; the rerun measures only what is missing and
+    gives the store, the report's numbers and the per-input ε* of an audit run in one go."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    weights = tmp_path / "m.safetensors"
+    save_file({k: v.contiguous() for k, v in digits_mlp.state_dict().items()}, str(weights))
+    args = [*KILLED_AUDIT, "--weights", str(weights)]
+    r = runner.invoke(app, [*args, "--store", str(tmp_path / "whole"), "--out", str(tmp_path / "whole-rep")])
+    assert r.exit_code == 0, r.output
+    whole_runs, whole_measurements = _store_state(tmp_path / "whole")
+    assert len(whole_runs) == 7 and len(whole_measurements) == 7 * 3  # FGSM, PGD, best per model
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-c", "from sparank.cli import main; main()", *args, "--store", str(killed),
+                                "--out", str(tmp_path / "killed-rep")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, "the audit finished before it could be killed"
+            assert time.monotonic() < deadline, "no copy stored after 120 s"
+            if _runs_stored(killed) >= 2:  # the original and a first copy
+                break
+            time.sleep(0.02)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    before_runs, before_measurements = _store_state(killed)
+    print(f"killed with {len(before_runs)} runs and {len(before_measurements)} measurements stored")
+    assert 2 <= len(before_runs) < 7, "killed too late to test anything"
+
+    r = runner.invoke(app, [*args, "--store", str(killed), "--out", str(tmp_path / "resumed-rep")])
+    assert r.exit_code == 0, r.output
+    after_runs, after_measurements = _store_state(killed)
+    # what was stored before the kill is kept, under the same ids; only the rest was measured, each model and measurement once
+    assert all(after_runs[key][0] == entry[0] for key, entry in before_runs.items())
+    assert all(after_measurements[key][0] == entry[0] for key, entry in before_measurements.items())
+    assert f"{21 - len(before_measurements)} measurements made now" in r.output
+    # the same as the audit run in one go: the same keys, weights bit for bit, structure, brackets
+    assert after_runs.keys() == whole_runs.keys() and after_measurements.keys() == whole_measurements.keys()
+    for key, (_, state, structure, accuracy) in whole_runs.items():
+        got = after_runs[key]
+        assert all(torch.equal(got[1][name], state[name]) for name in state) and got[2] == structure and got[3] == accuracy
+    for key, entry in whole_measurements.items():
+        got = after_measurements[key]
+        assert got[2] == entry[2] and all(torch.equal(a, b) for a, b in zip(got[3:], entry[3:])), (key, entry[2])
+    # and the same report: every number of every model and comparison, every input's ε*
+    assert _csv_rows(tmp_path / "resumed-rep" / "compressions.csv") == _csv_rows(tmp_path / "whole-rep" / "compressions.csv")
+    assert _csv_rows(tmp_path / "resumed-rep" / "per_input.csv") == _csv_rows(tmp_path / "whole-rep" / "per_input.csv")
+
+
+def test_audit_store_faults_are_one_line(tmp_path, digits_mlp):
+    weights = tmp_path / "m.safetensors"
+    save_file({k: v.contiguous() for k, v in digits_mlp.state_dict().items()}, str(weights))
+    (tmp_path / "file").write_text("not a store")
+    args = ["audit", "--model", "mlp:64", "--weights", str(weights), "--dataset", "digits", "--store", str(tmp_path / "file")]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and "is a file, not a sparank store" in r.output and len(r.output.strip().splitlines()) == 1
+    with pytest.raises(ValueError, match="store must be a sparank.store.Store"):
+        audit(digits_mlp, torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long), bounds=(0, 1), store=str(tmp_path / "st"))
+
+
+def test_the_store_reuses_only_records_of_the_same_model_compression_and_settings(digits, digits_mlp, tmp_path):
+    from sparank.compare import StudyRecords
+    from sparank.store import Store
+
+    x, y = digits.test_x[:120], digits.test_y[:120]
+    kwargs = {"bounds": (0, 1), "families": ("magnitude",), "sparsities": (0.8,), "attacks": ("pgd",), "attack_n": 20, "n_boot": 200}
+    plain = audit(digits_mlp, x, y, **kwargs)
+    with Store(tmp_path / "st") as store:
+        first = audit(digits_mlp, x, y, store=store, **kwargs)
+        assert len(first.run_ids) == 2 and len(first.recorded) == 2 * 3  # FGSM, PGD and best of the original and of the copy
+        again = audit(digits_mlp, x, y, store=store, **kwargs)
+        assert again.run_ids == first.run_ids and again.recorded == ()  # everything read back
+        for a, b, c in zip((first.original, *first.compressed), (again.original, *again.compressed), (plain.original, *plain.compressed)):
+            for name in ("eps_lo", "eps_hi", "status"):
+                assert torch.equal(getattr(a.fgsm, name), getattr(c.fgsm, name)), name
+                assert torch.equal(getattr(b.fgsm, name), getattr(c.fgsm, name)), name
+            assert torch.equal(a.best.eps_hi, c.best.eps_hi) and torch.equal(b.cross_checks[0].eps_hi, c.cross_checks[0].eps_hi)
+            assert a.structure == b.structure == c.structure and a.masking == b.masking == c.masking
+        assert again.answer() == first.answer() == plain.answer()
+
+        # a changed measure setting: the same runs, new measurements of each
+        finer = audit(digits_mlp, x, y, store=store, resolution=5e-3, **kwargs)
+        assert finer.run_ids == first.run_ids and len(finer.recorded) == 6
+        # other inputs: the same runs, new measurements
+        other = audit(digits_mlp, digits.test_x[120:240], digits.test_y[120:240], store=store, **kwargs)
+        assert other.run_ids == first.run_ids and len(other.recorded) == 6
+        # fine-tuning: the original and its measurements are reused, the copy is a new run; the original's best-ε* record
+        # is stored again, as the best of these measurements (one per run and inputs, of the latest: as `sparank measure`)
+        tuned = audit(digits_mlp, x, y, store=store, train_data=(digits.train_x[:300], digits.train_y[:300]), fine_tune_epochs=1, **kwargs)
+        assert tuned.run_ids[0] == first.run_ids[0] and tuned.run_ids[1] not in first.run_ids and len(tuned.recorded) == 3 + 1
+        # other weights (one weight nudged): new runs, nothing reused
+        nudged = _state(digits_mlp)
+        nudged["fc1.weight"][0, 0] += 1e-3
+        changed = load_model("mlp:64", (1, 8, 8), 10, weights=nudged)
+        moved = audit(changed, x, y, store=store, **kwargs)
+        assert not set(moved.run_ids) & set(first.run_ids + tuned.run_ids) and len(moved.recorded) == 6
+        assert len(store.runs(kind="audit")) == 5
+        records = StudyRecords.from_store(store)  # an audit's runs are never taken as a study's grid runs
+        assert not records.runs and {why for _, why in records.skipped} == {"kind 'audit': not a trained run of a study grid"}
+    with Store(tmp_path / "st") as store, pytest.raises(ValueError, match="input_indices must be 120 integers"):
+        audit(digits_mlp, x, y, store=store, input_indices=torch.arange(5), **kwargs)

@@ -16,6 +16,17 @@ the model; a verdict says what compressing *this* model does on inputs like thes
 
 The user's model and tensors are never modified: the audit works on deep copies.
 
+With a results store (``store=``), the original and every copy are recorded as runs of kind
+``"audit"`` (weights as safetensors, config, structure, clean accuracy) with their measurements
+(FGSM, the cross-checks, best ε* with the masking flags), each as soon as it is done and under a
+content key: the model (its class or spec, the source file of its class, the sha256 of its
+state dict), the compression and the fine-tuning (with the sha256 of the training data) key a run;
+the run, the attack and its settings and the sha256 of the audit inputs key a measurement
+(:func:`sparank.store.measurement_key`, stored by :func:`sparank.run.record_measurements`). An
+interrupted audit run again measures only what is missing and gives the same result; a changed
+model, compression or setting never reuses a record. The result is then built from what the
+store holds, so an audit resumed and one run in one go are the same.
+
 :func:`load_model` builds a model for the command line from a package spec (``mlp:300,100``)
 or an import path ``package.module:factory`` (the convention of uvicorn), and loads its
 weights with safetensors only.
@@ -29,16 +40,20 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import hashlib
 import importlib
 import inspect
+import json
 import math
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -60,7 +75,10 @@ from sparank.compress import (
 )
 from sparank.models import weight_layers
 from sparank.robustness import CLEAN_WRONG, RobustnessResult, best_of, check_measure_args, masking_flags, measure
-from sparank.structure import ModelStructure, model_structure
+from sparank.structure import LayerStructure, ModelStructure, model_structure
+
+if TYPE_CHECKING:
+    from sparank.store import MeasurementRecord, Store
 
 #: the cross-check attacks an audit can add to FGSM (PROTOCOL §3)
 CROSS_CHECKS = ("pgd", "fmn", "deepfool")
@@ -68,6 +86,8 @@ CROSS_CHECKS = ("pgd", "fmn", "deepfool")
 REFERENCE_FRACTIONS = (0.05, 0.1, 0.2)
 #: the family-wise error rate of the verdicts
 ALPHA = 0.05
+#: the store's kind of an audit's runs (the original and each compressed copy)
+AUDIT_KIND = "audit"
 
 
 # --------------------------------------------------------------------------- results
@@ -83,7 +103,7 @@ class ModelAudit:
     best: RobustnessResult | None  # best ε* over FGSM and the cross-checks on the first attack_n inputs (None without cross-checks)
     masking: dict[str, Any] | None  # MaskingFlags.to_dict() on the first attack_n inputs (with the cross-checks there are)
     structure: ModelStructure
-    seconds: float  # compressing, fine-tuning and measuring
+    seconds: float  # compressing, fine-tuning and measuring in this call (with a store: reading back what it holds)
 
     @property
     def label(self) -> str:
@@ -134,6 +154,8 @@ class AuditResult:
     inputs_note: str = ""  # where the inputs came from (the CLI: dataset and split)
     model_note: str = ""  # what the model is (the CLI: --model and --weights)
     per_family: tuple[FamilyAnswer, ...] = field(default=())
+    run_ids: tuple[str, ...] = ()  # with a store: the runs of the original and of each copy, in the order of `compressed`
+    recorded: tuple[int, ...] = ()  # with a store: the measurements this call measured and stored (the others were read back)
 
     def answer(self) -> str:
         """One paragraph: per family, the strongest setting not significantly less robust and within the accuracy tolerance."""
@@ -196,6 +218,199 @@ def _compare(
     )  # fmt: skip
 
 
+# --------------------------------------------------------------------------- the results store
+
+
+def tensors_sha256(named: Mapping[str, Tensor]) -> str:
+    """sha256 of named tensors: each name, dtype, shape and raw bytes, in name order (the content of a state dict or of data)."""
+    digest = hashlib.sha256()
+    for name in sorted(named):
+        t = named[name].detach().to("cpu").contiguous()
+        digest.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _source_sha256(model: nn.Module) -> str | None:
+    """sha256 of the source file that defines the model's class, or None where there is none (a class made at run time)."""
+    try:
+        path = inspect.getsourcefile(type(model))
+    except (TypeError, OSError):
+        return None
+    if path is None or not Path(path).is_file():
+        return None
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _content_key(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class _Recorder:
+    """What an audit needs to record its models in a store and find them again: the keys' ingredients."""
+
+    store: Store
+    model: dict[str, Any]  # the model's identity: sparank version, name, class, source sha256, state-dict sha256
+    group: dict[str, Any]  # what every measurement key holds besides the attack: norm, eps_max, bounds, sha256 of the inputs
+    indices: Tensor  # (N,) where each audit input comes from (stored with its brackets)
+    fine_tune: dict[str, Any] | None  # the fine-tuning of every copy, with the sha256 of its training data; None: none
+    context: dict[str, Any]  # more for each run's config (the CLI: weights file and its sha256, dataset); not in any key
+    batch_size: int
+
+    def run_key(self, compression: Compression | None) -> str:
+        """The content key of the original (``None``) or of one compressed copy."""
+        return _content_key({"kind": AUDIT_KIND, "model": self.model, **self._what(compression)})
+
+    def _what(self, compression: Compression | None) -> dict[str, Any]:
+        if compression is None:
+            return {"compression": None, "fine_tune": None}
+        layers = None if compression.layers is None else list(compression.layers)
+        return {"compression": {"family": compression.family, "level": float(compression.level), "layers": layers},
+                "fine_tune": self.fine_tune}  # fmt: skip
+
+    def run_config(self, compression: Compression | None, original_run: str | None) -> dict[str, Any]:
+        """The stored run's config: the model, the compression and fine-tuning, the label, and the context."""
+        config = {**self.context, "audit": "original" if compression is None else compression.label, "arch": self.model["name"],
+                  **self.model, **self._what(compression)}  # fmt: skip
+        if original_run is not None:
+            config["original_run"] = original_run
+        return config
+
+    def measurement_config(self, attack: str, count: int) -> dict[str, Any]:
+        """The stored measurement's config (add_measurement adds the attack's settings, norm, eps_max, resolution, tol)."""
+        config = {**self.context, "n": count, "attack": attack, "bounds": self.group["bounds"], "inputs_sha256": self.group["inputs_sha256"],
+                  "batch_size": self.batch_size}  # fmt: skip
+        if count < len(self.indices):
+            config["first_of"] = len(self.indices)  # the first `count` of the audit inputs
+        return config
+
+
+def _read_back(store: Store, m: MeasurementRecord) -> RobustnessResult:
+    """A stored measurement as the :class:`RobustnessResult` it was (no directions), as :func:`sparank.run.stored_results` reads it."""
+    table = store.brackets(m.id)
+    c = m.config
+    return RobustnessResult(
+        eps_lo=table.eps_lo, eps_hi=table.eps_hi, status=table.status, labels=table.label, directions=None, norm=c["norm"],
+        eps_max=float(c["eps_max"]), resolution=float(c.get("resolution", 0.0)), tol=float(c.get("tol", 0.0)),
+        attack=c.get("attack", "fgsm"), settings=c.get("attack_settings") or {"attack": c.get("attack", "fgsm")},
+        distance=torch.where(table.distance.isnan(), table.eps_hi, table.distance), certified=table.certified,
+    )  # fmt: skip
+
+
+def _from_json(cls: type[Any], stored: Mapping[str, Any]) -> Any:
+    """A flat dataclass of numbers and tuples from its ``to_dict()`` as stored (non-finite floats come back as strings)."""
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        hint, value = hints[f.name], stored[f.name]
+        if hint is float:
+            values[f.name] = float(value)
+        elif hint is int:
+            values[f.name] = int(value)
+        elif typing.get_origin(hint) is tuple:
+            kind = typing.get_args(hint)[0]
+            values[f.name] = tuple(kind(v) for v in value)
+        else:
+            values[f.name] = value
+    return cls(**values)
+
+
+def structure_from_dict(stored: Mapping[str, Any]) -> ModelStructure:
+    """The :class:`~sparank.structure.ModelStructure` a store holds as ``to_dict()`` (a run's ``structure``)."""
+    layers = {name: _from_json(LayerStructure, layer) for name, layer in stored["layers"].items()}
+    return _from_json(ModelStructure, {**stored, "layers": layers})
+
+
+def _recorded_audit(
+    rec: _Recorder, compression: Compression | None, build: Callable[[], nn.Module], reference: nn.Module, x: Tensor, y: Tensor, *,
+    original_run: str | None, k: int, attacks: Sequence[MinimalAttack], bounds: tuple[float, float], norm: str, eps_max: float,
+    resolution: float, tol: float, batch_size: int, start: float,
+) -> tuple[ModelAudit, str, list[int]]:  # fmt: skip
+    """One model of an audit through the store: what is stored is read back, what is missing is measured and stored at once.
+
+    The run (weights, structure, clean accuracy) is stored as soon as its FGSM measurement is
+    done, then each measurement as it finishes, then best ε* with the masking flags. The model
+    is built (``build``: compressed, and fine-tuned) only if its run is not stored; a stored run
+    with a measurement missing is measured on its stored weights. The :class:`ModelAudit` is
+    read back from the store, so it is the same whether it was measured now or before.
+
+    Returns:
+        (the model's audit, its run id, the ids of the measurements stored by this call).
+    """
+    from sparank.run import MeasuredAttack, record_measurements
+    from sparank.store import DuplicateKeyError, measurement_key
+
+    store = rec.store
+    model: nn.Module | None = None
+    fresh: dict[str, RobustnessResult] = {}
+    fgsm_attack = FGSM(resolution=resolution, tol=tol)
+
+    def measure_on(attack: MinimalAttack, count: int) -> RobustnessResult:
+        return _lean(measure(attack, model, x[:count], y[:count], bounds=bounds, norm=norm, eps_max=eps_max, batch_size=batch_size))  # type: ignore[arg-type]
+
+    found = store.find_run(rec.run_key(compression))
+    if found is None:
+        model = build()
+        fresh["fgsm"] = measure_on(fgsm_attack, len(x))  # type: ignore[arg-type]
+        metrics = {"clean_accuracy": float((fresh["fgsm"].status != int(CLEAN_WRONG)).double().mean()), "n": len(x),
+                   "seconds": time.perf_counter() - start}  # fmt: skip
+        try:
+            run_id = store.add_run(kind=AUDIT_KIND, config=rec.run_config(compression, original_run), metrics=metrics,
+                                   structure=model_structure(model).to_dict(), state_dict=model.state_dict(), key=rec.run_key(compression))  # fmt: skip
+        except DuplicateKeyError as race:  # stored meanwhile by another process
+            run_id = str(race.existing)
+    else:
+        run_id = found.id
+
+    def model_now() -> nn.Module:
+        nonlocal model
+        if model is None:  # a stored run with a measurement missing: its stored weights, in the original's module
+            model = copy.deepcopy(reference)
+            model.load_state_dict(store.load_weights(run_id))
+            model.eval()
+        return model
+
+    recorded: list[int] = []
+    members: list[MeasuredAttack] = []
+    member_ids: list[int] = []
+    for attack, count in [(fgsm_attack, len(x)), *((a, k) for a in attacks)]:
+        settings = {**attack.settings(), **rec.group}
+        indices = rec.indices[:count].clone()
+        key = measurement_key(run_id, settings, indices)
+        stored = store.find_measurement(key)
+        if stored is None:
+            result = fresh.pop(attack.name, None)
+            if result is None:
+                model_now()
+                result = measure_on(attack, count)
+            todo = MeasuredAttack(attack.name, settings, indices, result, rec.measurement_config(attack.name, count))
+            recorded += record_measurements(store, run_id, [todo], None)
+            stored = store.find_measurement(key)
+            assert stored is not None
+        members.append(MeasuredAttack(attack.name, settings, indices, _read_back(store, stored), stored.config))
+        member_ids.append(stored.id)
+    results = [m.result for m in members]
+    heads = [_first(results[0], k), *results[1:]]
+
+    best_settings = {"attack": "best", **rec.group}
+    best_key = measurement_key(run_id, best_settings, rec.indices[:k])
+    best_record = store.find_measurement(best_key)
+    if best_record is None or best_record.config.get("of") != sorted(member_ids):  # missing, or the best of other measurements
+        flags = masking_flags(model_now(), x[:k], y[:k], heads, bounds=bounds, norm=norm, batch_size=batch_size).to_dict()  # type: ignore[arg-type]
+        best = MeasuredAttack("best", best_settings, rec.indices[:k].clone(), best_of(heads), rec.measurement_config("best", k))
+        recorded.append(record_measurements(store, run_id, [*members, best], flags)[-1])
+        best_record = store.find_measurement(best_key)
+        assert best_record is not None
+    run = store.get_run(run_id)
+    assert run.structure is not None
+    audited = ModelAudit(
+        compression, results[0], tuple(results[1:]), _read_back(store, best_record) if attacks else None,
+        best_record.summary.get("masking"), structure_from_dict(run.structure), time.perf_counter() - start,
+    )  # fmt: skip
+    return audited, run_id, recorded
+
+
 def audit(
     model: nn.Module,
     inputs: Tensor,
@@ -224,6 +439,10 @@ def audit(
     seed: int = 0,
     batch_size: int = 256,
     progress: Callable[[str, int, int], None] | None = None,
+    store: Store | None = None,
+    model_name: str | None = None,
+    input_indices: Tensor | None = None,
+    context: Mapping[str, Any] | None = None,
 ) -> AuditResult:
     """Compress copies of ``model`` and measure what each compression does to robustness and accuracy.
 
@@ -251,14 +470,25 @@ def audit(
         seed: the bootstrap's draws and the fine-tuning's data order.
         batch_size: rows per forward pass.
         progress: called as ``progress(label, done, total)`` before each model is measured.
+        store: a writable :class:`~sparank.store.Store` to record the original and every copy in
+            (runs of kind ``"audit"`` and their measurements, each as soon as it is done) and to
+            resume from: what is stored under the same content key is read back, not measured
+            again (module docstring). None: nothing is stored.
+        model_name: what the model is, in the store's keys and configs (the CLI: ``--model``);
+            default: the import path of its class.
+        input_indices: ``(N,)`` integers, where each input comes from (the CLI: its index in the
+            test split), stored with its brackets; default ``0..N-1``.
+        context: more to record in each stored run's config (the CLI: the weights file and its
+            sha256, the dataset); part of no key.
 
     Returns:
-        :class:`AuditResult`.
+        :class:`AuditResult`; with a store, its ``run_ids`` and the ``recorded`` measurements.
 
     Raises:
         ValueError: bad settings (naming the parameter), inputs outside ``bounds`` or not a batch,
             a model without Linear or Conv layers or whose output is not ``(N, K)`` logits,
-            fine-tuning without ``train_data``.
+            fine-tuning without ``train_data``, ``input_indices`` that do not fit the inputs.
+        StoreError: the store is read-only or damaged.
     """
     start_all = time.perf_counter()
     check_measure_args(norm=norm, eps_max=eps_max, resolution=resolution, tol=tol, batch_size=batch_size)
@@ -298,17 +528,32 @@ def audit(
                                   "batch_size": batch_size}  # fmt: skip
 
     reference = copy.deepcopy(model).eval()  # the user's object keeps its mode, parameters and gradients
+    rec = None
+    if store is not None:
+        rec = _recorder(store, reference, x, y, bounds=bounds, norm=norm, eps_max=eps_max, train=train, fine=fine, batch_size=batch_size,
+                        model_name=model_name, input_indices=input_indices, context=context)  # fmt: skip
     total = 1 + len(planned)
+    run_ids: list[str] = []
+    recorded: list[int] = []
+
+    def one(c: Compression | None, build: Callable[[], nn.Module]) -> ModelAudit:
+        start = time.perf_counter()
+        if rec is None:
+            return _measure_one(build(), c, x, y, start=start, **kwargs)
+        audited, run_id, stored = _recorded_audit(rec, c, build, reference, x, y, original_run=run_ids[0] if run_ids else None,
+                                                  start=start, **kwargs)  # fmt: skip
+        run_ids.append(run_id)
+        recorded.extend(stored)
+        return audited
+
     if progress is not None:
         progress("original", 0, total)
-    original = _measure_one(reference, None, x, y, start=time.perf_counter(), **kwargs)
+    original = one(None, lambda: reference)
     measured: list[ModelAudit] = []
     for i, c in enumerate(planned, start=1):
         if progress is not None:
             progress(c.label, i, total)
-        start = time.perf_counter()
-        copied = compress(reference, c, train_data=train, fine_tune=fine)
-        measured.append(_measure_one(copied, c, x, y, start=start, **kwargs))
+        measured.append(one(c, functools.partial(compress, reference, c, train_data=train, fine_tune=fine)))
     if progress is not None:
         progress("comparisons", total, total)
 
@@ -337,8 +582,40 @@ def audit(
         "families": list(families), "sparsities": list(sparsities), "rank_fractions": list(rank_fractions),
         "extra": [c.label for c in extra],
     }  # fmt: skip
-    result = AuditResult(original, tuple(measured), tuple(rows), settings, time.perf_counter() - start_all)
+    result = AuditResult(original, tuple(measured), tuple(rows), settings, time.perf_counter() - start_all, run_ids=tuple(run_ids),
+                         recorded=tuple(recorded))  # fmt: skip
     return _with_answers(result)
+
+
+def _recorder(
+    store: Store, reference: nn.Module, x: Tensor, y: Tensor, *, bounds: tuple[float, float], norm: str, eps_max: float,
+    train: tuple[Tensor, Tensor] | None, fine: FineTune, batch_size: int, model_name: str | None, input_indices: Tensor | None,
+    context: Mapping[str, Any] | None,
+) -> _Recorder:  # fmt: skip
+    """The keys' ingredients of an audit (hashes of the model, the inputs and the training data), its arguments checked."""
+    import sparank
+    from sparank.store import Store
+
+    if not isinstance(store, Store):
+        raise ValueError(f"store must be a sparank.store.Store (open one with Store(path)), got {type(store).__name__}")  # noqa: TRY004  ValueError: the one-line user-error path
+    if input_indices is None:
+        indices = torch.arange(len(x))
+    else:
+        indices = torch.as_tensor(input_indices).detach().to("cpu")
+        if indices.shape != (len(x),) or indices.is_floating_point() or indices.dtype == torch.bool:
+            raise ValueError(f"input_indices must be {len(x)} integers, one per input, got shape {tuple(indices.shape)} {indices.dtype}")
+        indices = indices.to(torch.int64)
+    cls = f"{type(reference).__module__}:{type(reference).__qualname__}"
+    identity = {
+        "sparank": sparank.__version__, "name": model_name or cls, "class": cls, "source_sha256": _source_sha256(reference),
+        "state_sha256": tensors_sha256(reference.state_dict()),
+    }  # fmt: skip
+    group = {"norm": norm, "eps_max": eps_max, "bounds": list(bounds), "inputs_sha256": tensors_sha256({"inputs": x, "labels": y})}
+    tuning = None
+    if fine.epochs > 0:
+        assert train is not None
+        tuning = {**dataclasses.asdict(fine), "train_sha256": tensors_sha256({"inputs": train[0], "labels": train[1]})}
+    return _Recorder(store, identity, group, indices, tuning, dict(context or {}), batch_size)
 
 
 def _with_answers(result: AuditResult) -> AuditResult:
@@ -555,6 +832,7 @@ def check_logits(model: nn.Module, input_shape: tuple[int, ...], num_classes: in
 
 
 __all__ = [
+    "AUDIT_KIND",
     "AuditResult",
     "CompressionComparison",
     "FamilyAnswer",
@@ -565,4 +843,6 @@ __all__ = [
     "import_factory",
     "is_import_path",
     "load_model",
+    "structure_from_dict",
+    "tensors_sha256",
 ]

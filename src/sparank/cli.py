@@ -1494,6 +1494,10 @@ def audit(
     batch_size: Annotated[int, typer.Option(help="rows per forward pass")] = 256,
     seed: Annotated[int, typer.Option(help="the bootstrap's draws and the fine-tuning's data order")] = 0,
     out_dir: Annotated[Path, typer.Option("--out", help="folder for report.html, report.md, the CSVs and figures/")] = Path("audit-report"),
+    store_dir: Annotated[
+        Path | None,
+        typer.Option("--store", help="record the original and every copy in this results store; a rerun measures only what is missing"),
+    ] = None,
     data_dir: DataDirOpt = None,
     threads: ThreadsOpt = None,
 ) -> None:
@@ -1504,9 +1508,14 @@ def audit(
     bootstrap interval, AUC and accuracy changes, Holm-corrected verdict). The report opens with,
     per family, the strongest setting not significantly less robust and within the accuracy tolerance.
 
+    With --store DIR the original and every copy are recorded there (runs of kind "audit", with
+    their weights and measurements) as each finishes; an interrupted audit run again with the same
+    options measures only what is missing and gives the same report.
+
     Examples: sparank audit --model mlp:300,100 --weights model.safetensors --dataset digits ;
     sparank audit --model examples.tiny_cnn:tiny_cnn --weights cnn.safetensors --dataset digits --fine-tune-epochs 2 --attack pgd
     """
+    import contextlib
     import dataclasses
 
     from sparank.audit import audit as run_audit
@@ -1515,7 +1524,7 @@ def audit(
     from sparank.compress import FAMILIES
     from sparank.data import eval_subset, load_dataset
     from sparank.models import parse_spec
-    from sparank.store import load_weights_file
+    from sparank.store import Store, load_weights_file
 
     attacks = list(attack or [])
     with _user_errors():
@@ -1561,7 +1570,9 @@ def audit(
             raise ValueError(f"--n must be at most {total} (the {data.name} test set size), got {n}")
         state = load_weights_file(weights)
         net = load_model(model, data.input_shape, data.num_classes, weights=state, source=str(weights))
-        _, x, y = eval_subset(data, n if n is not None else min(1000, total), seed=eval_seed)
+        indices, x, y = eval_subset(data, n if n is not None else min(1000, total), seed=eval_seed)
+        context = {"weights_file": str(weights), "weights_sha256": _sha256(weights), "dataset": data.name, "split": "test",
+                   "eval_seed": eval_seed, **_data_record(data)}  # fmt: skip
         progress = Progress(
             TextColumn("[bold]audit[/] {task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(), TextColumn("models"),
             TimeElapsedColumn(), console=err, transient=True,
@@ -1571,12 +1582,15 @@ def audit(
         def on_model(label: str, done: int, of: int) -> None:
             progress.update(task, description=escape(label), completed=done, total=of)
 
-        with progress, _as_options({"tol": "--tol", "eps_max": "--eps-max"}):
+        # the store, if any, is opened (and checked writable) before the first model is measured
+        opened = contextlib.nullcontext(None) if store_dir is None else Store(store_dir)
+        with opened as stored, progress, _as_options({"tol": "--tol", "eps_max": "--eps-max"}):
             result = run_audit(
                 net, x, y, bounds=(0.0, 1.0), train_data=(data.train_x, data.train_y) if fine_tune_epochs else None,
                 families=chosen, sparsities=levels, rank_fractions=ranks, fine_tune_epochs=fine_tune_epochs, fine_tune_lr=fine_tune_lr,
                 norm=norm, eps_max=eps_max, resolution=resolution, tol=tol, attacks=attacks, attack_n=attack_n, steps=steps,
                 restarts=restarts, accuracy_tolerance=accuracy_tolerance / 100, seed=seed, batch_size=batch_size, progress=on_model,
+                store=stored, model_name=model, input_indices=indices, context=context,
             )  # fmt: skip
         which = f"the first {len(x)}" if eval_seed is None else f"{len(x)} drawn with seed {eval_seed}"
         result = dataclasses.replace(
@@ -1592,6 +1606,12 @@ def audit(
         head = ["family", "level", "acc%", "Δacc", "ε*-ratio", "interval", "verdict", "ok"]
         _print_lines(_table_lines(head, rows, keep=[0, 1, 6, 4, 7, 3, 2, 5], right=[1, 2, 3, 4], width=_screen_width()))
         out.print(f"audit of {1 + len(rows)} models in {result.seconds:.1f} s; report: {paths.html}", markup=False, soft_wrap=True)
+        if store_dir is not None:
+            out.print(
+                f"stored in {store_dir}: runs {result.run_ids[0]} (original) to {result.run_ids[-1]}, kind audit; "
+                f"{len(result.recorded)} measurements made now, the others read back",
+                markup=False, soft_wrap=True,
+            )  # fmt: skip
 
 
 def main() -> None:  # pragma: no cover - entry point for `python -m sparank`

@@ -701,7 +701,7 @@ class StudyRecords:
 
 def _study_run(record: Any) -> tuple[StudyRun | None, str]:
     """A stored run as a :class:`StudyRun`, or None and the reason it is not one."""
-    if record.kind in ("linear", "import"):
+    if record.kind in ("linear", "import", "audit"):  # an audit's runs: a user's model and its compressed copies
         return None, f"kind {record.kind!r}: not a trained run of a study grid"
     config = record.config or {}
     spec = config.get("spec") or {}
