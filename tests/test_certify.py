@@ -346,3 +346,31 @@ def test_measure_certify_on_the_command_line(tmp_path):
         assert st.brackets(json.loads(scanned.stdout)["measurement"]).certified is None
     text = runner.invoke(app, [*base, "--certify"])
     assert text.exit_code == 0 and "certified: 100.0% of inputs" in text.output
+
+
+# --------------------------------------------------------------------------- the fast copy (an opt-in, checked on the model)
+
+
+def test_fast_copy_scan_gives_brackets_checked_on_the_model(digits):
+    from sparank.attacks.base import _evaluate
+    from sparank.train import TrainConfig, train_model
+
+    model, _ = train_model("cnn:4,8,16", digits, TrainConfig(epochs=3, seed=0))
+    x, y = digits.test_x[:60], digits.test_y[:60]
+    plain = fgsm_robustness(model, x, y, resolution=1e-2)
+    fast = fgsm_robustness(model, x, y, resolution=1e-2, fast=True)
+    assert fast.settings["fast"] is True and "fast" not in plain.settings
+    assert torch.equal(fast.status, plain.status)
+    fooled = fast.status == FOOLED
+    assert float((fast.eps_hi[fooled] - plain.eps_hi[fooled]).abs().max()) <= 2e-6
+    # the brackets hold on the model as given: hi misclassified, lo classified y (forward passes on the model itself)
+    idx = torch.nonzero(fooled).squeeze(1)
+    hi_pts = ray_points(x[idx], fast.directions[idx], fast.eps_hi[idx], (0.0, 1.0))
+    lo_pts = ray_points(x[idx], fast.directions[idx], fast.eps_lo[idx], (0.0, 1.0))
+    with torch.inference_mode():
+        assert bool((model(hi_pts).argmax(dim=1) != y[idx]).all())
+    margin, floor, _ = _evaluate(model, lo_pts, y[idx], idx, 256)
+    assert bool((margin > -floor).all())  # classified y, up to the noise band its batch leaves (as the scan's own lo)
+    both = fgsm_robustness(model, x, y, resolution=1e-2, fast=True, certify=True)
+    assert both.certified is not None and float(both.certified.double().mean()) >= 0.95
+

@@ -83,12 +83,17 @@ def _gamma(n: int) -> float:
     return 2.0 * k * _U / (1.0 - k * _U)
 
 
+_MINUS_INF = torch.tensor(-math.inf, dtype=torch.float64)
+_PLUS_INF = torch.tensor(math.inf, dtype=torch.float64)
+
+
 def _down(x: Tensor) -> Tensor:
-    return torch.nextafter(x, torch.full_like(x, -math.inf))
+    """The next float64 below each entry: a result rounded to nearest, nudged below the exact value."""
+    return torch.nextafter(x, _MINUS_INF.to(x.device))
 
 
 def _up(x: Tensor) -> Tensor:
-    return torch.nextafter(x, torch.full_like(x, math.inf))
+    return torch.nextafter(x, _PLUS_INF.to(x.device))
 
 
 class Unsupported(ValueError):
@@ -191,45 +196,70 @@ class _Bounds(NamedTuple):
 
 class _Centre(NamedTuple):
     """Bounds as a centre and radius at both ends, stacked ``(2N, ...)`` (end 0 then end 1), plus a uniform
-    extra radius ``slack`` ``(2N,)`` (rounding) kept apart so that ``rad`` stays exactly 0 where it is."""
+    extra radius ``slack`` (rounding) kept apart so that ``rad`` stays exactly 0 where it is, and so that it
+    can be added after pooling: ``(2N, 1, ...)`` per row or ``(2N, C, 1, 1)`` per channel, broadcast against ``rad``."""
 
     mid: Tensor
     rad: Tensor
     slack: Tensor
 
 
-def _input_centre(x: Tensor, d: Tensor, a: Tensor, b: Tensor, box: Bounds) -> _Centre:
-    """Bounds on ``clip(x + (a + t(b − a))·d)`` over ``t ∈ [0, 1]``, computed in float64 (inputs ``(N, *shape)``)."""
-    lo, hi = float(box.lo), float(box.hi)
+class Ray(NamedTuple):
+    """Rays ``clip(x + ε·d, lo, hi)`` in float64 with what does not change from segment to segment."""
+
+    x: Tensor  # (N, *shape)
+    d: Tensor  # (N, *shape)
+    meet: Tensor  # (N, *shape): the ε > 0 at which the coordinate reaches the box (inf: never; 0: on it already)
+    bound: Tensor  # (N, *shape): the bound it reaches there (lo or hi)
+    scale: Tensor  # (N,): max |x| + |lo| + |hi|, and max |d| in ``dmax``
+    dmax: Tensor
+    lo: float
+    hi: float
+
+    def take(self, idx: Tensor) -> Ray:
+        return Ray(self.x[idx], self.d[idx], self.meet[idx], self.bound[idx], self.scale[idx], self.dmax[idx], self.lo, self.hi)
+
+
+def make_ray(inputs: Tensor, directions: Tensor, bounds: Bounds | tuple[float, float]) -> Ray:
+    """The rays of ``inputs`` along ``directions`` ``(N, *shape)`` in the box ``bounds``, ready for :func:`margin_bounds`."""
+    lo, hi = float(bounds[0]), float(bounds[1])
+    x, d = inputs.double(), directions.double()
+    bound = torch.where(d > 0, hi, lo).to(x.dtype)
+    with torch.no_grad():
+        meet = torch.where(d != 0, (bound - x) / torch.where(d != 0, d, 1.0), math.inf).clamp_(min=0.0)
+    flat = (x.abs().flatten(1).amax(dim=1), d.abs().flatten(1).amax(dim=1)) if x[0].numel() else (x.new_zeros(len(x)),) * 2
+    return Ray(x, d, meet, bound, flat[0] + abs(lo) + abs(hi), flat[1], lo, hi)
+
+
+def _input_centre(ray: Ray, a: Tensor, b: Tensor) -> _Centre:
+    """Bounds on ``clip(x + (a + t(b − a))·d)`` over ``t ∈ [0, 1]``, computed in float64 (``(N, *shape)``).
+
+    A moving coordinate meets the box at most once (it starts inside); where that happens inside
+    ``(a, b)`` it is concave (reaching hi) or convex (reaching lo) in ``t``: its chord, shifted by its
+    deviation at that point, bounds it on one side, the chord itself on the other.
+    """
+    x, d = ray.x, ray.d
     shape = (-1,) + (1,) * (x.ndim - 1)
-    xd, dd = x.double(), d.double()
     a_, b_ = a.view(shape), b.view(shape)
-    v0 = (xd + a_ * dd).clamp_(lo, hi)
-    v1 = (xd + b_ * dd).clamp_(lo, hi)
-    # where the coordinate meets the box inside (a, b) its value is lo or hi there, off the chord
-    dev_up = torch.zeros_like(v0)
-    dev_dn = torch.zeros_like(v0)
-    width = (b_ - a_).clamp_min(torch.finfo(torch.float64).tiny)
-    safe_d = torch.where(dd != 0, dd, 1.0)
-    for bound in (lo, hi):
-        eps_at = torch.where(dd != 0, (bound - xd) / safe_d, math.inf)
-        inside = (eps_at > a_) & (eps_at < b_)
-        if not bool(inside.any()):
-            continue
-        t = ((eps_at - a_) / width).clamp_(0.0, 1.0)
-        dev = torch.where(inside, bound - (v0 + t * (v1 - v0)), 0.0)
-        dev_up = torch.maximum(dev_up, dev)
-        dev_dn = torch.maximum(dev_dn, -dev)
-    half = 0.5 * (dev_up - dev_dn)
-    mid = torch.cat([v0 + half, v1 + half])
-    rad = 0.5 * (dev_up + dev_dn) * (1.0 + 8 * _U)
-    rad = torch.cat([rad, rad])
+    v0 = torch.addcmul(x, a_, d).clamp_(ray.lo, ray.hi)
+    v1 = torch.addcmul(x, b_, d).clamp_(ray.lo, ray.hi)
+    inside = (ray.meet > a_) & (ray.meet < b_)
+    deviation = x.new_zeros(len(x))
+    if bool(inside.any()):
+        t = ((ray.meet - a_) / (b_ - a_).clamp_min(torch.finfo(torch.float64).tiny)).clamp_(0.0, 1.0)
+        dev = torch.where(inside, ray.bound - (v0 + t * (v1 - v0)), 0.0)
+        half = 0.5 * dev
+        mid = torch.cat([v0 + half, v1 + half])
+        rad = half.abs() * (1.0 + 8 * _U)
+        rad = torch.cat([rad, rad])
+        deviation = dev.abs().flatten(1).amax(dim=1)
+    else:
+        mid = torch.cat([v0, v1])
+        rad = torch.zeros_like(mid)
     # rounding of the products, sums, chords and deviations above: a few units in the last place of the
     # largest magnitude in play, per input (kept apart so that rad stays exactly 0 off the breakpoints)
-    scale = (xd.abs() + b_.abs() * dd.abs()).flatten(1).amax(dim=1) + abs(lo) + abs(hi)
-    scale = scale + 2 * (dev_up + dev_dn).flatten(1).amax(dim=1) if len(x) and x[0].numel() else scale
-    slack = 16 * _U * scale + 1e-300
-    return _Centre(mid, rad, torch.cat([slack, slack]))
+    slack = 16 * _U * (ray.scale + b.abs() * ray.dmax + 2 * deviation) + 1e-300
+    return _Centre(mid, rad, torch.cat([slack, slack]).view((-1,) + (1,) * (x.ndim - 1)))
 
 
 def _centre(bnd: _Bounds) -> _Centre:
@@ -238,21 +268,33 @@ def _centre(bnd: _Bounds) -> _Centre:
     hi = torch.cat([bnd.hi0, bnd.hi1])
     mid = 0.5 * (lo + hi)
     rad = 0.5 * (hi - lo) + 4 * _U * (lo.abs() + hi.abs())
-    return _Centre(mid, rad, torch.zeros(len(mid), dtype=mid.dtype, device=mid.device))
+    return _Centre(mid, rad, _no_slack(mid))
+
+
+def _no_slack(like: Tensor) -> Tensor:
+    return torch.zeros((len(like),) + (1,) * (like.ndim - 1), dtype=like.dtype, device=like.device)
+
+
+def _with_slack(cen: _Centre) -> Tensor:
+    """The radius with the uniform slack added (rounded up: both are non-negative)."""
+    if not bool(cen.slack.any()):
+        return cen.rad
+    return (cen.rad + cen.slack) * (1 + 4 * _U)
 
 
 def _from_centre(cen: _Centre) -> _Bounds:
-    mid, rad, slack = cen
-    n = len(mid) // 2
-    extra = slack.view((-1,) + (1,) * (mid.ndim - 1))
-    lo, hi = _down(_down(mid - rad) - extra), _up(_up(mid + rad) + extra)
+    rad = _with_slack(cen)
+    n = len(cen.mid) // 2
+    lo, hi = _down(cen.mid - rad), _up(cen.mid + rad)
     return _Bounds(lo[:n], lo[n:], hi[:n], hi[n:])
 
 
-def _largest(z: Tensor) -> Tensor:
+def _largest(z: Tensor, non_negative: bool = False) -> Tensor:
     """Per row of a ``(2N, ...)`` stack: the largest |entry| of the input's two ends, ``(2N,)``."""
     n = len(z) // 2
-    per = z.abs().flatten(1).amax(dim=1) if z[0].numel() else torch.zeros(len(z), dtype=z.dtype, device=z.device)
+    if not z[0].numel():
+        return torch.zeros(len(z), dtype=z.dtype, device=z.device)
+    per = (z if non_negative else z.abs()).flatten(1).amax(dim=1)
     both = torch.maximum(per[:n], per[n:])
     return torch.cat([both, both])
 
@@ -261,31 +303,57 @@ def _through_affine(op: _Affine, cen: _Centre) -> _Centre:
     """``W·z + b`` of every ``z`` within the bounds: centre ``W·m + b``, radius ``|W|·r``, and the rounding error."""
     mid, rad, slack = cen
     out_mid = _apply(op, mid, op.weight, op.bias)
-    if op.kind == "linear" and rad.ndim == 2:
-        used = torch.nonzero((rad != 0).any(dim=0)).squeeze(1)  # off the box's breakpoints the input radius is 0
-        if len(used) == 0:
-            out_rad = torch.zeros_like(out_mid)
-        elif len(used) < rad.shape[1] // 2:
-            out_rad = F.linear(rad[:, used], op.abs_weight[:, used])
-        else:
-            out_rad = F.linear(rad, op.abs_weight)
-    elif not bool(rad.any()):
+    # off the box's breakpoints the input radius is exactly 0: multiply only the rows (and, for Linear, the
+    # columns) where it is not
+    rows = torch.nonzero(rad.flatten(1).any(dim=1)).squeeze(1)
+    if len(rows) == 0:
         out_rad = torch.zeros_like(out_mid)
     else:
-        out_rad = _apply(op, rad, op.abs_weight, None)
-    # a dot product of n terms in float64 is off by at most γ_n·Σ|w||z|; the slack adds Σ|w|·slack exactly
-    scale = _largest(mid) + _largest(rad)
-    per = op.row_abs[None, :] * (_gamma(op.fan_in) * scale.clamp_min(1.0) + slack * (1 + _gamma(op.fan_in)))[:, None]
+        part = rad if len(rows) == len(rad) else rad[rows]
+        if op.kind == "linear" and part.ndim == 2:
+            used = torch.nonzero(part.any(dim=0)).squeeze(1)
+            small = F.linear(part[:, used], op.abs_weight[:, used]) if len(used) < part.shape[1] // 2 else F.linear(part, op.abs_weight)
+        else:
+            small = _apply(op, part, op.abs_weight, None)
+        if len(rows) == len(rad):
+            out_rad = small
+        else:
+            out_rad = torch.zeros_like(out_mid)
+            out_rad[rows] = small
+    # a dot product of n terms in float64 is off by at most γ_n·Σ|w||z|; the slack adds at most Σ|w|·max(slack):
+    # both go into the output's slack (per output feature or channel, added after pooling)
+    most = slack.flatten(1).amax(dim=1)
+    scale = _largest(mid) + _largest(rad, non_negative=True) + most
+    per = op.row_abs[None, :] * (_gamma(op.fan_in) * scale.clamp_min(1.0) + most * (1 + _gamma(op.fan_in)))[:, None]
     per = per.view(per.shape + (1,) * (out_mid.ndim - 2))
-    return _Centre(out_mid, out_rad + per, torch.zeros_like(slack))
+    return _Centre(out_mid, out_rad, per)
 
 
 def _relu(bnd: _Bounds) -> _Bounds:
     lo0, lo1, hi0, hi1 = bnd
-    keep = (lo0 + lo1) > 0  # the lower bound itself has the larger mean than 0
-    lower0 = torch.where((lo0 >= 0) & (lo1 >= 0), lo0, torch.where((lo0 <= 0) & (lo1 <= 0), 0.0, torch.where(keep, lo0, 0.0)))
-    lower1 = torch.where((lo0 >= 0) & (lo1 >= 0), lo1, torch.where((lo0 <= 0) & (lo1 <= 0), 0.0, torch.where(keep, lo1, 0.0)))
-    return _Bounds(lower0, lower1, hi0.clamp_min(0.0), hi1.clamp_min(0.0))
+    # below: the lower line where its mean is positive (it is then the larger of the two lines, or
+    # crosses 0 with the larger mean), else 0; above: the chord of relu of the upper line (convex in t)
+    keep = (lo0 + lo1) > 0
+    return _Bounds(torch.where(keep, lo0, 0.0), torch.where(keep, lo1, 0.0), hi0.clamp_min(0.0), hi1.clamp_min(0.0))
+
+
+def _relu_maxpool(m: nn.MaxPool2d, cen: _Centre) -> _Bounds:
+    """``MaxPool2d(ReLU(z))`` for ``z`` within centre-form bounds, pooling before anything else is computed at full size.
+
+    Above: ``max_j relu(U_j) = relu(max_j U_j)``, the chord of a maximum of affine functions.
+    Below: the element whose relu'd lower line has the largest mean, i.e. the largest ``L_j(0) + L_j(1)``
+    if that is positive (its line), else 0.
+    """
+    args = (m.kernel_size, m.stride, m.padding)
+    rad, slack = cen.rad, cen.slack  # the slack is constant over each window: added after pooling
+    n = len(cen.mid) // 2
+    up = _up(_up(F.max_pool2d(cen.mid + rad, *args)) + slack).clamp_min_(0.0)  # (2N, ...) both ends
+    low = cen.mid - rad
+    score, idx = F.max_pool2d(low[:n] + low[n:], *args, return_indices=True)
+    flat = idx.flatten(2)
+    pick = [_down(_down(low[e * n : (e + 1) * n].flatten(2).gather(2, flat).view_as(score)) - slack[e * n : (e + 1) * n]) for e in (0, 1)]
+    keep = score > 0
+    return _Bounds(torch.where(keep, pick[0], 0.0), torch.where(keep, pick[1], 0.0), up[:n], up[n:])
 
 
 def _maxpool(m: nn.MaxPool2d, bnd: _Bounds) -> _Bounds:
@@ -320,13 +388,24 @@ def _batchnorm(m: nn.BatchNorm1d | nn.BatchNorm2d, bnd: _Bounds) -> _Bounds:
     out_mid = mid * s + c
     # the scale itself is rounded (division, square root): a relative 8u on it, plus the two operations
     out_rad = rad * s.abs() + 16 * _U * (mid.abs() * s.abs() + abs(c) if isinstance(c, float) else mid.abs() * s.abs() + c.abs())
-    return _from_centre(_Centre(out_mid, out_rad, torch.zeros(len(mid), dtype=mid.dtype, device=mid.device)))
+    return _from_centre(_Centre(out_mid, out_rad, _no_slack(out_mid)))
 
 
 def _forward_bounds(net: BoundNet, layers: list[nn.Module], state: _Bounds | _Centre) -> _Bounds | _Centre:
-    for m in layers:
+    skip = False
+    for i, m in enumerate(layers):
+        if skip:
+            skip = False
+            continue
+        after = layers[i + 1] if i + 1 < len(layers) else None
+        if isinstance(m, nn.ReLU) and isinstance(after, nn.MaxPool2d) and isinstance(state, _Centre):
+            state, skip = _relu_maxpool(after, state), True
+            continue
         if isinstance(m, nn.Flatten):
-            state = type(state)(*(v.flatten(1) if v.ndim > 1 else v for v in state))
+            if isinstance(state, _Centre):
+                state = _Centre(state.mid.flatten(1), _with_slack(state).flatten(1), _no_slack(state.mid.flatten(1)))
+            else:
+                state = _Bounds(*(v.flatten(1) for v in state))
             continue
         if isinstance(m, nn.Linear | nn.Conv2d):
             state = _through_affine(net.affine[id(m)], state if isinstance(state, _Centre) else _centre(state))
@@ -366,16 +445,19 @@ def margin_bounds(
         ``(1 − t)·lower_a + t·lower_b`` and ``(1 − t)·upper_a + t·upper_b`` (exact arithmetic, sound
         rounding). The entry of ``y`` itself is ``+inf`` (lower) and ``+inf`` (upper).
     """
-    box = Bounds(float(bounds[0]), float(bounds[1]))
-    state = _forward_bounds(net, net.layers[:-1], _input_centre(inputs, directions, a.double(), b.double(), box))
+    return margin_bounds_on(net, make_ray(inputs, directions, bounds), labels, a, b)
+
+
+def margin_bounds_on(net: BoundNet, ray: Ray, labels: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`margin_bounds` on rays prepared by :func:`make_ray` (what a search over many segments calls)."""
+    state = _forward_bounds(net, net.layers[:-1], _input_centre(ray, a.double(), b.double()))
     cen = state if isinstance(state, _Centre) else _centre(state)
     op = net.affine[id(net.layers[-1])]
     w, bias = op.weight, op.bias if op.bias is not None else torch.zeros(op.weight.shape[0], dtype=torch.float64)
     n = len(labels)
     c = w[labels][:, None, :] - w[None, :, :]  # (N, K, H): exact differences of float32 weights
     db = bias[labels][:, None] - bias[None, :]  # (N, K)
-    mid, rad, slack = cen  # (2N, H)
-    rad = rad + slack[:, None]
+    mid, rad = cen.mid, _with_slack(cen)  # (2N, H)
     mid2 = torch.stack([mid[:n], mid[n:]], dim=2)  # (N, H, 2)
     rad2 = torch.stack([rad[:n], rad[n:]], dim=2)
     centre = torch.bmm(c, mid2) + db[:, :, None]  # (N, K, 2)
@@ -457,9 +539,9 @@ def certified_crossing(
     moves to the first root of the lower bounds (everything before it is
     proved), the point ``c + tol`` is tried with a forward pass, and ``w``
     becomes twice the distance advanced (an eighth of it where nothing was).
-    A tried point misclassified beyond the noise, and accepted by
-    :func:`~sparank.attacks.base.verify_points`, ends the search with the bracket
-    ``[c, c + tol]``; reaching ``eps_max`` proves the input censored. Where that
+    A tried point misclassified beyond the noise ends the search with the bracket
+    ``[c, c + tol]`` (all such points are then verified at once by
+    :func:`~sparank.attacks.base.verify_points`; one refused leaves its input not certified); reaching ``eps_max`` proves the input censored. Where that
     point's margin is within the model's float32 noise (its margin falls by
     less than the noise over ``tol``), points ``tol·2^k`` past ``c`` are tried
     and the first one verified is pulled back (15 points per round, 3 rounds)
@@ -483,6 +565,7 @@ def certified_crossing(
     hint_hi = hint_hi.to(device=device, dtype=torch.float64)
     limit = torch.where(torch.isfinite(hint_hi), torch.clamp(hint_hi, max=eps_max), torch.full_like(hint_hi, eps_max))
     c = torch.zeros(n, dtype=torch.float64, device=device)
+    ray = make_ray(inputs, directions, bounds)
     first = hint_lo.to(device=device, dtype=torch.float64).clamp(max=eps_max)
     w = torch.where(first > 0, first, limit)
     active = torch.arange(n, device=device)
@@ -493,7 +576,7 @@ def certified_crossing(
         lo_a_parts, lo_b_parts = [], []
         for s in range(0, len(active), batch_size):
             sl = active[s : s + batch_size]
-            la, lb, _, _ = margin_bounds(net, inputs[sl], labels[sl], directions[sl], a[s : s + batch_size], b[s : s + batch_size], bounds)
+            la, lb, _, _ = margin_bounds_on(net, ray.take(sl), labels[sl], a[s : s + batch_size], b[s : s + batch_size])
             lo_a_parts.append(la)
             lo_b_parts.append(lb)
         lo_a, lo_b = torch.cat(lo_a_parts), torch.cat(lo_b_parts)
@@ -523,6 +606,13 @@ def certified_crossing(
         stuck |= ~whole & (advanced <= 0) & (b - a <= tol)
         open_ = ~certified[active] & ~stuck & (passes[active] < max_passes)
         active = active[open_]
+    # every point found past a proved stretch, verified in any batching (verify_points); a refused one is not certified
+    found = torch.nonzero(certified & torch.isfinite(eps_hi)).squeeze(1)
+    if len(found):
+        points = ray_points(inputs[found], directions[found], eps_hi[found], bounds)
+        ok, _, r = verify_points(model, points, labels[found], found, batch_size)
+        rows += r
+        certified[found[~ok]] = False
     return Certified(certified.cpu(), eps_lo.cpu(), eps_hi.cpu(), passes.cpu(), rows)
 
 
@@ -573,13 +663,10 @@ def _probe(
         cand = torch.cat([cand, owners[has]])
         at = torch.cat([at, hi])
         points = torch.cat([points, ray_points(inputs[owners[has]], directions[owners[has]], hi, bounds)])
-    if len(cand):
-        ok, _, r = verify_points(model, points, labels[cand], cand, batch_size)
-        rows += r
-        hit = cand[ok]
-        certified[hit] = True
-        eps_lo[hit] = c[hit]
-        eps_hi[hit] = at[ok]
+    # misclassified beyond the noise in this batch: verified in any batching at the end, all at once
+    certified[cand] = True
+    eps_lo[cand] = c[cand]
+    eps_hi[cand] = at
     return rows
 
 

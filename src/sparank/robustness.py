@@ -202,6 +202,7 @@ def fgsm_robustness(
     batch_size: int = 256,
     progress: Progress | None = None,
     certify: bool = False,
+    fast: bool = False,
 ) -> RobustnessResult:
     """ε* along the FGSM ray for every input, as verified brackets (PROTOCOL §2).
 
@@ -228,6 +229,8 @@ def fgsm_robustness(
         certify: also prove the first crossing (:mod:`sparank.certify`): where the proof
             succeeds every ε in ``[0, eps_lo]`` is classified ``y``, not only the scanned
             points; ``result.certified`` says per input whether it did.
+        fast: scan a faster copy of the model (:func:`sparank.attacks.fgsm.fast_copy`), then check
+            every bracket on the model as given (an explicit opt-in, PROTOCOL §2).
 
     Returns:
         :class:`RobustnessResult` on the CPU. Every returned ``x(eps_hi)`` is misclassified
@@ -248,7 +251,7 @@ def fgsm_robustness(
     box = check_inputs(inputs, labels, bounds)
     check_tol(tol, inputs.dtype, box, eps_max)
     result = measure(
-        FGSM(resolution=resolution, tol=tol, certify=certify), model, inputs, labels, bounds=box, norm=norm, eps_max=eps_max,
+        FGSM(resolution=resolution, tol=tol, certify=certify, fast=fast), model, inputs, labels, bounds=box, norm=norm, eps_max=eps_max,
         batch_size=batch_size, progress=progress,
     )  # fmt: skip
     wrong = result.status == int(CLEAN_WRONG)
