@@ -1201,7 +1201,7 @@ def linear(
     sklearn_max_train: Annotated[
         int | None, typer.Option(help="fit scikit-learn on the first N training inputs (default: all on digits, 10,000 above)")
     ] = None,
-    sklearn_max_iter: Annotated[int | None, typer.Option(help="SAGA epochs per λ at most (default: 1000 on digits, 100 above)")] = None,
+    sklearn_max_iter: Annotated[int | None, typer.Option(help="SAGA epochs per λ at most (default: 3000 on digits, 100 above)")] = None,
     seeds: Annotated[
         str, typer.Option(help="comma-separated training seeds (data order, initialisation); ratios pool over them")
     ] = "0,1,2",
