@@ -359,6 +359,11 @@ def test_an_audit_killed_with_sigkill_resumes_to_the_uninterrupted_result(digits
     assert r.exit_code == 0, r.output
     whole_runs, whole_measurements = _store_state(tmp_path / "whole")
     assert len(whole_runs) == 7 and len(whole_measurements) == 7 * 3  # FGSM, PGD, best per model
+    # `sparank show` names each audit run by what compressed it, with its clean accuracy
+    shown = runner.invoke(app, ["show", "--store", str(tmp_path / "whole")]).output
+    for _, (_, _, _, accuracy) in whole_runs.items():
+        assert f"{accuracy:.3f}" in shown, shown
+    assert "original" in shown and shown.count(" audit ") == 7, shown
 
     killed = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, "-c", "from sparank.cli import main; main()", *args, "--store", str(killed),

@@ -950,9 +950,10 @@ def _runs_table(runs: list[Any], latest: dict[str, dict[str, Any]], *, width: in
         median = (s.get("quantiles") or {}).get("50") if s else None
         rows.append([
             r.id, r.kind, str(r.config.get("dataset", "-")), str(r.config.get("arch", "-")),
-            _regulariser_cell(r.config.get("regulariser") or {}),
+            # an audit's copy: what compressed it ("original" for the model audited) in the regulariser's place
+            str(r.config["audit"]) if r.kind == "audit" and r.config.get("audit") else _regulariser_cell(r.config.get("regulariser") or {}),
             str((r.config.get("train") or {}).get("seed", "-")),
-            _num((r.metrics or {}).get("test_accuracy"), 3),
+            _num((r.metrics or {}).get("test_accuracy", (r.metrics or {}).get("clean_accuracy")), 3),
             _num((r.structure or {}).get("sparsity"), 3),
             _num((r.structure or {}).get("mean_effective_rank_ratio"), 3),
             _num(s.get("auc")) if s else "-",
