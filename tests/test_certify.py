@@ -319,6 +319,16 @@ def test_certify_enters_the_settings_only_when_true():
         FGSM(certify=1)  # type: ignore[arg-type]
 
 
+def test_no_input_to_prove_and_every_input_clean_wrong(digits, digits_mlp):
+    x, y = digits.test_x[:20], digits.test_y[:20]
+    with torch.inference_mode():
+        wrong = (digits_mlp(x).argmax(dim=1) + 1) % 10  # every label wrong: nothing reaches the search
+    r = fgsm_robustness(digits_mlp, x, wrong, certify=True)
+    assert bool((r.status == CLEAN_WRONG).all()) and r.certified is not None and bool(r.certified.all())
+    empty = fgsm_robustness(digits_mlp, x[:0], y[:0], certify=True)
+    assert len(empty) == 0 and empty.certified is not None and len(empty.certified) == 0
+
+
 def test_scanned_results_carry_no_certified_flags(digits, digits_mlp):
     r = fgsm_robustness(digits_mlp, digits.test_x[:10], digits.test_y[:10])
     assert r.certified is None and r.bound_passes == 0

@@ -227,7 +227,7 @@ def make_ray(inputs: Tensor, directions: Tensor, bounds: Bounds | tuple[float, f
     bound = torch.where(d > 0, hi, lo).to(x.dtype)
     with torch.no_grad():
         meet = torch.where(d != 0, (bound - x) / torch.where(d != 0, d, 1.0), math.inf).clamp_(min=0.0)
-    flat = (x.abs().flatten(1).amax(dim=1), d.abs().flatten(1).amax(dim=1)) if x[0].numel() else (x.new_zeros(len(x)),) * 2
+    flat = (x.abs().flatten(1).amax(dim=1), d.abs().flatten(1).amax(dim=1)) if x.numel() else (x.new_zeros(len(x)),) * 2
     return Ray(x, d, meet, bound, flat[0] + abs(lo) + abs(hi), flat[1], lo, hi)
 
 

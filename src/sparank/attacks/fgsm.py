@@ -635,6 +635,10 @@ def certified_search(
 
     n = len(inputs)
     device = inputs.device
+    if n == 0:
+        return ray_search(model, inputs, labels, directions, resolution, tol, bounds, eps_max, batch_size, progress)._replace(
+            certified=torch.zeros(0, dtype=torch.bool)
+        )
     try:
         net = bound_network(model)
         check_walk(model, net, inputs[:batch_size])
