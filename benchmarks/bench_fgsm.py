@@ -4,23 +4,32 @@ For an MLP 784-300-100-10 and the small CNN (trained here on first use, then
 loaded from benchmarks/results/), on the first N test inputs:
 
 - sparank ``fgsm_robustness`` at resolution 1e-3 (ART's own step) and 1e-2, tol 1e-6;
+- sparank certified (``certify=True``: every ε below ε* proved correct, sparank.certify), with the
+  scan at 1e-2 placing its segments, on the model and with the scan on the fast copy;
+- sparank's scan on the opt-in fast copy (``fast=True``: frozen TorchScript, brackets checked on the model);
 - ART ``FastGradientMethod(norm=inf, eps=0.5, eps_step=1e-3, minimal=True)``;
 - Foolbox ``FGSM`` over 501 ε values in [0, 0.5];
 - one fixed-ε FGSM attack (direction + one forward pass) as the floor.
 
-It prints wall times, ratios and the agreement checks: the fooled sets are
+Every sparank mode is timed round-robin (best of ``--repeat``), beside its cost in
+forward-pass equivalents per input (its time over the time of one batched forward pass
+of the same inputs), the bound passes per input and the cost of one bound pass (in
+forward passes of the same inputs). The finding: how many inputs have a first crossing
+that the scan at 1e-2 and at 1e-3 steps over (certified ε* below the scan's by more than
+tol), and by how much. It prints wall times, ratios and the agreement checks: the fooled sets are
 identical and ART's grid value minus sparank's ε* lies in [0, step] for every
 input whose direction the peers compute the same way (their autograd
 cross-entropy gradient saturates at large margins; the count of inputs where
 it differs from sparank's is printed). Needs the optional extra: ``pip install -e '.[bench]'``.
 
-Run: ``.venv/bin/python benchmarks/bench_fgsm.py [--n 1000] [--threads 2]``
+Run: ``.venv/bin/python benchmarks/bench_fgsm.py [--n 1000] [--threads 2] [--no-foolbox]``
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -29,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from sparank.attacks import fgsm_direction
+from sparank.certify import bound_network, margin_bounds
 from sparank.data import load_dataset
 from sparank.models import build_model
 from sparank.robustness import CENSORED, CLEAN_WRONG, FOOLED, fgsm_robustness
@@ -110,12 +120,46 @@ def foolbox_sweep(model, x, y) -> np.ndarray:
     return first
 
 
+def forward_seconds(model, x, batch_size: int = 256) -> float:
+    """One forward pass of every input, batched as the measure batches them (best of 5)."""
+    with torch.inference_mode():
+        return timed(lambda: [model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)], repeat=5)[0]
+
+
+def bound_pass_seconds(model, x, y, batch_size: int = 256) -> float:
+    """One bound pass (sparank.certify.margin_bounds) of every input over the segment [0.05, 0.06] (best of 3)."""
+    net = bound_network(model)
+    d = fgsm_direction(model, x, y)
+    a = torch.full((len(x),), 0.05, dtype=torch.float64)
+    b = a + 0.01
+
+    def run() -> None:
+        for i in range(0, len(x), batch_size):
+            s = slice(i, i + batch_size)
+            margin_bounds(net, x[s], y[s], d[s], a[s], b[s], (0.0, 1.0))
+
+    return timed(run, repeat=3)[0]
+
+
+#: the sparank modes timed round-robin: label -> fgsm_robustness keyword arguments
+MODES = {
+    "scan_1e3": dict(resolution=1e-3),
+    "scan_1e2": dict(resolution=1e-2),
+    "fast_1e3": dict(resolution=1e-3, fast=True),
+    "fast_1e2": dict(resolution=1e-2, fast=True),
+    "certified": dict(resolution=1e-2, certify=True),
+    "certified_fast": dict(resolution=1e-2, certify=True, fast=True),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1000, help="test inputs (the first N)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", default="mlp,cnn")
+    parser.add_argument("--repeat", type=int, default=3, help="round-robin repeats of the sparank modes (best kept)")
     parser.add_argument("--skip-slow", action="store_true", help="skip ART and Foolbox (sparank timings only)")
+    parser.add_argument("--no-foolbox", action="store_true", help="skip Foolbox (ART still runs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = load_dataset("fashion-mnist")
@@ -123,30 +167,65 @@ def main() -> None:
     report = {}
     for name in args.models.split(","):
         model = get_model(name, data)
-        row: dict[str, float | int | bool | str] = {}
+        row: dict[str, float | int | bool | str] = {"load_before": " ".join(f"{v:.2f}" for v in os.getloadavg())}
         t_fixed, _ = timed(lambda: fixed_eps_fgsm(model, x, y, 0.1), repeat=3)
-        t_fine, fine = timed(lambda: fgsm_robustness(model, x, y, eps_max=EPS_MAX, resolution=STEP, tol=1e-6), repeat=3)
-        t_coarse, coarse = timed(lambda: fgsm_robustness(model, x, y, eps_max=EPS_MAX, resolution=1e-2, tol=1e-6), repeat=3)
-        row.update(fixed_fgsm_s=t_fixed, sparank_1e3_s=t_fine, sparank_1e2_s=t_coarse)
+        t_forward = forward_seconds(model, x)
+        t_bound = bound_pass_seconds(model, x, y)
+        times = {label: float("inf") for label in MODES}
+        results = {}
+        for _ in range(args.repeat):  # round-robin: each mode sees the same machine load
+            for label, kw in MODES.items():
+                t, results[label] = timed(lambda kw=kw: fgsm_robustness(model, x, y, eps_max=EPS_MAX, tol=1e-6, **kw))
+                times[label] = min(times[label], t)
+        fine, coarse, cert = results["scan_1e3"], results["scan_1e2"], results["certified"]
+        t_fine, t_coarse = times["scan_1e3"], times["scan_1e2"]
+        row.update(fixed_fgsm_s=t_fixed, forward_pass_s=t_forward, sparank_1e3_s=t_fine, sparank_1e2_s=t_coarse)
+        for label in MODES:
+            row[f"{label}_s"] = times[label]
+            row[f"{label}_forward_equivalents_per_input"] = times[label] / t_forward
+        row["bound_pass_in_forward_passes"] = t_bound / t_forward
+        row["certified_bound_passes_per_input"] = cert.bound_passes / len(x)
+        row["certified_fraction"] = float(cert.certified.double().mean())  # type: ignore[union-attr]
+        row["certified_fast_fraction"] = float(results["certified_fast"].certified.double().mean())  # type: ignore[union-attr]
         row["sparank_1e2_over_fixed"] = t_coarse / t_fixed
         row["coarse_vs_fine_same_eps"] = float((torch.abs(coarse.eps_hi - fine.eps_hi) <= 1e-6).double().mean())
+        for label in ("fast_1e3", "fast_1e2", "certified_fast"):
+            other = results[label]
+            same = (other.status == results["certified" if label == "certified_fast" else label.replace("fast", "scan")].status).all()
+            row[f"{label}_same_statuses"] = bool(same)
+        # the finding: crossings a scan steps over (certified ε* below the scan's by more than tol)
+        for label, scan in (("1e2", coarse), ("1e3", fine)):
+            ok = cert.certified & (cert.status != int(CLEAN_WRONG))  # type: ignore[operator]
+            stepped = ok & (cert.eps_hi < scan.eps_hi - 2e-6)
+            change = (scan.eps_hi - cert.eps_hi)[stepped]
+            row[f"stepped_over_at_{label}"] = int(stepped.sum())
+            row[f"stepped_over_at_{label}_eps_change"] = "" if not len(change) else (
+                f"{float(change.min()):.2e}..{float(change.max()):.2e}" if torch.isfinite(change).all() else "to censored"
+            )
         s = fine.summary()
         row.update(clean_accuracy=s.clean_accuracy, censored=s.censored_fraction, median_eps=s.median)
-        print(f"\n[{name}] fixed-eps FGSM {t_fixed:.3f}s | sparank h=1e-3 {t_fine:.3f}s | h=1e-2 {t_coarse:.3f}s", flush=True)
+        print(f"\n[{name}] " + " | ".join(f"{label} {times[label]:.3f}s" for label in MODES), flush=True)
         if not args.skip_slow:
             t_art, art_eps = timed(lambda: art_minimal(model, x, y, data.num_classes))
-            t_fb, fb_eps = timed(lambda: foolbox_sweep(model, x, y))
-            row.update(art_s=t_art, foolbox_s=t_fb)
+            row.update(art_s=t_art)
+            row["art_forward_equivalents_per_input"] = t_art / t_forward
             row["art_over_sparank_1e3"] = t_art / t_fine
             row["art_over_sparank_1e2"] = t_art / t_coarse
-            row["foolbox_over_sparank_1e3"] = t_fb / t_fine
+            for label in MODES:
+                row[f"art_over_{label}"] = t_art / times[label]
+            peers = [("art", art_eps)]
+            if not args.no_foolbox:
+                t_fb, fb_eps = timed(lambda: foolbox_sweep(model, x, y))
+                row.update(foolbox_s=t_fb)
+                row["foolbox_over_sparank_1e3"] = t_fb / t_fine
+                peers.append(("foolbox", fb_eps))
             ours = fine.eps_hi.numpy()
             st = fine.status.numpy()
             # ART and Foolbox take the direction from autograd through cross-entropy, which saturates at large
             # margins (sparank's does not): compare grids only where the two directions are the same
             same_dir = saturating_direction_agrees(model, x, y, fine.directions)
             row["directions_differ_from_autograd_ce"] = int((~same_dir).sum())
-            for label, other in (("art", art_eps), ("foolbox", fb_eps)):
+            for label, other in peers:
                 fooled_other = np.isfinite(other) & (other > 0)
                 row[f"{label}_same_fooled_set"] = bool(np.array_equal(fooled_other, st == int(FOOLED)))
                 row[f"{label}_fooled_set_differences"] = int((fooled_other != (st == int(FOOLED))).sum())
@@ -156,9 +235,10 @@ def main() -> None:
                 row[f"{label}_grid_minus_eps_range"] = f"[{diff.min():.2e}, {diff.max():.2e}]"
                 row[f"{label}_clean_wrong_agree"] = bool(np.array_equal(other == 0, st == int(CLEAN_WRONG)))
             row["censored_sparank"] = int((st == int(CENSORED)).sum())
+        row["load_after"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
         report[name] = row
         for k, v in row.items():
-            print(f"  {k:34s} {v:.4g}" if isinstance(v, float) else f"  {k:34s} {v}", flush=True)
+            print(f"  {k:44s} {v:.4g}" if isinstance(v, float) else f"  {k:44s} {v}", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bench_fgsm.json").write_text(json.dumps(report, indent=2))
     print(f"\nwritten {RESULTS / 'bench_fgsm.json'}")
