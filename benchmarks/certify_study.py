@@ -90,9 +90,7 @@ def main() -> None:
     if args.write_copy is not None:
         shutil.copytree(args.store, args.write_copy)
         with sqlite3.connect(args.write_copy / "sparank.sqlite") as con:
-            con.executemany(
-                "UPDATE brackets SET eps_lo = ?, eps_hi = ?, status = ? WHERE measurement_id = ? AND position = ?", updates
-            )
+            con.executemany("UPDATE brackets SET eps_lo = ?, eps_hi = ?, status = ? WHERE measurement_id = ? AND position = ?", updates)
         con.close()
         print(f"certified brackets written into the copy {args.write_copy} ({len(updates)} inputs)")
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -54,7 +54,17 @@ def _random_cnn(seed: int, pool: str = "max", batchnorm: bool = False) -> nn.Seq
             bn.weight.uniform_(-1.5, 1.5)
             bn.bias.uniform_(-0.3, 0.3)
         layers.append(bn)
-    layers += [nn.ReLU(), pool1, nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)]
+    layers += [
+        nn.ReLU(),
+        pool1,
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16, 8),
+        nn.ReLU(),
+        nn.Linear(8, 4),
+    ]
     model = nn.Sequential(*layers).eval()
     with torch.no_grad():  # He-scaled weights, small biases: the inputs, not the biases, decide the class
         for m in model:
@@ -64,7 +74,9 @@ def _random_cnn(seed: int, pool: str = "max", batchnorm: bool = False) -> nn.Seq
     return model
 
 
-def _dense_grid(model: nn.Module, x: torch.Tensor, y: torch.Tensor, d: torch.Tensor, eps_max: float, points: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _dense_grid(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, d: torch.Tensor, eps_max: float, points: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per input: the first grid ε whose point is misclassified (by argmax) and the grid point before it; inf if none."""
     grid = torch.linspace(0.0, eps_max, points, dtype=torch.float64)
     first = torch.full((len(x),), math.inf, dtype=torch.float64)
@@ -342,7 +354,12 @@ def test_measure_certify_on_the_command_line(tmp_path):
 
     runner = CliRunner()
     store = tmp_path / "s"
-    assert runner.invoke(app, ["train", "--dataset", "digits", "--arch", "mlp:32", "--epochs", "3", "--store", str(store), "--threads", "1"]).exit_code == 0
+    assert (
+        runner.invoke(
+            app, ["train", "--dataset", "digits", "--arch", "mlp:32", "--epochs", "3", "--store", str(store), "--threads", "1"]
+        ).exit_code
+        == 0
+    )
     base = ["measure", "r0001", "--n", "40", "--store", str(store), "--threads", "1"]
     certified = runner.invoke(app, [*base, "--certify", "--json"])
     assert certified.exit_code == 0, certified.output
@@ -383,4 +400,3 @@ def test_fast_copy_scan_gives_brackets_checked_on_the_model(digits):
     assert bool((margin > -floor).all())  # classified y, up to the noise band its batch leaves (as the scan's own lo)
     both = fgsm_robustness(model, x, y, resolution=1e-2, fast=True, certify=True)
     assert both.certified is not None and float(both.certified.double().mean()) >= 0.95
-

@@ -179,12 +179,6 @@ def _apply(op: _Affine, z: Tensor, weight: Tensor, bias: Tensor | None) -> Tenso
     return F.conv2d(z, weight, bias, m.stride, m.padding, m.dilation, m.groups)
 
 
-def _error(op: _Affine, scale: Tensor, out_shape: torch.Size) -> Tensor:
-    """``γ_n · (Σ|w| · scale + |b|)`` broadcast to the output, ``scale`` (N,) the largest |input| per row."""
-    per = _gamma(op.fan_in) * op.row_abs[None, :] * scale[:, None].clamp_min(1.0)
-    return per.view(per.shape + (1,) * (len(out_shape) - 2))
-
-
 class _Bounds(NamedTuple):
     """Lower and upper bounds at both ends of a segment: ``lo0, lo1, hi0, hi1``, each ``(N, *shape)`` float64."""
 

@@ -607,7 +607,7 @@ def fast_copy(model: nn.Module, example: Tensor) -> nn.Module:
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(clone, example.detach().clone())
             return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
-    except Exception:  # a model TorchScript cannot trace: scan with the model itself
+    except (RuntimeError, TypeError, ValueError, torch.jit.TracingCheckError):  # TorchScript cannot trace it: scan the model itself
         return model
 
 
