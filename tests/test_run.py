@@ -209,6 +209,7 @@ def test_run_is_pure_no_store_no_output_no_global_rng(digits, capfd, monkeypatch
         ({"measure": {"attacks": ["pgd", "pgd"]}}, "measure.attacks"),
         ({"measure": {"norm": "l1"}}, "measure.norm"),
         ({"measure": {"closed_form": True}}, "measure.closed_form"),  # exact only for an affine model
+        ({"arch": "linear", "measure": {"closed_form": True, "certify": True}}, "measure"),  # exact already
         ({"arch": "linear", "regulariser": "l1", "strength": 1e-3, "sklearn": {"tol": 0}}, "sklearn.tol"),
         ({"arch": "linear", "regulariser": "l1", "strength": 1e-3, "sklearn": {"max_train": 1}}, "sklearn.max_train"),
         ({"regulariser": "l1", "strength": 1e-3, "sklearn": {}}, "sklearn"),  # an MLP
@@ -309,3 +310,21 @@ def test_a_sagas_fit_is_a_run_keyed_by_its_settings_and_reproducible(digits):
     x = digits.train_x.reshape(len(digits.train_x), -1).double()
     assert kkt_violation(w, b, x, digits.train_y, 2e-3) < 0.05  # float32 storage rounds the optimum a little
     assert first.structure["sparsity"] > 0.2  # L1 at this λ zeroes weights exactly
+
+
+def test_a_certified_run_proves_its_brackets_under_a_key_of_its_own(digits):
+    """MeasureSpec(certify=True): the FGSM measurement is sparank measure --certify's, every correct input of a ReLU MLP
+    is proved (not only scanned), and its eps* lies within tol of the scan's wherever the scan did not step over a crossing."""
+    spec = RunSpec(dataset="digits", arch="mlp:16", train=TrainSpec(epochs=2, lr=3e-3), measure=MeasureSpec(n=40, certify=True, attack_n=5))
+    result = run(spec, data=digits)
+    fgsm = result.measurements[0]
+    assert fgsm.settings["certify"] is True
+    assert fgsm.result.certified is not None and bool(fgsm.result.certified.all())
+    assert measurement_keys("r1", spec.measure, digits)["fgsm"] != measurement_keys("r1", MeasureSpec(n=40, attack_n=5), digits)["fgsm"]
+    model = build_model("mlp:16", digits.input_shape, digits.num_classes)
+    load_state(model, result.state_dict, source="test")
+    _, x, y = eval_subset(digits, 40)
+    scanned = fgsm_robustness(model, x, y, resolution=1e-2, tol=1e-6)
+    fooled = scanned.status == int(Status.FOOLED)
+    # the proof can only find an earlier crossing than the scan, never a later one
+    assert bool((fgsm.result.eps_hi[fooled] <= scanned.eps_hi[fooled] + 1e-6).all())

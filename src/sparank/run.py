@@ -202,6 +202,8 @@ class MeasureSpec(_Spec):
     restarts: int = 0  # pgd: extra random starts at each ε
     batch_size: int = 256  # rows per forward pass; not part of any key
     closed_form: bool = False  # FGSM ε* exactly (sparank.linear), for affine models (arch "linear") only; resolution and tol then unused
+    certify: bool = False  # FGSM: prove every ε below eps_lo correct by bounds over the ray (sparank.certify), no resolution caveat
+    fast: bool = False  # FGSM: scan a compiled copy of the model, every bracket checked on the model itself (PROTOCOL §2)
 
     @field_validator("n", "attack_n")
     @classmethod
@@ -236,6 +238,8 @@ class MeasureSpec(_Spec):
 
     @model_validator(mode="after")
     def _settings(self) -> MeasureSpec:
+        if self.closed_form and (self.certify or self.fast):
+            raise ValueError("closed_form is already exact: certify and fast are for the scan; set them false")
         check_measure_args(norm=self.norm, eps_max=self.eps_max, resolution=self.resolution, tol=self.tol, batch_size=self.batch_size)
         check_tol(self.tol, torch.float32, BOUNDS, self.eps_max)  # every dataset is float32 pixels
         self.attack_objects()  # each attack checks its own settings
@@ -243,7 +247,7 @@ class MeasureSpec(_Spec):
 
     def fgsm(self) -> FGSM:
         """The headline attack: the FGSM ray at ``resolution`` and ``tol``."""
-        return FGSM(resolution=self.resolution, tol=self.tol)
+        return FGSM(resolution=self.resolution, tol=self.tol, certify=self.certify, fast=self.fast)
 
     def fgsm_settings(self) -> dict[str, Any]:
         """The FGSM measurement's settings as stored and keyed: the scan's, or ``method: closed_form`` for the exact ε*."""
@@ -506,9 +510,10 @@ def _best_config(data: Dataset, count: int) -> dict[str, Any]:
 def _head(result: RobustnessResult, k: int) -> RobustnessResult:
     """``result`` restricted to its first ``k`` inputs (per-input values are independent of the others)."""
     distance = None if result.distance is None else result.distance[:k].clone()
+    certified = None if result.certified is None else result.certified[:k].clone()
     return dataclasses.replace(
         result, eps_lo=result.eps_lo[:k].clone(), eps_hi=result.eps_hi[:k].clone(), status=result.status[:k].clone(),
-        labels=result.labels[:k].clone(), directions=None, distance=distance, adversarials=None,
+        labels=result.labels[:k].clone(), directions=None, distance=distance, adversarials=None, certified=certified,
     )  # fmt: skip
 
 
