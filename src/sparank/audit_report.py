@@ -33,7 +33,7 @@ from sparank.compare import LESS_ROBUST, MORE_ROBUST, NO_DIFFERENCE
 from sparank.compress import FAMILY_TITLES, LEVEL_NAMES
 
 # the study report's table, CSV and style helpers: one look for both reports
-from sparank.report import _CSS, _VERDICT_COLOURS, _VERDICT_CSS, Cell, _eps_unit, _html_table, _md, _md_table, _write_csv
+from sparank.report import _VERDICT_COLOURS, _VERDICT_CSS, Cell, _eps_unit, _html_opening, _html_table, _md, _md_table, _write_csv
 from sparank.robustness import CLEAN_WRONG
 
 if TYPE_CHECKING:
@@ -439,15 +439,7 @@ def write_audit_report(result: AuditResult, out_dir: str | Path, *, title: str |
         original_lines.append(f"gradient masking: {_masking_text(result.original)}")
 
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-        f'<p class="meta">{html.escape(meta)}</p>',
-        '<h2 id="answer">The answer</h2>',
-        f'<p class="answer" id="answer-text">{html.escape(the_answer)}</p>',
-        '<h2 id="how">How to read this report</h2><ul>' + "".join(f"<li>{html.escape(t)}</li>" for t in how) + "</ul>",
+        *_html_opening(title, meta, the_answer, how),
         '<h2 id="compressions">Each compression against the original</h2>',
         _html_table(headers, table, table_id="audit-table"),
         '<h2 id="figures">Figures</h2>',

@@ -1166,21 +1166,8 @@ def regularisers() -> None:
 
 
 def _parse_lambdas(text: str) -> list[float]:
-    values = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            value = float(part)
-        except ValueError:
-            raise ValueError(f"--lambdas: {part!r} is not a number; give comma-separated positive numbers, e.g. 1e-4,1e-3,1e-2") from None
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"--lambdas: {part!r} is not a positive finite number; give e.g. 1e-4,1e-3,1e-2")
-        values.append(value)
-    if not values:
-        raise ValueError(f"--lambdas {text!r} holds no values; give comma-separated positive numbers, e.g. 1e-4,1e-3,1e-2")
-    return values
+    """Comma-separated positive finite λ values; ValueError naming ``--lambdas``."""
+    return _parse_floats("--lambdas", text, low=0.0, high=math.inf, example="1e-4,1e-3,1e-2", open_low=True)
 
 
 @app.command()
@@ -1452,8 +1439,8 @@ def export(
         out.print(f"audit it with: sparank audit --model {arch} --weights {file} --dataset {dataset}", markup=False, soft_wrap=True)
 
 
-def _parse_floats(option: str, text: str, *, low: float, high: float, example: str) -> list[float]:
-    """Comma-separated numbers in ``[low, high]``; ValueError naming ``option``."""
+def _parse_floats(option: str, text: str, *, low: float, high: float, example: str, open_low: bool = False) -> list[float]:
+    """Comma-separated finite numbers in ``[low, high]`` (``(low, high]`` with ``open_low``); ValueError naming ``option``."""
     values = []
     for part in text.split(","):
         part = part.strip()
@@ -1463,8 +1450,9 @@ def _parse_floats(option: str, text: str, *, low: float, high: float, example: s
             value = float(part)
         except ValueError:
             raise ValueError(f"{option}: {part!r} is not a number; give comma-separated numbers, e.g. {example}") from None
-        if not (math.isfinite(value) and low <= value <= high):
-            raise ValueError(f"{option}: {part} is outside [{low:g}, {high:g}]; give e.g. {example}")
+        if not (math.isfinite(value) and (low < value if open_low else low <= value) and value <= high):
+            where = f"> {low:g}" if open_low and high == math.inf else f"in {'(' if open_low else '['}{low:g}, {high:g}]"
+            raise ValueError(f"{option}: {part} must be a finite number {where}; give e.g. {example}")
         values.append(value)
     if not values:
         raise ValueError(f"{option} {text!r} holds no values; give comma-separated numbers, e.g. {example}")
@@ -1547,7 +1535,7 @@ def audit(
             if f not in FAMILIES:
                 raise ValueError(f"--families: unknown family {f!r}; choose from {', '.join(FAMILIES)}")
         levels = _parse_floats("--sparsities", sparsities, low=0.0, high=1.0, example="0.5,0.7,0.9")
-        ranks = _parse_floats("--rank-fractions", rank_fractions, low=1e-12, high=1.0, example="0.5,0.25,0.1")
+        ranks = _parse_floats("--rank-fractions", rank_fractions, low=0.0, high=1.0, example="0.5,0.25,0.1", open_low=True)
         _check_int("--fine-tune-epochs", fine_tune_epochs, low=0, fix="0 audits one-shot compression")
         _check_positive("--fine-tune-lr", fine_tune_lr, fix="e.g. 1e-3")
         if not (math.isfinite(accuracy_tolerance) and 0 <= accuracy_tolerance < 100):

@@ -1262,6 +1262,21 @@ ul.notes { font-size: 0.88em; color: #444; }
 """
 
 
+def _html_opening(title: str, meta: str, the_answer: str, how: Sequence[str]) -> list[str]:
+    """The start of a self-contained report page: head with the CSS, title, meta line, the answer, how to read it."""
+    return [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="meta">{html.escape(meta)}</p>',
+        '<h2 id="answer">The answer</h2>',
+        f'<p class="answer" id="answer-text">{html.escape(the_answer)}</p>',
+        '<h2 id="how">How to read this report</h2><ul>' + "".join(f"<li>{html.escape(t)}</li>" for t in how) + "</ul>",
+    ]
+
+
 def _html_table(headers: Sequence[str], table: Sequence[Sequence[Cell]], *, table_id: str) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = []
@@ -1419,15 +1434,7 @@ def write_report(
 
     # ----- HTML
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-        f'<p class="meta">{html.escape(meta)}</p>',
-        '<h2 id="answer">The answer</h2>',
-        f'<p class="answer" id="answer-text">{html.escape(the_answer)}</p>',
-        '<h2 id="how">How to read this report</h2><ul>' + "".join(f"<li>{html.escape(t)}</li>" for t in how) + "</ul>",
+        *_html_opening(title, meta, the_answer, how),
         '<h2 id="verdicts">Verdicts: each method against its dense counterpart</h2>',
         _html_table(v_headers, v_table, table_id="verdict-table"),
     ]
