@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 
 from sparank.attacks import fgsm_direction
-from sparank.certify import bound_network, margin_bounds
+from sparank.attacks.fgsm import ray_points
+from sparank.certify import bound_network, make_ray, margin_bounds_on, pivot_values
 from sparank.data import load_dataset
 from sparank.models import build_model
 from sparank.robustness import CENSORED, CLEAN_WRONG, FOOLED, fgsm_robustness
@@ -127,16 +128,21 @@ def forward_seconds(model, x, batch_size: int = 256) -> float:
 
 
 def bound_pass_seconds(model, x, y, batch_size: int = 256) -> float:
-    """One bound pass (sparank.certify.margin_bounds) of every input over the segment [0.05, 0.06] (best of 3)."""
+    """One bound pass of every input over the segment [0.05, 0.06], as the certified search makes it: rays and
+    pivots (at the segment's end) prepared once beforehand, then sparank.certify.margin_bounds_on (best of 3)."""
     net = bound_network(model)
     d = fgsm_direction(model, x, y)
     a = torch.full((len(x),), 0.05, dtype=torch.float64)
     b = a + 0.01
+    parts = []
+    for i in range(0, len(x), batch_size):
+        s = slice(i, i + batch_size)
+        ray = make_ray(x[s], d[s], (0.0, 1.0))
+        parts.append((s, ray, pivot_values(net, ray_points(ray.x, ray.d, b[s], (0.0, 1.0)))))
 
     def run() -> None:
-        for i in range(0, len(x), batch_size):
-            s = slice(i, i + batch_size)
-            margin_bounds(net, x[s], y[s], d[s], a[s], b[s], (0.0, 1.0))
+        for s, ray, pivot in parts:
+            margin_bounds_on(net, ray, y[s], a[s], b[s], pivot)
 
     return timed(run, repeat=3)[0]
 
@@ -160,7 +166,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="round-robin repeats of the sparank modes (best kept)")
     parser.add_argument("--skip-slow", action="store_true", help="skip ART and Foolbox (sparank timings only)")
     parser.add_argument("--no-foolbox", action="store_true", help="skip Foolbox (ART still runs)")
+    parser.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help=f"sparank modes to time, comma-separated (default all: {','.join(MODES)}); the agreement checks need scan_1e3, scan_1e2 and certified",
+    )
     args = parser.parse_args()
+    modes = {label: MODES[label] for label in args.modes.split(",")}
     torch.set_num_threads(args.threads)
     data = load_dataset("fashion-mnist")
     x, y = data.test_x[: args.n], data.test_y[: args.n]
@@ -171,12 +183,20 @@ def main() -> None:
         t_fixed, _ = timed(lambda: fixed_eps_fgsm(model, x, y, 0.1), repeat=3)
         t_forward = forward_seconds(model, x)
         t_bound = bound_pass_seconds(model, x, y)
-        times = {label: float("inf") for label in MODES}
+        times = {label: float("inf") for label in modes}
         results = {}
         for _ in range(args.repeat):  # round-robin: each mode sees the same machine load
-            for label, kw in MODES.items():
+            for label, kw in modes.items():
                 t, results[label] = timed(lambda kw=kw: fgsm_robustness(model, x, y, eps_max=EPS_MAX, tol=1e-6, **kw))
                 times[label] = min(times[label], t)
+        if set(modes) != set(MODES):  # a quick look at some modes: times only, no agreement checks, nothing written
+            print(f"\n[{name}] load {row['load_before']} -> " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
+            for label in modes:
+                passes = results[label].bound_passes
+                extra = f", {passes / len(x):.2f} bound passes per input" if passes else ""
+                print(f"  {label:16s} {times[label]:.3f} s  {times[label] / t_forward:6.1f} forward passes per input{extra}")
+            print(f"  one bound pass = {t_bound / t_forward:.1f} forward passes", flush=True)
+            continue
         fine, coarse, cert = results["scan_1e3"], results["scan_1e2"], results["certified"]
         t_fine, t_coarse = times["scan_1e3"], times["scan_1e2"]
         row.update(fixed_fgsm_s=t_fixed, forward_pass_s=t_forward, sparank_1e3_s=t_fine, sparank_1e2_s=t_coarse)
@@ -200,8 +220,10 @@ def main() -> None:
             stepped = ok & (cert.eps_hi < scan.eps_hi - 2e-6)
             change = (scan.eps_hi - cert.eps_hi)[stepped]
             row[f"stepped_over_at_{label}"] = int(stepped.sum())
-            row[f"stepped_over_at_{label}_eps_change"] = "" if not len(change) else (
-                f"{float(change.min()):.2e}..{float(change.max()):.2e}" if torch.isfinite(change).all() else "to censored"
+            row[f"stepped_over_at_{label}_eps_change"] = (
+                ""
+                if not len(change)
+                else (f"{float(change.min()):.2e}..{float(change.max()):.2e}" if torch.isfinite(change).all() else "to censored")
             )
         s = fine.summary()
         row.update(clean_accuracy=s.clean_accuracy, censored=s.censored_fraction, median_eps=s.median)
@@ -240,6 +262,8 @@ def main() -> None:
         report[name] = row
         for k, v in row.items():
             print(f"  {k:44s} {v:.4g}" if isinstance(v, float) else f"  {k:44s} {v}", flush=True)
+    if not report:  # --modes: a quick look, not a result
+        return
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bench_fgsm.json").write_text(json.dumps(report, indent=2))
     print(f"\nwritten {RESULTS / 'bench_fgsm.json'}")

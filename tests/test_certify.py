@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from sparank import certify
 from sparank.attacks import FGSM, fgsm_direction
 from sparank.attacks.fgsm import ray_points
 from sparank.certify import Unsupported, bound_network, check_walk, margin_bounds
@@ -223,8 +224,9 @@ def test_a_stretch_1e5_wide_is_found_by_certify_and_stepped_over_by_the_scan():
     start=st.floats(0.0, 0.45),
     width=st.sampled_from([1e-6, 1e-3, 0.05, 0.5]),
     norm=st.sampled_from(["linf", "l2"]),
+    pivot=st.sampled_from([None, "start", "end", "far"]),
 )
-def test_sampled_margins_lie_inside_the_bounds(seed, arch, start, width, norm):
+def test_sampled_margins_lie_inside_the_bounds(seed, arch, start, width, norm, pivot):
     if arch == "mlp":
         model = _random_mlp(seed).double()
         shape: tuple[int, ...] = (1, 4, 4)
@@ -241,7 +243,10 @@ def test_sampled_margins_lie_inside_the_bounds(seed, arch, start, width, norm):
     a = torch.full((6,), start, dtype=torch.float64)
     b = a + width
     net = bound_network(model)
-    lo_a, lo_b, up_a, up_b = margin_bounds(net, x, y, d, a, b, (0.0, 1.0))
+    # float32 offsets from a pivot (where the layers allow it: not with average pooling or batch norm), at
+    # either end of the segment or far from it, or every product in float64
+    at = {None: None, "start": a, "end": b, "far": torch.full_like(a, 0.9 - start)}[pivot]
+    lo_a, lo_b, up_a, up_b = margin_bounds(net, x, y, d, a, b, (0.0, 1.0), pivot=at)
     other = ~torch.nn.functional.one_hot(y, model[-1].out_features).bool()
     for t in torch.linspace(0.0, 1.0, 41, dtype=torch.float64):
         with torch.inference_mode():
@@ -261,6 +266,68 @@ def test_bounds_are_exact_where_nothing_switches():
     a, b = torch.tensor([0.1], dtype=torch.float64), torch.tensor([0.1 + 1e-9], dtype=torch.float64)
     lo_a, lo_b, up_a, up_b = margin_bounds(bound_network(model), x, y, d, a, b, (0.0, 1.0))
     assert float((up_a - lo_a)[0, 1:].max()) < 1e-12 and float((up_b - lo_b)[0, 1:].max()) < 1e-12
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_float32_offset_products_stay_inside_their_error_bound(kind):
+    """The float32 product of an offset layer, with its radius and slack, holds the float64 product of every point
+    of the box: offsets over twelve orders of magnitude with cancelling signs, float64 weights (rounded to float32)."""
+    gen = torch.Generator().manual_seed(3)
+    if kind == "linear":
+        layer = nn.Linear(1568, 40).double()
+        shape: tuple[int, ...] = (1568,)
+    else:
+        layer = nn.Conv2d(16, 8, 3, padding=1).double()
+        shape = (16, 9, 9)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen, dtype=torch.float64))
+    op = certify._affine(layer)
+    rows = 32  # two ends of 16 inputs
+    o = (torch.randn((rows, *shape), generator=gen) * 10.0 ** torch.randint(-9, 4, (rows, *shape), generator=gen)).float()
+    r = (torch.rand((rows, *shape), generator=gen) * 10.0 ** torch.randint(-9, 1, (rows, *shape), generator=gen)).float()
+    r[::3] = 0.0  # rows without a radius take the shortcut
+    slack = torch.rand(rows, generator=gen, dtype=torch.float64).view((-1,) + (1,) * len(shape)) * 1e-6
+    pivot_err = torch.zeros(rows // 2, layer.weight.shape[0], dtype=torch.float64)
+    assert certify._plain_float32(op, o)  # the CPU's float32 products are ordinary sums here
+    out = certify._offset_affine(op, (o, r, slack), pivot_err)
+    assert out is not None
+    out_o, out_r, out_slack = out
+    w = layer.weight.detach()
+    exact_centre = certify._apply(op, o.double(), w, None)  # float64: off by ~1e-16 relative, the bound by ~1e-4
+    worst = certify._apply(op, r.double() + slack, w.abs(), None)  # the farthest any point of the box gets
+    gap = (exact_centre - out_o.double()).abs() + worst
+    allowed = out_r.double() + out_slack
+    assert bool((gap <= allowed).all())
+    # and it is a float32-sized allowance, not a vacuous one: beyond the radius, the slack through |W| and the
+    # offsets' own error, at most γ_n (~1e-4 here) of Σ|w|·max|o|
+    channels = (1, -1) + (1,) * (len(shape) - 1)  # per output feature / channel
+    per_row = (-1, 1) + (1,) * (len(shape) - 1)
+    row_abs = op.row_abs.view(channels)
+    beyond = allowed - certify._apply(op, r.double(), w.abs(), None) - row_abs * slack.flatten(1).amax(dim=1).view(per_row)
+    scale = row_abs * o.abs().flatten(1).amax(dim=1).double().view(per_row)
+    assert float((beyond / scale).max()) < 4 * certify._gamma32(op.fan_in)
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
+def test_offsets_are_as_tight_as_float64_near_the_pivot_and_are_float64_without_plain_float32_products(digits):
+    from sparank.train import TrainConfig, train_model
+
+    model, _ = train_model("cnn:4,8,16", digits, TrainConfig(epochs=2, seed=0))
+    x, y = digits.test_x[:32], digits.test_y[:32]
+    d = fgsm_direction(model, x, y)
+    net = bound_network(model)
+    a = torch.full((32,), 0.05, dtype=torch.float64)
+    b = a + 1e-6
+    plain = margin_bounds(net, x, y, d, a, b, (0.0, 1.0))
+    offset = margin_bounds(net, x, y, d, a, b, (0.0, 1.0), pivot=b)
+    other = ~torch.nn.functional.one_hot(y, 10).bool()
+    for p, q in zip(plain, offset, strict=True):  # within 1e-5 of the float64 bounds: far below a margin's change over tol
+        assert float((p - q)[other].abs().max()) < 1e-5
+    assert not all(torch.equal(p, q) for p, q in zip(plain, offset, strict=True))  # the float32 path was taken
+    with torch.backends.mkldnn.flags(enabled=False):  # convolutions would go to NNPACK's Winograd: float64 instead
+        assert not certify._plain_float32(net.affine[id(model[0])], torch.zeros(64, 1, 8, 8))
+        fallback = margin_bounds(net, x, y, d, a, b, (0.0, 1.0), pivot=b)
+    assert all(torch.equal(p, q) for p, q in zip(plain, fallback, strict=True))
 
 
 # --------------------------------------------------------------------------- what is not supported is scanned, and says so
@@ -309,6 +376,26 @@ def test_parametrised_and_pruned_layers_are_read_through_their_weight(digits, di
     x, y = digits.test_x[:40], digits.test_y[:40]
     r = fgsm_robustness(model, x, y, certify=True)
     assert r.certified is not None and bool(r.certified.all())
+
+
+def test_inputs_left_unproved_keep_the_scan_refined_to_tol(digits, digits_mlp, monkeypatch):
+    """The scan that places the segments is refined only to PLACEMENT_TOL; an input the bounds do not prove
+    (here: one bound pass allowed) gets the scan's bracket at the tol asked for, as without certify."""
+    from sparank.attacks import fgsm as fgsm_module
+
+    x, y = digits.test_x[:60], digits.test_y[:60]
+    tol = 1e-6
+    assert tol < fgsm_module.PLACEMENT_TOL
+    original = certify.certified_crossing
+    monkeypatch.setattr(certify, "certified_crossing", lambda *args, **kw: original(*args, **{**kw, "max_passes": 1}))
+    r = fgsm_robustness(digits_mlp, x, y, eps_max=0.5, resolution=1e-2, tol=tol, certify=True)
+    scan = fgsm_robustness(digits_mlp, x, y, eps_max=0.5, resolution=1e-2, tol=tol)
+    assert r.certified is not None
+    left = ~r.certified
+    assert int(left.sum()) >= 5
+    assert torch.equal(r.eps_hi[left], scan.eps_hi[left]) and torch.equal(r.status, scan.status)
+    fooled = left & (r.status == FOOLED)
+    assert bool((r.eps_hi[fooled] - r.eps_lo[fooled] <= tol).all())
 
 
 def test_no_direction_inputs_keep_their_status():

@@ -41,9 +41,28 @@ sound: every matrix product gets the a-priori error bound of a dot product,
 rows' absolute sums and the largest ``|m|`` (cheap, and γ_n ≈ 1e-13 makes
 the looseness irrelevant), and every subtraction or addition that forms a
 lower or upper bound is nudged outward by one ulp with ``torch.nextafter``.
-This was chosen over float32 with error terms because a rigorous float32
-dot-product bound (γ_n ≈ 1e-4 for n = 1568) would be far wider than the
-margin change over ``tol`` near a crossing.
+Plain float32 with error terms would not do: a rigorous float32 dot-product
+bound (γ_n ≈ 1e-4 for n = 1568) is far wider than the margin change over
+``tol`` near a crossing.
+
+**Float32 offsets from a pivot** (what the search uses; see the section below
+:func:`_forward_offsets`). float64 products cost: on the CPU a float64
+convolution has no oneDNN kernel (17× slower than float32 here). But the
+rounding of a product is proportional to what is multiplied, so the search
+carries one point per input (the *pivot*, the end of the ray the walk cannot
+pass, near the crossing) through the network once in float64, and holds the
+bounds as the pivot's value plus float32 offsets, a float32 radius and a
+float64 slack. Products of offsets are float32, with the same a-priori bound
+at float32's unit roundoff (plus the weights' rounding to float32 and
+underflow); every float32 addition forming a bound is nudged outward. The
+rounding is then float32's relative to the offsets, which are small exactly
+where precision matters (the segments next to the crossing) and large only
+on the long first segment, where the margin is far from 0. The float32
+bound is used only where the product is an ordinary sum of rounded products
+(:func:`_plain_float32`: on the CPU, oneDNN's direct convolution or the
+plain one, IEEE float32 matrix products; not NNPACK's Winograd transform,
+which torch picks where oneDNN is disabled, nor cuDNN); otherwise, and for
+layers with no offset form (average pooling, batch norm), the pass is float64.
 
 What a certificate says: every point of the exact ray ``clip(x + ε·d)``
 with ``ε`` in ``[0, eps_lo]`` has a positive margin for the model *in exact
@@ -160,6 +179,8 @@ class _Affine(NamedTuple):
     row_abs: Tensor  # per output feature / channel: Σ|w| (+ |b|)
     fan_in: int
     module: nn.Module
+    weight32: Tensor  # the weights rounded to float32 (exact for a float32 model), and their absolute values
+    abs_weight32: Tensor
 
 
 def _affine(module: nn.Module) -> _Affine:
@@ -167,7 +188,8 @@ def _affine(module: nn.Module) -> _Affine:
         w = module.weight.detach().double()
         b = None if module.bias is None else module.bias.detach().double()
         row_abs = w.abs().flatten(1).sum(dim=1) + (0.0 if b is None else b.abs())
-        return _Affine("linear" if isinstance(module, nn.Linear) else "conv", w, w.abs(), b, row_abs, w[0].numel(), module)
+        kind = "linear" if isinstance(module, nn.Linear) else "conv"
+        return _Affine(kind, w, w.abs(), b, row_abs, w[0].numel(), module, w.float(), w.float().abs())
     raise TypeError(type(module).__name__)
 
 
@@ -177,6 +199,51 @@ def _apply(op: _Affine, z: Tensor, weight: Tensor, bias: Tensor | None) -> Tenso
     m = op.module
     assert isinstance(m, nn.Conv2d)
     return F.conv2d(z, weight, bias, m.stride, m.padding, m.dilation, m.groups)
+
+
+#: unit roundoff of float32
+_U32 = 2.0**-24
+#: an absolute allowance per float32 operation for underflow (a flushed subnormal loses less than 2^-126)
+_TINY32 = 2.0**-125
+
+
+def _gamma32(n: int) -> float:
+    """``γ_n`` for float32 sums of ``n`` products, with two more operations (as :func:`_gamma`)."""
+    k = n + 2
+    return 2.0 * k * _U32 / (1.0 - k * _U32)
+
+
+def _plain_float32(op: _Affine, z: Tensor) -> bool:
+    """Whether ``op`` in float32 on ``z`` (float32) is an ordinary sum of rounded products, so that the
+    dot-product error bound ``γ_n·Σ|w||z|`` holds: on the CPU, with IEEE float32 matrix products and
+    convolutions by oneDNN's direct algorithm or the plain im2col one (not NNPACK's Winograd transform,
+    which torch picks where oneDNN is disabled; not on CUDA, where cuDNN may use TF32, Winograd or FFT)."""
+    if z.device.type != "cpu" or torch.get_float32_matmul_precision() != "highest":
+        return False
+    mkldnn = torch.backends.mkldnn
+    if op.kind == "linear":
+        return getattr(mkldnn.matmul, "fp32_precision", "none") in ("none", "ieee")
+    if getattr(mkldnn.conv, "fp32_precision", "none") not in ("none", "ieee"):
+        return False
+    m = op.module
+    assert isinstance(m, nn.Conv2d)
+    try:
+        backend = torch._C._select_conv_backend(
+            z, op.weight32, None, list(m.stride), list(m.padding), list(m.dilation), False, [0, 0], m.groups, None
+        )
+    except (AttributeError, RuntimeError, TypeError):  # a torch without this helper: take no chances
+        return False
+    return backend in (torch._C._ConvBackend.Mkldnn, torch._C._ConvBackend.Slow2d)
+
+
+class Pivot(NamedTuple):
+    """One point per input carried through the layers in float64, and what :func:`_forward_offsets` needs of it,
+    by layer index (see :func:`pivot_values`); empty where the model's layers have no float32 offset form."""
+
+    at: dict[int, tuple[Tensor, ...]]
+
+    def take(self, idx: Tensor | slice) -> Pivot:
+        return Pivot({k: tuple(v[idx] for v in parts) for k, parts in self.at.items()})
 
 
 class _Bounds(NamedTuple):
@@ -426,12 +493,16 @@ def margin_bounds(
     a: Tensor,
     b: Tensor,
     bounds: Bounds | tuple[float, float],
+    pivot: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Bounds on the margins ``f_y − f_k`` over the ray segments ``ε ∈ [a, b]``, at both ends.
 
     Args:
         net: from :func:`bound_network`.
         inputs, directions: ``(N, *shape)``; labels ``(N,)``; a, b: ``(N,)`` float64 segment ends.
+        pivot: ``(N,)`` an ε per input near which the bounds are to be precise: the products are then
+            taken in float32 as offsets from that point's float64 values (:func:`_through_affine`);
+            ``None``: every product in float64. Either way the bounds are sound.
 
     Returns:
         ``(lower at a, lower at b, upper at a, upper at b)``, each ``(N, K)`` float64: for every ``t``
@@ -439,13 +510,21 @@ def margin_bounds(
         ``(1 − t)·lower_a + t·lower_b`` and ``(1 − t)·upper_a + t·upper_b`` (exact arithmetic, sound
         rounding). The entry of ``y`` itself is ``+inf`` (lower) and ``+inf`` (upper).
     """
-    return margin_bounds_on(net, make_ray(inputs, directions, bounds), labels, a, b)
+    ray = make_ray(inputs, directions, bounds)
+    at = None if pivot is None else pivot_values(net, ray_points(ray.x, ray.d, pivot.double(), bounds))
+    return margin_bounds_on(net, ray, labels, a, b, at)
 
 
-def margin_bounds_on(net: BoundNet, ray: Ray, labels: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """:func:`margin_bounds` on rays prepared by :func:`make_ray` (what a search over many segments calls)."""
-    state = _forward_bounds(net, net.layers[:-1], _input_centre(ray, a.double(), b.double()))
-    cen = state if isinstance(state, _Centre) else _centre(state)
+def margin_bounds_on(
+    net: BoundNet, ray: Ray, labels: Tensor, a: Tensor, b: Tensor, pivot: Pivot | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`margin_bounds` on rays prepared by :func:`make_ray` (what a search over many segments calls);
+    ``pivot`` (:func:`pivot_values` of the same inputs) lets the products be taken in float32 (:func:`_through_affine`)."""
+    start = _input_centre(ray, a.double(), b.double())
+    cen = _forward_offsets(net, start, pivot) if pivot is not None and pivot.at else None
+    if cen is None:
+        state = _forward_bounds(net, net.layers[:-1], start)
+        cen = state if isinstance(state, _Centre) else _centre(state)
     op = net.affine[id(net.layers[-1])]
     w, bias = op.weight, op.bias if op.bias is not None else torch.zeros(op.weight.shape[0], dtype=torch.float64)
     n = len(labels)
@@ -467,10 +546,248 @@ def margin_bounds_on(net: BoundNet, ray: Ray, labels: Tensor, a: Tensor, b: Tens
     return lower[..., 0], lower[..., 1], upper[..., 0], upper[..., 1]
 
 
+# --------------------------------------------------------------------------- float32 offsets from a pivot
+#
+# A bound pass in float64 costs about four float64 forward passes (two ends, centre and radius), and on
+# the CPU float64 convolutions have no oneDNN kernel. Near the crossing, where precision matters, the
+# bounds at every layer are close to the values of one point of the ray (the *pivot*, carried through
+# the network once per input in float64). So the bounds are held as the pivot's float64 value ``V`` plus
+# float32 offsets: a centre offset ``o`` and a radius ``r`` per element, and a float64 ``slack`` (extra
+# radius) per row and channel: the lower line at an end lies at or above ``V + o − r − slack``, the
+# upper at or below ``V + o + r + slack``, in exact arithmetic. Every float32 operation is rounded
+# outward (``torch.nextafter``) or covered by an error term proportional to the offsets (γ_n with
+# float32's unit roundoff for the products): the rounding is as large as float32's *relative to the
+# offsets*, which are small where the segment is near the pivot.
+
+
+def _up32(x: Tensor) -> Tensor:
+    """The next float32 above each entry (of a float32 result rounded to nearest)."""
+    return torch.nextafter(x, torch.tensor(math.inf, dtype=x.dtype, device=x.device))
+
+
+def _down32(x: Tensor) -> Tensor:
+    return torch.nextafter(x, torch.tensor(-math.inf, dtype=x.dtype, device=x.device))
+
+
+def _f32_up(x: Tensor) -> Tensor:
+    """float32 values at or above the float64 ``x`` (to nearest, then one float32 step up)."""
+    return _up32(x.float())
+
+
+def _f32_down(x: Tensor) -> Tensor:
+    return _down32(x.float())
+
+
+def _pool_size(m: nn.MaxPool2d) -> int:
+    k = m.kernel_size
+    return k if isinstance(k, int) else k[0]
+
+
+def _offset_plan(net: BoundNet) -> list[tuple[str, int, nn.MaxPool2d | None]] | None:
+    """The steps of :func:`_forward_offsets` over every layer but the last: ``("affine" | "relu" | "flatten",
+    layer index, the MaxPool2d that follows a ReLU or None)``; None where a layer has no offset form
+    (AvgPool2d, BatchNorm, a MaxPool2d not after a ReLU or whose windows overlap or are padded)."""
+    plan: list[tuple[str, int, nn.MaxPool2d | None]] = []
+    layers = net.layers[:-1]
+    i = 0
+    while i < len(layers):
+        m = layers[i]
+        if isinstance(m, nn.Linear | nn.Conv2d):
+            plan.append(("affine", i, None))
+        elif isinstance(m, nn.Flatten):
+            plan.append(("flatten", i, None))
+        elif isinstance(m, nn.ReLU):
+            if not any(step == "affine" for step, _, _ in plan):
+                return None  # the offsets start at the first product
+            after = layers[i + 1] if i + 1 < len(layers) else None
+            if isinstance(after, nn.MaxPool2d):
+                kp = _pair(after.kernel_size)
+                if kp[0] != kp[1] or _pair(after.stride) != kp or _pair(after.padding) != (0, 0):
+                    return None  # overlapping, padded or oblong windows
+                plan.append(("relu", i, after))
+                i += 1
+            else:
+                plan.append(("relu", i, None))
+        else:
+            return None
+        i += 1
+    if not any(step == "affine" for step, _, _ in plan):
+        return None  # only the last layer's product: nothing to gain
+    return plan
+
+
+def _pair(v: int | tuple[int, ...]) -> tuple[int, ...]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _halves(t: Tensor) -> Tensor:
+    """``(2N, ...)`` viewed as ``(2, N, ...)`` (end 0, end 1), to add a per-input ``(N, ...)`` tensor to both."""
+    return t.view((2, len(t) // 2) + tuple(t.shape[1:]))
+
+
+def _forward_offsets(net: BoundNet, cen: _Centre, pivot: Pivot) -> _Centre | None:
+    """:func:`_forward_bounds` over every layer but the last, in float32 offsets from the pivot; the result
+    in float64 centre form ``(2N, H)``. None where a product cannot be taken as an ordinary float32 sum
+    (:func:`_plain_float32`) or an offset overflows float32: the caller then computes in float64."""
+    plan = _offset_plan(net)
+    assert plan is not None
+    state: tuple[Tensor, Tensor, Tensor] | None = None  # (o, r, slack) once in offset form
+    mid, rad, slack = cen
+    for kind, i, pool in plan:
+        if kind == "flatten":
+            if state is None:
+                mid, rad, slack = mid.flatten(1), _with_slack(_Centre(mid, rad, slack)).flatten(1), _no_slack(mid.flatten(1))
+            else:
+                o, r, sl = state
+                if bool(sl.any()):  # a per-channel slack becomes part of every element's radius
+                    r = _up32(r + _f32_up(sl))
+                o, r = o.flatten(1), r.flatten(1)
+                state = (o, r, torch.zeros((len(o), 1), dtype=torch.float64, device=o.device))
+            continue
+        if kind == "affine":
+            op = net.affine[id(net.layers[i])]
+            v_in, v_err = pivot.at[i]
+            if state is None:  # the first product: the input's centre as an offset from the pivot's input
+                delta = (_halves(mid) - v_in).view_as(mid)  # rounded to nearest: off by u·|δ|
+                o = delta.float()  # off by u32·|δ| more
+                reach = delta.abs().flatten(1).amax(dim=1)
+                r = torch.where(rad > 0, _f32_up(rad), 0.0).float()
+                sl = slack.flatten(1).amax(dim=1) + (_U + _U32) * (1.0 + 2.0**-20) * reach + _TINY32
+                sl = sl.view((-1,) + (1,) * (mid.ndim - 1))
+                state = (o, r, sl)
+            out = _offset_affine(op, state, v_err)
+            if out is None:
+                return None
+            state = out
+            continue
+        assert state is not None  # a ReLU before any product: not a layer order bound_network builds from a model
+        state = _offset_relu(state, pool, *pivot.at[i])
+    assert state is not None
+    o, r, sl = state
+    (v_last,) = pivot.at[len(net.layers) - 1]
+    mid = (_halves(o.double()) + v_last).view_as(o).double()  # rounded: u·|mid|
+    rad = (r.double() + sl) * (1.0 + 4 * _U) + 2 * _U * mid.abs()
+    return _Centre(mid, rad, _no_slack(mid))
+
+
+def _offset_affine(op: _Affine, state: tuple[Tensor, Tensor, Tensor], v_err: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+    """``W·z + b`` in offset form: the pivot's value becomes ``W·V + b`` (its rounding, ``v_err``, joins the
+    slack); the offsets ``W·o`` and radius ``|W|·r`` are float32 products with their rounding bounded."""
+    o, r, sl = state
+    reach = o.abs().flatten(1).amax(dim=1)
+    if not float(reach.max()) * float(op.row_abs.max()) < 1e30 or not _plain_float32(op, o):
+        return None
+    n = op.fan_in
+    g = _gamma32(n)
+    out_o = _apply(op, o, op.weight32, None)
+    rows = torch.nonzero(r.flatten(1).any(dim=1)).squeeze(1)
+    if len(rows) == 0:
+        out_r = torch.zeros_like(out_o)
+    else:
+        part = r if len(rows) == len(r) else r[rows]
+        if op.kind == "linear" and part.ndim == 2:
+            used = torch.nonzero(part.any(dim=0)).squeeze(1)
+            small = F.linear(part[:, used], op.abs_weight32[:, used]) if len(used) < part.shape[1] // 2 else F.linear(part, op.abs_weight32)
+        else:
+            small = _apply(op, part, op.abs_weight32, None)
+        # a float32 sum of non-negative products is at least (1 − γ_n) times the exact one (and the weights
+        # of a float64 model, rounded to float32, within u32 of their own): 4γ_n covers both and this rounding
+        small = _up32(small * (1.0 + 4 * g))
+        if len(rows) == len(r):
+            out_r = small
+        else:
+            out_r = torch.zeros_like(out_o)
+            out_r[rows] = small
+    # the slack: the incoming one through |W| (at most Σ|w|·max slack), the pivot product's rounding, the
+    # float32 sum of products (γ_n·Σ|w||o|), the weights' rounding to float32 (u32·Σ|w||o|), underflow
+    most = sl.flatten(1).amax(dim=1)
+    per = op.row_abs[None, :] * (most * (1.0 + 4 * _U) + (g + 2 * _U32) * (1.0 + 2.0**-20) * reach + 2 * _TINY32)[:, None]
+    per = per + v_err.repeat(2, 1) + 2 * n * _TINY32
+    per = per.view(per.shape + (1,) * (out_o.ndim - 2))
+    return out_o, out_r, per
+
+
+def _offset_relu(
+    state: tuple[Tensor, Tensor, Tensor], pool: nn.MaxPool2d | None, gap_up: Tensor, gap_down: Tensor, neg_up: Tensor, neg_down: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """ReLU (and the max-pool after it) in offset form: the relaxations of :func:`_relu` and :func:`_relu_maxpool`.
+
+    With the pivot's value ``V`` before and ``P' = pool(relu(V))`` after, the offsets move to ``P'``:
+    ``gap`` is ``V − P'`` per element (float32, rounded up and down), ``neg`` is ``−P'``. Above:
+    ``pool(relu(V + h)) − P' = max(pool(gap + h), −P')``, ``h`` the upper offsets; below: ``gap + l`` of
+    the element whose lower line has the largest mean (``l`` the lower offsets), or ``−P'`` (the line 0)
+    where that mean is not positive.
+    """
+    o, r, sl = state
+    s32 = _f32_up(sl)  # per row and channel (or feature): constant over each window, added after pooling
+    h = _up32(_plus(_up32(o + r), gap_up))  # upper offsets from P', every element
+    low = _down32(_plus(_down32(o - r), gap_down))
+    n = len(o) // 2
+    if pool is not None:
+        k = _pool_size(pool)
+        up = F.max_pool2d(h, k, k)
+        score, idx = F.max_pool2d(low[:n] + low[n:], k, k, return_indices=True)
+        at = idx.flatten(2)[None].expand((2,) + tuple(idx.flatten(2).shape))
+        pick = _halves(low.flatten(2)).gather(3, at).view((len(o),) + tuple(score.shape[1:]))
+    else:
+        up, score, pick = h, low[:n] + low[n:], low
+    up = torch.maximum(_halves(_up32(up + s32)), neg_up).view_as(up)
+    pick = _down32(pick - s32)
+    keep = score > 2 * neg_down  # the lower line's mean is positive (approximately: either choice is sound)
+    lower = torch.where(keep, _halves(pick), neg_down).view_as(pick)  # the same choice at both ends
+    centre = 0.5 * (lower + up)
+    radius = torch.maximum(_up32(up - centre), _up32(centre - lower))
+    return centre, radius, torch.zeros((len(centre),) + (1,) * (centre.ndim - 1), dtype=torch.float64, device=centre.device)
+
+
+def _plus(t: Tensor, v: Tensor) -> Tensor:
+    """``t`` ``(2N, ...)`` plus the per-input ``v`` ``(N, ...)`` at both ends (rounded to nearest)."""
+    return (_halves(t) + v).view_as(t)
+
+
 def point_logits(net: BoundNet, inputs: Tensor) -> Tensor:
     """The logits of ``inputs`` through the layers as :func:`margin_bounds` reads them (float64, no relaxation)."""
-    z = inputs.double()
-    for m in net.layers:
+    return _walk_points(net, net.layers, inputs.double())
+
+
+def pivot_values(net: BoundNet, points: Tensor) -> Pivot:
+    """``points`` ``(N, *shape)`` through every layer but the last in float64, with what :func:`_forward_offsets`
+    needs at each step (see there); an empty :class:`Pivot` where the layers have no offset form."""
+    plan = _offset_plan(net)
+    if plan is None:
+        return Pivot({})
+    at: dict[int, tuple[Tensor, ...]] = {}
+    z = points.double()
+    for kind, i, pool in plan:
+        m = net.layers[i]
+        if kind == "flatten":
+            z = z.flatten(1)
+        elif kind == "affine":
+            op = net.affine[id(m)]
+            out = _apply(op, z, op.weight, op.bias)
+            # the product's rounding error, γ_n·(Σ|w||z| + |b|), per output feature / channel
+            most = z.abs().flatten(1).amax(dim=1) if z[0].numel() else z.new_zeros(len(z))
+            at[i] = (z, _gamma(op.fan_in) * op.row_abs[None, :] * most.clamp_min(1.0)[:, None])
+            z = out
+        else:  # relu, then the pool if any: offsets of each element from its window's value after both
+            after = z.clamp_min(0.0)
+            if pool is not None:
+                k = _pool_size(pool)
+                if z.shape[2] % k or z.shape[3] % k:  # windows that do not tile the map: no offset form
+                    return Pivot({})
+                after = F.max_pool2d(after, k, k)
+                spread = after.repeat_interleave(k, dim=2).repeat_interleave(k, dim=3)
+            else:
+                spread = after
+            gap = z - spread  # V − P' (≤ 0), rounded: nudged before rounding to float32 outward
+            at[i] = (_f32_up(_up(gap)), _f32_down(_down(gap)), _f32_up(-after), _f32_down(-after))
+            z = after
+    at[len(net.layers) - 1] = (z,)
+    return Pivot(at)
+
+
+def _walk_points(net: BoundNet, layers: list[nn.Module], z: Tensor) -> Tensor:
+    for m in layers:
         if isinstance(m, nn.Linear | nn.Conv2d):
             op = net.affine[id(m)]
             z = _apply(op, z, op.weight, op.bias)
@@ -560,6 +877,11 @@ def certified_crossing(
     limit = torch.where(torch.isfinite(hint_hi), torch.clamp(hint_hi, max=eps_max), torch.full_like(hint_hi, eps_max))
     c = torch.zeros(n, dtype=torch.float64, device=device)
     ray = make_ray(inputs, directions, bounds)
+    # the products are taken in float32 as offsets from the float64 values of one point per input, the
+    # end of the ray the search cannot pass: the segments near the crossing, where precision matters, are
+    # near it
+    pivot_at = limit.clone()
+    pivot = _pivots(net, ray, pivot_at, bounds, batch_size)
     first = hint_lo.to(device=device, dtype=torch.float64).clamp(max=eps_max)
     w = torch.where(first > 0, first, limit)
     active = torch.arange(n, device=device)
@@ -567,10 +889,17 @@ def certified_crossing(
     while len(active):
         a = c[active]
         b = torch.minimum(a + w[active], limit[active])
+        # a segment far from its pivot (more than 8 of its widths) gets a pivot at its end
+        p_at = pivot_at[active]
+        far = torch.maximum(p_at - b, a - p_at) > 8 * (b - a)
+        if bool(far.any()):
+            moved = active[far]
+            pivot_at[moved] = b[far]
+            _move_pivots(pivot, moved, _pivots(net, ray.take(moved), b[far], bounds, batch_size))
         lo_a_parts, lo_b_parts = [], []
         for s in range(0, len(active), batch_size):
             sl = active[s : s + batch_size]
-            la, lb, _, _ = margin_bounds_on(net, ray.take(sl), labels[sl], a[s : s + batch_size], b[s : s + batch_size])
+            la, lb, _, _ = margin_bounds_on(net, ray.take(sl), labels[sl], a[s : s + batch_size], b[s : s + batch_size], pivot.take(sl))
             lo_a_parts.append(la)
             lo_b_parts.append(lb)
         lo_a, lo_b = torch.cat(lo_a_parts), torch.cat(lo_b_parts)
@@ -596,8 +925,12 @@ def certified_crossing(
             rows += _probe(model, inputs, labels, directions, probe, c, eps_max, tol, bounds, batch_size, certified, eps_lo, eps_hi)
         # proved up to a verified misclassified point (only rounding noise in the model can do that), or
         # no progress on the shortest segment: the scanned result stands
-        stuck = whole & (b >= limit[active]) & (limit[active] < eps_max)
-        stuck |= ~whole & (advanced <= 0) & (b - a <= tol)
+        # proved up to the scan's verified misclassified point: its margin is positive in exact arithmetic,
+        # negative only in the float32 model's rounding; the walk goes on past it, where the probes find a
+        # point misclassified beyond the noise
+        past = whole & (b >= limit[active]) & (limit[active] < eps_max)
+        limit[active[past]] = eps_max
+        stuck = ~whole & (advanced <= 0) & (b - a <= tol)
         open_ = ~certified[active] & ~stuck & (passes[active] < max_passes)
         active = active[open_]
     # every point found past a proved stretch, verified in any batching (verify_points); a refused one is not certified
@@ -608,6 +941,24 @@ def certified_crossing(
         rows += r
         certified[found[~ok]] = False
     return Certified(certified.cpu(), eps_lo.cpu(), eps_hi.cpu(), passes.cpu(), rows)
+
+
+def _pivots(net: BoundNet, ray: Ray, at: Tensor, bounds: Bounds | tuple[float, float], batch_size: int) -> Pivot:
+    """:func:`pivot_values` of the points ``x(at)`` of the rays, in batches."""
+    if not len(at):
+        return Pivot({})
+    parts = [
+        pivot_values(net, ray_points(ray.x[s : s + batch_size], ray.d[s : s + batch_size], at[s : s + batch_size], bounds))
+        for s in range(0, len(at), batch_size)
+    ]
+    return Pivot({k: tuple(torch.cat([p.at[k][i] for p in parts]) for i in range(len(v))) for k, v in parts[0].at.items()})
+
+
+def _move_pivots(pivot: Pivot, idx: Tensor, new: Pivot) -> None:
+    """Replace, in place, the pivots of the inputs ``idx`` with ``new``."""
+    for k, parts in pivot.at.items():
+        for old, fresh in zip(parts, new.at[k], strict=True):
+            old[idx] = fresh
 
 
 #: where the point ``tol`` past the proved stretch is within the noise band, the points ``tol·2^k`` past it,

@@ -587,7 +587,9 @@ class FGSM(MinimalAttack):
         scanner = fast_copy(model, inputs[:8]) if self.fast else None
         if not self.certify:
             return ray_search(model, inputs, labels, directions, self.resolution, self.tol, bounds, eps_max, batch_size, progress, scanner)
-        return certified_search(model, inputs, labels, directions, self.resolution, self.tol, bounds, eps_max, batch_size, progress, scanner)
+        return certified_search(
+            model, inputs, labels, directions, self.resolution, self.tol, bounds, eps_max, batch_size, progress, scanner
+        )
 
 
 def fast_copy(model: nn.Module, example: Tensor) -> nn.Module:
@@ -609,6 +611,11 @@ def fast_copy(model: nn.Module, example: Tensor) -> nn.Module:
             return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
     except (RuntimeError, TypeError, ValueError, torch.jit.TracingCheckError):  # TorchScript cannot trace it: scan the model itself
         return model
+
+
+#: the bracket width to which the scan that places the certified search's segments is refined: finer
+#: costs forward passes and saves no bound pass (measured on the Fashion-MNIST MLP and CNN)
+PLACEMENT_TOL = 1e-4
 
 
 def certified_search(
@@ -645,8 +652,10 @@ def certified_search(
     except Unsupported:
         found = ray_search(model, inputs, labels, directions, resolution, tol, bounds, eps_max, batch_size, progress, scanner)
         return found._replace(certified=torch.zeros(n, dtype=torch.bool))
-    # the scan, refined: its bracket places the first segments (forward passes are cheaper than bound passes)
-    scanned = ray_search(model, inputs, labels, directions, resolution, tol, bounds, eps_max, batch_size, progress, scanner)
+    # the scan, refined to PLACEMENT_TOL: its bracket places the first segments (forward passes are cheaper
+    # than bound passes); the inputs left unproved are refined to tol afterwards
+    coarse = max(tol, min(PLACEMENT_TOL, resolution))
+    scanned = ray_search(model, inputs, labels, directions, resolution, coarse, bounds, eps_max, batch_size, progress, scanner)
     hint_lo = torch.where(scanned.found, scanned.eps_lo, float(eps_max)).to(device)
     hint_hi = torch.where(scanned.found, scanned.eps, math.inf).to(device)
     cert = certified_crossing(
@@ -663,6 +672,25 @@ def certified_search(
     adversarials[h] = ray_points(inputs[h], directions[h], cert.eps_hi[hit].to(device), bounds)
     rows = scanned.forward_rows + cert.forward_rows
     rest = ~ok  # the scan's result where nothing was proved
+    if coarse > tol and bool(rest.any()):
+        again = torch.nonzero(rest).squeeze(1)
+        fine = ray_search(
+            model,
+            inputs[again.to(device)],
+            labels[again.to(device)],
+            directions[again.to(device)],
+            resolution,
+            tol,
+            bounds,
+            eps_max,
+            batch_size,
+            None,
+            scanner,
+        )
+        rows += fine.forward_rows
+        for name in ("found", "eps", "eps_lo", "no_direction"):
+            getattr(scanned, name)[again] = getattr(fine, name)
+        scanned.adversarials[again.to(device)] = fine.adversarials
     found[rest], eps[rest], eps_lo[rest] = scanned.found[rest], scanned.eps[rest], scanned.eps_lo[rest]
     adversarials[rest.to(device)] = scanned.adversarials[rest.to(device)]
     if progress is not None:
