@@ -80,6 +80,7 @@ says why, and the measure falls back to the scan, marked as scanned.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -540,6 +541,9 @@ def margin_bounds_on(
     err = _gamma(c.shape[2]) * (c_abs_sum * 2 * scale[:, None] + db.abs())
     lower = _down(centre - spread - err[:, :, None])
     upper = _up(centre + spread + err[:, :, None])
+    # a NaN (an overflow somewhere) proves nothing: the widest bounds instead
+    lower = torch.where(torch.isnan(lower), -math.inf, lower)
+    upper = torch.where(torch.isnan(upper), math.inf, upper)
     own = torch.nn.functional.one_hot(labels, w.shape[0]).bool()
     lower = lower.masked_fill(own[:, :, None], math.inf)
     upper = upper.masked_fill(own[:, :, None], math.inf)
@@ -560,13 +564,13 @@ def margin_bounds_on(
 # offsets*, which are small where the segment is near the pivot.
 
 
-def _up32(x: Tensor) -> Tensor:
-    """The next float32 above each entry (of a float32 result rounded to nearest)."""
-    return torch.nextafter(x, torch.tensor(math.inf, dtype=x.dtype, device=x.device))
+def _up32(x: Tensor, inplace: bool = False) -> Tensor:
+    """The next float32 above each entry (of a float32 result rounded to nearest); ``inplace``: in ``x`` itself."""
+    return torch.nextafter(x, torch.tensor(math.inf, dtype=x.dtype, device=x.device), out=x if inplace else None)
 
 
-def _down32(x: Tensor) -> Tensor:
-    return torch.nextafter(x, torch.tensor(-math.inf, dtype=x.dtype, device=x.device))
+def _down32(x: Tensor, inplace: bool = False) -> Tensor:
+    return torch.nextafter(x, torch.tensor(-math.inf, dtype=x.dtype, device=x.device), out=x if inplace else None)
 
 
 def _f32_up(x: Tensor) -> Tensor:
@@ -692,7 +696,7 @@ def _offset_affine(op: _Affine, state: tuple[Tensor, Tensor, Tensor], v_err: Ten
             small = _apply(op, part, op.abs_weight32, None)
         # a float32 sum of non-negative products is at least (1 − γ_n) times the exact one (and the weights
         # of a float64 model, rounded to float32, within u32 of their own): 4γ_n covers both and this rounding
-        small = _up32(small * (1.0 + 4 * g))
+        small = _up32(small.mul_(1.0 + 4 * g), inplace=True)
         if len(rows) == len(r):
             out_r = small
         else:
@@ -720,15 +724,25 @@ def _offset_relu(
     """
     o, r, sl = state
     s32 = _f32_up(sl)  # per row and channel (or feature): constant over each window, added after pooling
-    h = _up32(_plus(_up32(o + r), gap_up))  # upper offsets from P', every element
-    low = _down32(_plus(_down32(o - r), gap_down))
+    # upper and lower offsets from P', every element (in place: fresh large tensors cost page faults here)
+    h = _up32(torch.add(o, r), inplace=True)
+    _halves(h).add_(gap_up)
+    h = _up32(h, inplace=True)
+    low = _down32(torch.sub(o, r), inplace=True)
+    _halves(low).add_(gap_down)
+    low = _down32(low, inplace=True)
     n = len(o) // 2
-    if pool is not None:
+    if pool is not None:  # windows of k × k that tile the map: k² strided views (much faster than max_pool2d here)
         k = _pool_size(pool)
-        up = F.max_pool2d(h, k, k)
-        score, idx = F.max_pool2d(low[:n] + low[n:], k, k, return_indices=True)
-        at = idx.flatten(2)[None].expand((2,) + tuple(idx.flatten(2).shape))
-        pick = _halves(low.flatten(2)).gather(3, at).view((len(o),) + tuple(score.shape[1:]))
+        views = [(i, j) for i in range(k) for j in range(k)]
+        up = functools.reduce(torch.maximum, [h[:, :, i::k, j::k] for i, j in views])
+        both = low[:n] + low[n:]
+        score, pick = both[:, :, ::k, ::k], low[:, :, ::k, ::k].unflatten(0, (2, n))
+        for i, j in views[1:]:  # the window's element with the largest mean lower offset, and its two ends
+            better = both[:, :, i::k, j::k] > score
+            score = torch.where(better, both[:, :, i::k, j::k], score)
+            pick = torch.where(better, low[:, :, i::k, j::k].unflatten(0, (2, n)), pick)
+        pick = pick.flatten(0, 1)
     else:
         up, score, pick = h, low[:n] + low[n:], low
     up = torch.maximum(_halves(_up32(up + s32)), neg_up).view_as(up)
