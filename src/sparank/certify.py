@@ -895,7 +895,8 @@ def certified_crossing(
     # end of the ray the search cannot pass: the segments near the crossing, where precision matters, are
     # near it
     pivot_at = limit.clone()
-    pivot = _pivots(net, ray, pivot_at, bounds, batch_size)
+    # float32 offsets are taken only on the CPU (_plain_float32): elsewhere no pivot, every pass in float64
+    pivot = _pivots(net, ray, pivot_at, bounds, batch_size) if device.type == "cpu" else Pivot({})
     first = hint_lo.to(device=device, dtype=torch.float64).clamp(max=eps_max)
     w = torch.where(first > 0, first, limit)
     active = torch.arange(n, device=device)
@@ -906,7 +907,7 @@ def certified_crossing(
         # a segment far from its pivot (more than 8 of its widths) gets a pivot at its end
         p_at = pivot_at[active]
         far = torch.maximum(p_at - b, a - p_at) > 8 * (b - a)
-        if bool(far.any()):
+        if pivot.at and bool(far.any()):
             moved = active[far]
             pivot_at[moved] = b[far]
             _move_pivots(pivot, moved, _pivots(net, ray.take(moved), b[far], bounds, batch_size))
@@ -939,12 +940,8 @@ def certified_crossing(
             rows += _probe(model, inputs, labels, directions, probe, c, eps_max, tol, bounds, batch_size, certified, eps_lo, eps_hi)
         # proved up to a verified misclassified point (only rounding noise in the model can do that), or
         # no progress on the shortest segment: the scanned result stands
-        # proved up to the scan's verified misclassified point: its margin is positive in exact arithmetic,
-        # negative only in the float32 model's rounding; the walk goes on past it, where the probes find a
-        # point misclassified beyond the noise
-        past = whole & (b >= limit[active]) & (limit[active] < eps_max)
-        limit[active[past]] = eps_max
-        stuck = ~whole & (advanced <= 0) & (b - a <= tol)
+        stuck = whole & (b >= limit[active]) & (limit[active] < eps_max)
+        stuck |= ~whole & (advanced <= 0) & (b - a <= tol)
         open_ = ~certified[active] & ~stuck & (passes[active] < max_passes)
         active = active[open_]
     # every point found past a proved stretch, verified in any batching (verify_points); a refused one is not certified
