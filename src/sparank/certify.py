@@ -82,6 +82,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -365,23 +366,7 @@ def _through_affine(op: _Affine, cen: _Centre) -> _Centre:
     """``W·z + b`` of every ``z`` within the bounds: centre ``W·m + b``, radius ``|W|·r``, and the rounding error."""
     mid, rad, slack = cen
     out_mid = _apply(op, mid, op.weight, op.bias)
-    # off the box's breakpoints the input radius is exactly 0: multiply only the rows (and, for Linear, the
-    # columns) where it is not
-    rows = torch.nonzero(rad.flatten(1).any(dim=1)).squeeze(1)
-    if len(rows) == 0:
-        out_rad = torch.zeros_like(out_mid)
-    else:
-        part = rad if len(rows) == len(rad) else rad[rows]
-        if op.kind == "linear" and part.ndim == 2:
-            used = torch.nonzero(part.any(dim=0)).squeeze(1)
-            small = F.linear(part[:, used], op.abs_weight[:, used]) if len(used) < part.shape[1] // 2 else F.linear(part, op.abs_weight)
-        else:
-            small = _apply(op, part, op.abs_weight, None)
-        if len(rows) == len(rad):
-            out_rad = small
-        else:
-            out_rad = torch.zeros_like(out_mid)
-            out_rad[rows] = small
+    out_rad = _radius_product(op, rad, op.abs_weight, out_mid)
     # a dot product of n terms in float64 is off by at most γ_n·Σ|w||z|; the slack adds at most Σ|w|·max(slack):
     # both go into the output's slack (per output feature or channel, added after pooling)
     most = slack.flatten(1).amax(dim=1)
@@ -389,6 +374,30 @@ def _through_affine(op: _Affine, cen: _Centre) -> _Centre:
     per = op.row_abs[None, :] * (_gamma(op.fan_in) * scale.clamp_min(1.0) + most * (1 + _gamma(op.fan_in)))[:, None]
     per = per.view(per.shape + (1,) * (out_mid.ndim - 2))
     return _Centre(out_mid, out_rad, per)
+
+
+def _radius_product(op: _Affine, rad: Tensor, abs_weight: Tensor, like: Tensor, widen: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """``|W|·rad`` shaped like ``like``; ``widen`` (if given) rounds the products up before they are placed.
+
+    Off the box's breakpoints the input radius is exactly 0: only the rows (and, for Linear, the
+    columns) where it is not are multiplied.
+    """
+    rows = torch.nonzero(rad.flatten(1).any(dim=1)).squeeze(1)
+    if len(rows) == 0:
+        return torch.zeros_like(like)
+    part = rad if len(rows) == len(rad) else rad[rows]
+    if op.kind == "linear" and part.ndim == 2:
+        used = torch.nonzero(part.any(dim=0)).squeeze(1)
+        small = F.linear(part[:, used], abs_weight[:, used]) if len(used) < part.shape[1] // 2 else F.linear(part, abs_weight)
+    else:
+        small = _apply(op, part, abs_weight, None)
+    if widen is not None:
+        small = widen(small)
+    if len(rows) == len(rad):
+        return small
+    out = torch.zeros_like(like)
+    out[rows] = small
+    return out
 
 
 def _relu(bnd: _Bounds) -> _Bounds:
@@ -684,24 +693,9 @@ def _offset_affine(op: _Affine, state: tuple[Tensor, Tensor, Tensor], v_err: Ten
     n = op.fan_in
     g = _gamma32(n)
     out_o = _apply(op, o, op.weight32, None)
-    rows = torch.nonzero(r.flatten(1).any(dim=1)).squeeze(1)
-    if len(rows) == 0:
-        out_r = torch.zeros_like(out_o)
-    else:
-        part = r if len(rows) == len(r) else r[rows]
-        if op.kind == "linear" and part.ndim == 2:
-            used = torch.nonzero(part.any(dim=0)).squeeze(1)
-            small = F.linear(part[:, used], op.abs_weight32[:, used]) if len(used) < part.shape[1] // 2 else F.linear(part, op.abs_weight32)
-        else:
-            small = _apply(op, part, op.abs_weight32, None)
-        # a float32 sum of non-negative products is at least (1 − γ_n) times the exact one (and the weights
-        # of a float64 model, rounded to float32, within u32 of their own): 4γ_n covers both and this rounding
-        small = _up32(small.mul_(1.0 + 4 * g), inplace=True)
-        if len(rows) == len(r):
-            out_r = small
-        else:
-            out_r = torch.zeros_like(out_o)
-            out_r[rows] = small
+    # a float32 sum of non-negative products is at least (1 − γ_n) times the exact one (and the weights
+    # of a float64 model, rounded to float32, within u32 of their own): 4γ_n covers both and this rounding
+    out_r = _radius_product(op, r, op.abs_weight32, out_o, widen=lambda small: _up32(small.mul_(1.0 + 4 * g), inplace=True))
     # the slack: the incoming one through |W| (at most Σ|w|·max slack), the pivot product's rounding, the
     # float32 sum of products (γ_n·Σ|w||o|), the weights' rounding to float32 (u32·Σ|w||o|), underflow
     most = sl.flatten(1).amax(dim=1)

@@ -1210,35 +1210,15 @@ def path_comparisons(
                 n_inputs = int(sum(len(g) for g in groups))
                 acc = float(np.mean([m[0] for m in matched]))
                 norm_ = float(np.mean([m[1] for m in matched]))
-                base = {"method": method, "lam": lam, "control": control, "n_seeds": len(seeds), "n_inputs": n_inputs}
+                base = {"method": method, "lam": lam, "control": control, "n_seeds": len(seeds), "n_inputs": n_inputs,
+                        "control_accuracy": acc, "control_l1_norm": norm_}  # fmt: skip
+                missing = None
                 if unconverged and control in ("reference", "rescaled"):
-                    note = f"refused: the reference (λ = {grid[0]:.3g}) did not converge for seed(s) {unconverged}"
-                    comparisons.append(
-                        PathComparison(
-                            **base,
-                            ratio=None,
-                            low=None,
-                            high=None,
-                            fraction_lower=None,
-                            control_accuracy=acc,
-                            control_l1_norm=norm_,
-                            note=note,
-                        )
-                    )
-                    continue
-                if n_inputs == 0:
-                    comparisons.append(
-                        PathComparison(
-                            **base,
-                            ratio=None,
-                            low=None,
-                            high=None,
-                            fraction_lower=None,
-                            control_accuracy=acc,
-                            control_l1_norm=norm_,
-                            note="no input correct under both",
-                        )
-                    )
+                    missing = f"refused: the reference (λ = {grid[0]:.3g}) did not converge for seed(s) {unconverged}"
+                elif n_inputs == 0:
+                    missing = "no input correct under both"
+                if missing is not None:
+                    comparisons.append(PathComparison(**base, ratio=None, low=None, high=None, fraction_lower=None, note=missing))
                     continue
                 interval = hierarchical_bootstrap(groups, rng=rng, n_boot=n_boot).exp()
                 comparisons.append(
@@ -1248,8 +1228,6 @@ def path_comparisons(
                         low=interval.low,
                         high=interval.high,
                         fraction_lower=float(np.concatenate(lower).mean()),
-                        control_accuracy=acc,
-                        control_l1_norm=norm_,
                     )
                 )
     if any(c.note.startswith("refused") for c in comparisons):
