@@ -1175,24 +1175,23 @@ def path_comparisons(
         95 % hierarchical bootstrap interval (seeds, then inputs). A reference that did not converge
         is refused (ratio None, a note, and a warning).
     """
-    by_key = points
     comparisons: list[PathComparison] = []
     rng = np.random.default_rng(0)
     for method in methods:
-        unconverged = [s for s in seeds if by_key[(method, grid[0], s)].converged is False]
+        unconverged = [s for s in seeds if points[(method, grid[0], s)].converged is False]
         for lam in grid:
             for control in CONTROLS:
                 if control.startswith("l2") and not l2_grid:
                     continue
                 groups, lower, matched = [], [], []
                 for seed in seeds:
-                    point = by_key[(method, lam, seed)]
+                    point = points[(method, lam, seed)]
                     if control == "reference":
                         key = (method, grid[0], seed)
                     elif control == "rescaled":
                         key = (f"rescaled:{method}", lam, seed)
                     else:
-                        l2_points = [by_key[("l2", v, seed)] for v in l2_grid]
+                        l2_points = [points[("l2", v, seed)] for v in l2_grid]
                         if control == "l2_accuracy":
                             best = _closest(l2_points, point.clean_accuracy, lambda p: p.clean_accuracy)
                         else:
@@ -1203,10 +1202,10 @@ def path_comparisons(
                     groups.append(paired_log_ratios(ours, theirs, cap=eps_max))
                     lower.append(np.minimum(ours[both], eps_max) < np.minimum(theirs[both], eps_max))
                     if control == "rescaled":  # same predictions as the reference, the L1 model's norm
-                        ref = by_key[(method, grid[0], seed)]
+                        ref = points[(method, grid[0], seed)]
                         matched.append((ref.clean_accuracy, point.l1_norm))
                     else:
-                        matched.append((by_key[key].clean_accuracy, by_key[key].l1_norm))
+                        matched.append((points[key].clean_accuracy, points[key].l1_norm))
                 n_inputs = int(sum(len(g) for g in groups))
                 acc = float(np.mean([m[0] for m in matched]))
                 norm_ = float(np.mean([m[1] for m in matched]))

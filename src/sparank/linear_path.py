@@ -293,15 +293,6 @@ def path_spec(
     return RunSpec(regulariser=method, options=options, train=train, **common)
 
 
-def _sklearn_data(data: Dataset, config: SklearnConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The training inputs SAGA fits on (the first ``max_train``), flattened, float64."""
-    x = data.train_x.reshape(len(data.train_x), -1).double().numpy()
-    y = data.train_y.numpy()
-    if config.max_train is not None:
-        x, y = x[: config.max_train], y[: config.max_train]
-    return x, y
-
-
 def _median_or_none(values: Tensor) -> float | None:
     return float(np.quantile(values.numpy(), 0.5, method="inverted_cdf")) if len(values) else None
 
@@ -433,7 +424,8 @@ def run_l1_path(
         if progress is not None:
             progress(done, total, message)
 
-    sk_x, sk_y = (torch.from_numpy(a) for a in _sklearn_data(dataset, sk_config)) if "sklearn" in methods else (x_train, y_train)
+    n_fit = len(x_train) if sk_config.max_train is None else sk_config.max_train  # SAGA fits the first max_train inputs
+    sk_x, sk_y = x_train[:n_fit], y_train[:n_fit]
     points: list[PathPoint] = []
     weights: dict[tuple[str, float, int], tuple[Tensor, Tensor]] = {}
     eps_star: dict[tuple[str, float, int], Tensor] = {}
