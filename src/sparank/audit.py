@@ -60,9 +60,6 @@ import torch
 from torch import Tensor, nn
 
 from sparank.attacks import FGSM, MinimalAttack, as_tensor, check_inputs, check_tol
-from sparank.attacks.deepfool import DeepFool
-from sparank.attacks.fmn import FMN
-from sparank.attacks.pgd import PGD
 from sparank.compare import DEFAULT_N_BOOT, LESS_ROBUST, PairedComparison, Verdict, paired_comparison, verdicts
 from sparank.compress import (
     DEFAULT_RANK_FRACTIONS,
@@ -75,13 +72,12 @@ from sparank.compress import (
 )
 from sparank.models import weight_layers
 from sparank.robustness import CLEAN_WRONG, RobustnessResult, best_of, check_measure_args, masking_flags, measure
+from sparank.run import CROSS_CHECKS, cross_check_attacks
 from sparank.structure import LayerStructure, ModelStructure, model_structure
 
 if TYPE_CHECKING:
     from sparank.store import MeasurementRecord, Store
 
-#: the cross-check attacks an audit can add to FGSM (PROTOCOL §3)
-CROSS_CHECKS = ("pgd", "fmn", "deepfool")
 #: ε of the robust-accuracy differences, as fractions of eps_max (as the study report's default)
 REFERENCE_FRACTIONS = (0.05, 0.1, 0.2)
 #: the family-wise error rate of the verdicts
@@ -163,20 +159,6 @@ class AuditResult:
 
 
 # --------------------------------------------------------------------------- the audit
-
-
-def _attack_objects(names: Sequence[str], *, resolution: float, tol: float, steps: int | None, restarts: int) -> list[MinimalAttack]:
-    """The cross-check attacks, built as ``sparank measure --attack NAME [--steps S] [--restarts R]`` builds them."""
-    built: list[MinimalAttack] = []
-    for name in names:
-        if name == "pgd":  # with steps, Madry et al.'s step of 2.5·ε/steps
-            extra = {} if steps is None else {"steps": steps, "rel_stepsize": 2.5 / steps}
-            built.append(PGD(restarts=restarts, fgsm_resolution=resolution, fgsm_tol=tol, **extra))
-        elif name == "fmn":
-            built.append(FMN(**({} if steps is None else {"steps": steps})))
-        else:
-            built.append(DeepFool(**({} if steps is None else {"steps": steps})))
-    return built
 
 
 def _lean(result: RobustnessResult) -> RobustnessResult:
@@ -522,7 +504,7 @@ def audit(
     if not planned:
         raise ValueError("nothing to audit: give at least one family with levels, or extra compressions")
     refs = tuple(f * eps_max for f in REFERENCE_FRACTIONS) if reference_eps is None else tuple(float(e) for e in reference_eps)
-    cross = _attack_objects(attacks, resolution=resolution, tol=tol, steps=steps, restarts=restarts)
+    cross = cross_check_attacks(attacks, resolution=resolution, tol=tol, steps=steps, restarts=restarts)
     k = len(x) if attack_n is None else min(attack_n, len(x))
     kwargs: dict[str, Any] = {"k": k, "attacks": cross, "bounds": bounds, "norm": norm, "eps_max": eps_max, "resolution": resolution, "tol": tol,
                                   "batch_size": batch_size}  # fmt: skip

@@ -187,6 +187,20 @@ class TrainSpec(_Spec):
         return v
 
 
+def cross_check_attacks(names: Sequence[str], *, resolution: float, tol: float, steps: int | None, restarts: int) -> list[MinimalAttack]:
+    """The cross-check attacks named (``pgd``, ``fmn``, ``deepfool``), built as ``sparank measure --attack NAME`` builds them."""
+    built: list[MinimalAttack] = []
+    for name in names:
+        if name == "pgd":  # with steps, Madry et al.'s step of 2.5·ε/steps
+            pgd_steps = {} if steps is None else {"steps": steps, "rel_stepsize": 2.5 / steps}
+            built.append(PGD(restarts=restarts, fgsm_resolution=resolution, fgsm_tol=tol, **pgd_steps))
+        elif name == "fmn":
+            built.append(FMN(**({} if steps is None else {"steps": steps})))
+        else:
+            built.append(DeepFool(**({} if steps is None else {"steps": steps})))
+    return built
+
+
 class MeasureSpec(_Spec):
     """How a run is measured (PROTOCOL §2-3): FGSM on the evaluation inputs, cross-checks on the first ``attack_n``."""
 
@@ -255,17 +269,7 @@ class MeasureSpec(_Spec):
 
     def attack_objects(self) -> list[MinimalAttack]:
         """The cross-check attacks, built as ``sparank measure --attack NAME [--steps S] [--restarts R]`` builds them (their keys match)."""
-        steps = {} if self.steps is None else {"steps": self.steps}
-        built: list[MinimalAttack] = []
-        for name in self.attacks:
-            if name == "pgd":  # with steps, Madry et al.'s step of 2.5·ε/steps
-                pgd_steps = {} if self.steps is None else {"steps": self.steps, "rel_stepsize": 2.5 / self.steps}
-                built.append(PGD(restarts=self.restarts, fgsm_resolution=self.resolution, fgsm_tol=self.tol, **pgd_steps))
-            elif name == "fmn":
-                built.append(FMN(**steps))
-            else:
-                built.append(DeepFool(**steps))
-        return built
+        return cross_check_attacks(self.attacks, resolution=self.resolution, tol=self.tol, steps=self.steps, restarts=self.restarts)
 
 
 class SklearnSpec(_Spec):
