@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from sparank.attacks import fgsm_direction, ray_points
-from sparank.robustness import CENSORED, CLEAN_WRONG, FOOLED, NO_DIRECTION, fgsm_robustness
+from sparank.robustness import CENSORED, CLEAN_WRONG, FOOLED, NO_DIRECTION, RobustnessResult, fgsm_robustness
 
 
 class CubicMargin(nn.Module):
@@ -267,3 +267,20 @@ def test_inputs_outside_the_box_are_refused(digits_mlp, digits):
         fgsm_robustness(digits_mlp, digits.test_x[:4] * 2 - 0.5, digits.test_y[:4])
     with pytest.raises(ValueError, match="labels"):
         fgsm_robustness(digits_mlp, digits.test_x[:4], digits.test_y[:3])
+
+
+def test_first_k_inputs_slices_every_per_input_field():
+    """RobustnessResult.first(k): every per-input tensor cut to k (a field left whole would mis-align best ε* and its flags)."""
+    n, k = 6, 4
+    full = RobustnessResult(
+        eps_lo=torch.arange(n, dtype=torch.float64), eps_hi=torch.arange(n, dtype=torch.float64) + 0.5,
+        status=torch.zeros(n, dtype=torch.int64), labels=torch.arange(n), directions=torch.ones(n, 3), norm="linf",
+        eps_max=0.5, resolution=1e-2, tol=1e-6, distance=torch.arange(n, dtype=torch.float64), adversarials=torch.zeros(n, 3),
+        certified=torch.tensor([True, False] * 3),
+    )  # fmt: skip
+    head = full.first(k)
+    for name in ("eps_lo", "eps_hi", "status", "labels", "directions", "distance", "adversarials", "certified"):
+        assert torch.equal(getattr(head, name), getattr(full, name)[:k]), name
+    head.eps_hi[0] = 99.0
+    assert full.eps_hi[0] == 0.5  # a copy, not a view
+    assert (head.norm, head.eps_max, head.tol) == (full.norm, full.eps_max, full.tol)

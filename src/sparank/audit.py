@@ -165,14 +165,6 @@ def _lean(result: RobustnessResult) -> RobustnessResult:
     return dataclasses.replace(result, directions=None, adversarials=None)
 
 
-def _first(result: RobustnessResult, k: int) -> RobustnessResult:
-    """``result`` on its first ``k`` inputs (per-input values do not depend on the others)."""
-    distance = None if result.distance is None else result.distance[:k]
-    return dataclasses.replace(
-        result, eps_lo=result.eps_lo[:k], eps_hi=result.eps_hi[:k], status=result.status[:k], labels=result.labels[:k], distance=distance
-    )
-
-
 def _measure_one(
     model: nn.Module, compression: Compression | None, x: Tensor, y: Tensor, *, k: int, attacks: Sequence[MinimalAttack],
     bounds: tuple[float, float], norm: str, eps_max: float, resolution: float, tol: float, batch_size: int, start: float,
@@ -184,7 +176,7 @@ def _measure_one(
         _lean(measure(a, model, x[:k], y[:k], bounds=bounds, norm=norm, eps_max=eps_max, batch_size=batch_size))  # type: ignore[arg-type]
         for a in attacks
     )
-    members = [_first(fgsm, k), *checks]
+    members = [fgsm.first(k), *checks]
     best = best_of(members) if checks else None
     masking = masking_flags(model, x[:k], y[:k], members, bounds=bounds, norm=norm, batch_size=batch_size).to_dict()  # type: ignore[arg-type]
     return ModelAudit(compression, fgsm, checks, best, masking, model_structure(model), time.perf_counter() - start)
@@ -373,7 +365,7 @@ def _recorded_audit(
         members.append(MeasuredAttack(attack.name, settings, indices, _read_back(store, stored), stored.config))
         member_ids.append(stored.id)
     results = [m.result for m in members]
-    heads = [_first(results[0], k), *results[1:]]
+    heads = [results[0].first(k), *results[1:]]
 
     best_settings = {"attack": "best", **rec.group}
     best_key = measurement_key(run_id, best_settings, rec.indices[:k])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +135,18 @@ class RobustnessResult:
 
     def __len__(self) -> int:
         return len(self.status)
+
+    def first(self, k: int) -> RobustnessResult:
+        """This result on its first ``k`` inputs (copies; per-input values do not depend on the other inputs)."""
+
+        def head(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[:k].clone()
+
+        return replace(
+            self, eps_lo=self.eps_lo[:k].clone(), eps_hi=self.eps_hi[:k].clone(), status=self.status[:k].clone(),
+            labels=self.labels[:k].clone(), directions=head(self.directions), distance=head(self.distance),
+            adversarials=head(self.adversarials), certified=head(self.certified),
+        )  # fmt: skip
 
     def robust_accuracy(self, eps: Tensor | float) -> Tensor:
         """A(ε): the fraction of inputs with ε* > ε, for each ε given (ε in [0, eps_max])."""

@@ -511,16 +511,6 @@ def _best_config(data: Dataset, count: int) -> dict[str, Any]:
     return {"n": count, "split": "test", "bounds": list(BOUNDS), "attack": "best", "dataset": data.name, **_data_record(data)}
 
 
-def _head(result: RobustnessResult, k: int) -> RobustnessResult:
-    """``result`` restricted to its first ``k`` inputs (per-input values are independent of the others)."""
-    distance = None if result.distance is None else result.distance[:k].clone()
-    certified = None if result.certified is None else result.certified[:k].clone()
-    return dataclasses.replace(
-        result, eps_lo=result.eps_lo[:k].clone(), eps_hi=result.eps_hi[:k].clone(), status=result.status[:k].clone(),
-        labels=result.labels[:k].clone(), directions=None, distance=distance, adversarials=None, certified=certified,
-    )  # fmt: skip
-
-
 def _lean(result: RobustnessResult) -> RobustnessResult:
     return dataclasses.replace(result, directions=None, adversarials=None)
 
@@ -590,7 +580,7 @@ def measure_model(
                                        _attack_config(data, mspec, attack.name, count, len(plan.indices))))  # fmt: skip
     if known:
         raise ValueError(f"known has results of attacks this spec does not run: {', '.join(known)}")
-    members = [_head(measured[0].result, plan.k), *(m.result for m in measured[1:])]
+    members = [measured[0].result.first(plan.k), *(m.result for m in measured[1:])]
     if progress is not None:
         progress(f"best ε* and masking flags on {plan.k} inputs")
     best = best_of(members)
