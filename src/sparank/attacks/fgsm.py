@@ -613,9 +613,59 @@ def fast_copy(model: nn.Module, example: Tensor) -> nn.Module:
         return model
 
 
-#: the bracket width to which the scan that places the certified search's segments is refined: finer
-#: costs forward passes and saves no bound pass (measured on the Fashion-MNIST MLP and CNN)
-PLACEMENT_TOL = 1e-4
+#: the placing scan (:func:`place_crossings`) steps ``PLACEMENT_STEP`` (or the resolution asked for, if
+#: coarser) and narrows its bracket to ``PLACEMENT_TOL``: forward passes are cheaper than bound passes, so
+#: the segments are placed by forward passes, but a finer bracket saves no bound pass (measured on the
+#: Fashion-MNIST MLP and CNN), and nothing that places them needs verifying: the walk proves its own
+PLACEMENT_STEP = 5e-2
+PLACEMENT_TOL = 3e-4
+
+
+def place_crossings(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    directions: Tensor,
+    *,
+    step: float,
+    width: float,
+    bounds: Bounds,
+    eps_max: float,
+    batch_size: int,
+    progress: Progress | None = None,
+) -> tuple[Tensor, Tensor, int]:
+    """Where along each ray the first crossing roughly is: the scan at ``step``, its bracket narrowed to ``width``.
+
+    A hint for :func:`sparank.certify.certified_crossing`, not a result: nothing is verified,
+    so it costs a fraction of :func:`first_crossing`. Returns ``(lo, hi, rows)``: ``lo`` ``(N,)``
+    the last point found correct before ``hi`` (``eps_max`` where nothing was misclassified),
+    ``hi`` ``(N,)`` the first point found misclassified beyond the noise (inf where none), float64;
+    both 0 for an input misclassified at ε = 0.
+    """
+    n = len(inputs)
+    device = inputs.device
+    lo = torch.full((n,), float(eps_max), dtype=torch.float64, device=device)
+    hi = torch.full((n,), math.inf, dtype=torch.float64, device=device)
+    everyone = torch.arange(n, device=device)
+    margin0, _, wrong0 = _evaluate(model, inputs, labels, everyone, batch_size)
+    lo[wrong0], hi[wrong0] = 0.0, 0.0
+    active = torch.nonzero(~wrong0 & (directions.flatten(1) != 0).any(dim=1)).squeeze(1)
+    allowance = torch.zeros(n, dtype=torch.float64, device=device)
+    resolved = n - len(active)
+
+    def tick(count: int) -> None:
+        nonlocal resolved
+        resolved += count
+        if progress is not None:
+            progress(resolved, n)
+
+    tick(0)
+    grid = _scan_grid(eps_max, step).to(device)
+    start = torch.zeros(len(active), dtype=torch.float64, device=device)
+    brackets, rows = _scan(model, inputs, labels, directions, grid, active, start, margin0[active], allowance, bounds, batch_size, tick)
+    refined, more = _refine(model, inputs, labels, directions, brackets, allowance, bounds, width, batch_size)
+    lo[refined.idx], hi[refined.idx] = refined.lo, refined.hi
+    return lo, hi, n + rows + more
 
 
 def certified_search(
@@ -633,31 +683,27 @@ def certified_search(
 ) -> Found:
     """The certified first crossing (:func:`sparank.certify.certified_crossing`) where it can be proved, the scan elsewhere.
 
-    The scan at ``resolution`` (:func:`ray_search`) places the first segments;
-    the inputs left unproved (a layer the bounds do not support, no proof within
-    :data:`sparank.certify.MAX_PASSES` bound passes, a point refused by the
-    verification) keep its result, with ``certified`` False.
+    A coarse scan (:func:`place_crossings`, on ``scanner`` where given) places the first
+    segments; the inputs left unproved (a layer the bounds do not support, no proof within
+    :data:`sparank.certify.MAX_PASSES` bound passes, a point refused by the verification)
+    get the scan at ``resolution`` to ``tol`` (:func:`ray_search`), with ``certified`` False.
     """
     from sparank.certify import Unsupported, bound_network, certified_crossing, check_walk
 
     n = len(inputs)
     device = inputs.device
-    if n == 0:
-        return ray_search(model, inputs, labels, directions, resolution, tol, bounds, eps_max, batch_size, progress)._replace(
-            certified=torch.zeros(0, dtype=torch.bool)
-        )
     try:
+        if n == 0:
+            raise Unsupported("no inputs")
         net = bound_network(model)
         check_walk(model, net, inputs[:batch_size])
     except Unsupported:
         found = ray_search(model, inputs, labels, directions, resolution, tol, bounds, eps_max, batch_size, progress, scanner)
         return found._replace(certified=torch.zeros(n, dtype=torch.bool))
-    # the scan, refined to PLACEMENT_TOL: its bracket places the first segments (forward passes are cheaper
-    # than bound passes); the inputs left unproved are refined to tol afterwards
-    coarse = max(tol, min(PLACEMENT_TOL, resolution))
-    scanned = ray_search(model, inputs, labels, directions, resolution, coarse, bounds, eps_max, batch_size, progress, scanner)
-    hint_lo = torch.where(scanned.found, scanned.eps_lo, float(eps_max)).to(device)
-    hint_hi = torch.where(scanned.found, scanned.eps, math.inf).to(device)
+    hint_lo, hint_hi, rows = place_crossings(
+        scanner if scanner is not None else model, inputs, labels, directions, step=min(max(resolution, PLACEMENT_STEP), eps_max),
+        width=max(tol, PLACEMENT_TOL), bounds=bounds, eps_max=eps_max, batch_size=batch_size, progress=progress,
+    )  # fmt: skip
     cert = certified_crossing(
         model, net, inputs, labels, directions, hint_lo, hint_hi, bounds=bounds, eps_max=eps_max, tol=tol, batch_size=batch_size,
     )  # fmt: skip
@@ -670,29 +716,16 @@ def certified_search(
     adversarials = inputs.clone()
     h = hit.to(device)
     adversarials[h] = ray_points(inputs[h], directions[h], cert.eps_hi[hit].to(device), bounds)
-    rows = scanned.forward_rows + cert.forward_rows
-    rest = ~ok  # the scan's result where nothing was proved
-    if coarse > tol and bool(rest.any()):
-        again = torch.nonzero(rest).squeeze(1)
-        fine = ray_search(
-            model,
-            inputs[again.to(device)],
-            labels[again.to(device)],
-            directions[again.to(device)],
-            resolution,
-            tol,
-            bounds,
-            eps_max,
-            batch_size,
-            None,
-            scanner,
-        )
-        rows += fine.forward_rows
-        for name in ("found", "eps", "eps_lo", "no_direction"):
-            getattr(scanned, name)[again] = getattr(fine, name)
-        scanned.adversarials[again.to(device)] = fine.adversarials
-    found[rest], eps[rest], eps_lo[rest] = scanned.found[rest], scanned.eps[rest], scanned.eps_lo[rest]
-    adversarials[rest.to(device)] = scanned.adversarials[rest.to(device)]
+    no_direction = ((directions.flatten(1) == 0).all(dim=1)).cpu()
+    rows += cert.forward_rows
+    rest = torch.nonzero(~ok).squeeze(1)  # the scan's result where nothing was proved
+    if len(rest):
+        on = rest.to(device)
+        scanned = ray_search(model, inputs[on], labels[on], directions[on], resolution, tol, bounds, eps_max, batch_size, None, scanner)
+        rows += scanned.forward_rows
+        found[rest], eps[rest], eps_lo[rest] = scanned.found, scanned.eps, scanned.eps_lo
+        no_direction[rest] = scanned.no_direction
+        adversarials[on] = scanned.adversarials
     if progress is not None:
         progress(n, n)
     return Found(
@@ -700,7 +733,7 @@ def certified_search(
         found=found,
         eps=eps,
         eps_lo=eps_lo,
-        no_direction=scanned.no_direction,
+        no_direction=no_direction,
         forward_rows=rows,
         directions=directions,
         certified=ok,
