@@ -178,6 +178,30 @@ def test_trained_digits_cnn_is_certified(digits):
     assert float((r.eps_hi[both] - scan.eps_hi[both]).abs().median()) <= 1e-6
 
 
+def test_placing_scan_brackets_a_change_of_class_on_every_ray(digits, digits_mlp):
+    """The hint that places the segments: x(lo) classified y and x(hi) not, hi − lo <= width, checked by forward
+    passes; inputs with nothing found are classified y at every point of the coarse grid."""
+    from sparank.attacks.fgsm import place_crossings
+
+    x, y = digits.test_x[:150], digits.test_y[:150]
+    d = fgsm_direction(digits_mlp, x, y)
+    lo, hi, rows = place_crossings(digits_mlp, x, y, d, step=0.05, width=3e-4, bounds=(0.0, 1.0), eps_max=0.5, batch_size=64)
+    with torch.inference_mode():
+        wrong0 = digits_mlp(x).argmax(dim=1) != y
+        found = torch.isfinite(hi) & ~wrong0
+        at_lo = digits_mlp(ray_points(x, d, lo, (0.0, 1.0))).argmax(dim=1)
+        at_hi = digits_mlp(ray_points(x, d, torch.where(found, hi, 0.0), (0.0, 1.0))).argmax(dim=1)
+        grid = torch.arange(1, 11, dtype=torch.float64) * 0.05
+        never = ~found & ~wrong0
+        along = [digits_mlp(ray_points(x[never], d[never], torch.full((int(never.sum()),), float(e)), (0.0, 1.0))).argmax(dim=1) for e in grid]
+    assert bool(wrong0.any()) and bool((lo[wrong0] == 0).all()) and bool((hi[wrong0] == 0).all())
+    assert int(found.sum()) >= 100
+    assert bool((at_lo[found] == y[found]).all()) and bool((at_hi[found] != y[found]).all())
+    assert bool((hi[found] - lo[found] <= 3e-4).all()) and bool((lo[found] < hi[found]).all())
+    assert all(bool((p == y[never]).all()) for p in along) and bool((lo[never] == 0.5).all())
+    assert rows >= len(x) + int(found.sum())
+
+
 # --------------------------------------------------------------------------- a stretch narrower than any scan step
 
 

@@ -24,7 +24,8 @@ numbers, never an approximation:
   bound passes than the larger mean on the Fashion-MNIST MLP);
 - ``MaxPool2d``: above, the chord of the window's largest upper ends (a
   maximum of affine functions is convex); below, the lower bound of the one
-  element with the largest lower bound at ``t = 1``;
+  element with the largest mean lower bound (on the Fashion-MNIST CNN this
+  took a fifth fewer bound passes than the largest at ``t = 1``);
 - the last ``Linear`` layer is folded into the margins ``f_y − f_k`` (exact:
   a difference of two float32 weights is exact in float64).
 
@@ -414,15 +415,15 @@ def _relu_maxpool(m: nn.MaxPool2d, cen: _Centre) -> _Bounds:
     """``MaxPool2d(ReLU(z))`` for ``z`` within centre-form bounds, pooling before anything else is computed at full size.
 
     Above: ``max_j relu(U_j) = relu(max_j U_j)``, the chord of a maximum of affine functions.
-    Below: the element whose lower line is largest at the far end, ``L_j(1)``, if that is positive
-    (its line), else 0.
+    Below: the element whose relu'd lower line has the largest mean, i.e. the largest ``L_j(0) + L_j(1)``
+    if that is positive (its line), else 0.
     """
     args = (m.kernel_size, m.stride, m.padding)
     rad, slack = cen.rad, cen.slack  # the slack is constant over each window: added after pooling
     n = len(cen.mid) // 2
     up = _up(_up(F.max_pool2d(cen.mid + rad, *args)) + slack).clamp_min_(0.0)  # (2N, ...) both ends
     low = cen.mid - rad
-    score, idx = F.max_pool2d(low[n:], *args, return_indices=True)
+    score, idx = F.max_pool2d(low[:n] + low[n:], *args, return_indices=True)
     flat = idx.flatten(2)
     pick = [_down(_down(low[e * n : (e + 1) * n].flatten(2).gather(2, flat).view_as(score)) - slack[e * n : (e + 1) * n]) for e in (0, 1)]
     keep = score > 0
@@ -433,7 +434,7 @@ def _maxpool(m: nn.MaxPool2d, bnd: _Bounds) -> _Bounds:
     lo0, lo1, hi0, hi1 = bnd
     args = (m.kernel_size, m.stride, m.padding)
     up0, up1 = F.max_pool2d(hi0, *args), F.max_pool2d(hi1, *args)
-    _, idx = F.max_pool2d(lo1, *args, return_indices=True)  # the element with the largest lower bound at the far end
+    _, idx = F.max_pool2d(lo0 + lo1, *args, return_indices=True)  # the element with the largest mean lower bound
     flat = idx.flatten(2)
     pick0 = lo0.flatten(2).gather(2, flat).view_as(up0)
     pick1 = lo1.flatten(2).gather(2, flat).view_as(up0)
@@ -697,7 +698,8 @@ def _forward_offsets(net: BoundNet, ray: Ray, a: Tensor, b: Tensor, pivot: Pivot
             if all(k == 1 for k in sl.shape[1:]):  # a per-row slack stays apart (the radius stays sparse)
                 sl = sl.flatten(1)
             else:  # a per-channel slack becomes part of every element's radius
-                r, sl = _up32(r + _f32_up(sl)), torch.zeros((len(o), 1), dtype=torch.float64, device=o.device)
+                r = _up32(r + _f32_up(sl)) if bool(sl.any()) else r
+                sl = torch.zeros((len(o), 1), dtype=torch.float64, device=o.device)
             state = (o.flatten(1), r.flatten(1), sl)
         elif kind == "affine":
             out = _offset_affine(net.affine[id(net.layers[i])], state, pivot.at[i][1])
@@ -753,8 +755,9 @@ def _offset_relu(
     With the pivot's value ``V`` before and ``P' = pool(relu(V))`` after, the offsets move to ``P'``:
     ``gap`` is ``V − P'`` per element (float32, rounded up and down), ``neg`` is ``−P'``. Above:
     ``pool(relu(V + h)) − P' = max(pool(gap + h), −P')``, ``h`` the upper offsets; below: ``gap + l`` of
-    the element whose lower line is largest at the far end (``l`` the lower offsets), or ``−P'`` (the
-    line 0) where that value is not positive.
+    the element whose lower line has the largest mean in a max-pool window, or is the ReLU's own (``l``
+    the lower offsets), kept where it is positive (its mean in a window, its far end without a pool),
+    else ``−P'`` (the line 0).
     """
     o, r, sl = state
     s32 = _f32_up(sl)  # per row and channel (or feature): constant over each window, added after pooling
@@ -770,18 +773,18 @@ def _offset_relu(
         k = _pool_size(pool)
         views = [(i, j) for i in range(k) for j in range(k)]
         up = functools.reduce(torch.maximum, [h[:, :, i::k, j::k] for i, j in views])
-        both = low[n:]
+        both = low[:n] + low[n:]
         score, pick = both[:, :, ::k, ::k], low[:, :, ::k, ::k].unflatten(0, (2, n))
-        for i, j in views[1:]:  # the window's element with the largest lower offset at the far end, and its two ends
+        for i, j in views[1:]:  # the window's element with the largest mean lower offset, and its two ends
             better = both[:, :, i::k, j::k] > score
             score = torch.where(better, both[:, :, i::k, j::k], score)
             pick = torch.where(better, low[:, :, i::k, j::k].unflatten(0, (2, n)), pick)
         pick = pick.flatten(0, 1)
     else:
-        up, score, pick = h, low[n:], low
+        up, score, pick = h, 2 * low[n:], low
     up = torch.maximum(_halves(_up32(up + s32)), neg_up).view_as(up)
     pick = _down32(pick - s32)
-    keep = score > neg_down  # the lower line is positive at the far end (approximately: either choice is sound)
+    keep = score > 2 * neg_down  # positive mean in a window, positive far end without a pool (approximately: either is sound)
     lower = torch.where(keep, _halves(pick), neg_down).view_as(pick)  # the same choice at both ends
     centre = 0.5 * (lower + up)
     radius = torch.maximum(_up32(up - centre), _up32(centre - lower))
