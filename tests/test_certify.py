@@ -511,3 +511,38 @@ def test_fast_copy_scan_gives_brackets_checked_on_the_model(digits):
     assert bool((margin > -floor).all())  # classified y, up to the noise band its batch leaves (as the scan's own lo)
     both = fgsm_robustness(model, x, y, resolution=1e-2, fast=True, certify=True)
     assert both.certified is not None and float(both.certified.double().mean()) >= 0.95
+
+
+def test_a_copy_bracket_the_model_refuses_at_its_lower_end_is_narrowed_on_the_model(digits, digits_mlp):
+    """A copy whose logit of class 3 is 2e-3 higher crosses later than the model on inputs of class 3: its
+    brackets' upper ends are misclassified on the model too, their lower ends are not classified 3 there.
+    Those are narrowed again on the model (no search from 0), and every bracket returned holds on the
+    model: the same as the model's own scan."""
+    from sparank.attacks import fgsm as fgsm_module
+
+    keep = torch.nonzero(digits.test_y == 3).squeeze(1)[:40]
+    x, y = digits.test_x[keep], digits.test_y[keep]
+    d = fgsm_direction(digits_mlp, x, y)
+
+    class Later(nn.Module):
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return digits_mlp(z) + 2e-3 * torch.nn.functional.one_hot(torch.tensor(3), 10).to(z.dtype)
+
+    calls: list[nn.Module] = []
+    original = fgsm_module.first_crossing
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fgsm_module, "first_crossing", lambda m, *a, **kw: calls.append(m) or original(m, *a, **kw))
+        found = fgsm_module.ray_search(digits_mlp, x, y, d, 1e-2, 1e-6, (0.0, 1.0), 0.5, 256, None, Later().eval())
+        # the same copy's brackets, unchecked: how many the model refuses at the lower end
+        copy_only = original(Later().eval(), x, y, d, bounds=(0.0, 1.0), eps_max=0.5, resolution=1e-2, tol=1e-6)
+    own = fgsm_module.ray_search(digits_mlp, x, y, d, 1e-2, 1e-6, (0.0, 1.0), 0.5, 256)
+    f = found.found
+    with torch.inference_mode():
+        refused = digits_mlp(ray_points(x[f], d[f], copy_only.eps_lo[f], (0.0, 1.0))).argmax(dim=1) != y[f]
+        assert int(refused.sum()) >= 5  # the case this test is about does happen
+        assert len(calls) == 1 and isinstance(calls[0], Later)  # nothing searched again from 0 on the model
+        assert torch.equal(found.found, own.found)
+        assert bool((digits_mlp(ray_points(x[f], d[f], found.eps_lo[f], (0.0, 1.0))).argmax(dim=1) == y[f]).all())
+        assert bool((digits_mlp(ray_points(x[f], d[f], found.eps[f], (0.0, 1.0))).argmax(dim=1) != y[f]).all())
+    assert bool((found.eps[f] - found.eps_lo[f] <= 1e-6).all())
+    assert float((found.eps[f] - own.eps[f]).abs().max()) <= 2e-6

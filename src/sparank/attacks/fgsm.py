@@ -514,6 +514,47 @@ def _refine_round(
     return len(points)
 
 
+class _Narrowed(NamedTuple):
+    ok: Tensor  # (M,) bool on the CPU: a bracket was found and verified
+    eps_lo: Tensor  # (M,) float64 on the CPU
+    eps_hi: Tensor
+
+
+def _narrowed_on(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    directions: Tensor,
+    who: Tensor,
+    crossing: Crossing,
+    bounds: Bounds,
+    resolution: float,
+    tol: float,
+    batch_size: int,
+) -> tuple[_Narrowed, int]:
+    """Brackets of the inputs ``who`` narrowed again on ``model`` between the scan point before ``eps_lo``
+    (``eps_lo − resolution``, at least 0) and the verified ``eps_hi``: refined to ``tol`` and verified as
+    :func:`first_crossing` does. ``ok`` is False where that point is not classified ``y`` or the result is
+    not verified (the caller searches those again from 0). Returns the brackets and the rows evaluated."""
+    hi = crossing.eps_hi.to(inputs.device)[who]
+    start = (crossing.eps_lo.to(inputs.device)[who] - resolution).clamp(min=0.0)
+    m_lo, _, wrong_lo = _evaluate(model, ray_points(inputs[who], directions[who], start, bounds), labels[who], who, batch_size)
+    m_hi, f_hi, _ = _evaluate(model, ray_points(inputs[who], directions[who], hi, bounds), labels[who], who, batch_size)
+    rows = 2 * len(who)
+    brackets = _Brackets(who, start, hi, m_lo, m_hi, f_hi).take(~wrong_lo)
+    allowance = torch.zeros(len(inputs), dtype=torch.float64, device=inputs.device)
+    refined, r = _refine(model, inputs, labels, directions, brackets, allowance, bounds, tol, batch_size)
+    rows += r
+    verified, _, r = _verify(model, inputs, labels, directions, refined, bounds, batch_size)
+    rows += r
+    ok = torch.zeros(len(who), dtype=torch.bool, device=inputs.device)
+    lo = crossing.eps_lo.to(inputs.device)[who].clone()
+    place = torch.nonzero(~wrong_lo).squeeze(1)
+    ok[place] = verified
+    lo[place], hi[place] = refined.lo, refined.hi
+    return _Narrowed(ok.cpu(), lo.cpu(), hi.cpu()), rows
+
+
 def check_ray_settings(resolution: object, tol: object) -> None:
     """ValueError naming ``resolution`` or ``tol`` of a ray search (FGSM, transfer, random rays) if it is not usable."""
     if not (isinstance(resolution, int | float) and not isinstance(resolution, bool) and resolution > 0):
@@ -793,7 +834,9 @@ def _checked_on(
 ) -> Crossing:
     """``crossing`` (found on a copy of ``model``) with each bracket checked on ``model``: ``x(eps_hi)`` by
     :func:`~sparank.attacks.base.verify_points`, ``x(eps_lo)`` classified ``y`` (argmax; censored: at
-    ``eps_max``). Inputs that fail are searched again on ``model`` itself."""
+    ``eps_max``). A verified ``x(eps_hi)`` whose ``eps_lo`` fails is narrowed again on ``model`` from the
+    scan point before it (:func:`_narrowed_on`); the other inputs that fail are searched again on
+    ``model`` itself, from 0."""
     device = inputs.device
     status = crossing.status.to(device)
     moving = (status == int(Status.FOOLED)) | (status == int(Status.CENSORED))
@@ -809,8 +852,20 @@ def _checked_on(
         ok, _, r = verify_points(model, points, labels[who], who, batch_size)
         rows += r
         good[fooled] &= ok
-    bad = idx[~good]
     eps_lo, eps_hi, st = crossing.eps_lo.clone(), crossing.eps_hi.clone(), crossing.status.clone()
+    # a verified x(eps_hi) whose eps_lo the model does not classify y (a lower end in the noise band, where the
+    # copy's rounding and the model's differ): the bracket is narrowed again on the model from the scan point
+    # before it, if the model classifies that one y (the copy's scan below it stands, PROTOCOL §2)
+    near = torch.zeros_like(good)
+    if len(fooled):
+        near[fooled] = ok & wrong_lo[fooled]
+    if bool(near.any()):
+        who = idx[near]
+        fixed, r = _narrowed_on(model, inputs, labels, directions, who, crossing, bounds, resolution, tol, batch_size)
+        rows += r
+        eps_lo[who.cpu()], eps_hi[who.cpu()] = fixed.eps_lo, fixed.eps_hi
+        good[near] = fixed.ok.to(device)
+    bad = idx[~good]
     if len(bad):
         again = first_crossing(
             model, inputs[bad], labels[bad], directions[bad], bounds=bounds, eps_max=eps_max, resolution=resolution, tol=tol,
