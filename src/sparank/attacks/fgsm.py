@@ -225,6 +225,7 @@ def first_crossing(
     tol: float = 1e-6,
     batch_size: int = 256,
     progress: Progress | None = None,
+    verify: bool = True,
 ) -> Crossing:
     """The first ε in (0, eps_max] at which ``clip(x + ε·d)`` is misclassified, for every input at once.
 
@@ -263,6 +264,10 @@ def first_crossing(
 
     Args:
         progress: called as ``progress(resolved, total)`` while inputs are resolved.
+        verify: re-check every ``x(eps_hi)`` as above (the default). False only where the brackets
+            are checked elsewhere: :func:`ray_search` scanning a fast copy checks them on the model
+            as given, and re-checking them on the copy (whose batch-of-one noise can make every
+            point be evaluated alone) would only cost time.
 
     Returns:
         :class:`Crossing` with per-input brackets and statuses (on the CPU).
@@ -334,6 +339,9 @@ def first_crossing(
             batch_size,
         )
         rows_done += rows
+        if not verify:
+            done.append(refined)
+            break
         ok, needed, rows = _verify(model, inputs, labels, directions, refined, bounds, batch_size)
         rows_done += rows
         done.append(refined.take(ok))
@@ -800,11 +808,12 @@ def ray_search(
     With ``scanner`` (a faster copy of ``model``, :func:`fast_copy`) the search runs on it and each
     bracket is then checked on ``model``; inputs whose bracket fails are searched again on ``model``.
     """
+    on_copy = scanner is not None and scanner is not model
     crossing = first_crossing(
-        scanner if scanner is not None else model, inputs, labels, directions, bounds=bounds, eps_max=eps_max,
-        resolution=resolution, tol=tol, batch_size=batch_size, progress=progress,
+        scanner if on_copy else model, inputs, labels, directions, bounds=bounds, eps_max=eps_max,
+        resolution=resolution, tol=tol, batch_size=batch_size, progress=progress, verify=not on_copy,
     )  # fmt: skip
-    if scanner is not None and scanner is not model:
+    if on_copy:
         crossing = _checked_on(model, crossing, inputs, labels, directions, bounds, eps_max, resolution, tol, batch_size)
     found = crossing.status == int(Status.FOOLED)
     eps = crossing.eps_hi.to(inputs.device)
