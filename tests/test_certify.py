@@ -546,3 +546,70 @@ def test_a_copy_bracket_the_model_refuses_at_its_lower_end_is_narrowed_on_the_mo
         assert bool((digits_mlp(ray_points(x[f], d[f], found.eps[f], (0.0, 1.0))).argmax(dim=1) != y[f]).all())
     assert bool((found.eps[f] - found.eps_lo[f] <= 1e-6).all())
     assert float((found.eps[f] - own.eps[f]).abs().max()) <= 2e-6
+
+
+def test_certified_progress_counts_the_inputs_whose_proof_is_done(digits, digits_mlp):
+    calls: list[tuple[int, int]] = []
+    x, y = digits.test_x[:50], digits.test_y[:50]
+    fgsm_robustness(digits_mlp, x, y, certify=True, progress=lambda done, total: calls.append((done, total)))
+    assert len(calls) >= 3 and all(total == 50 for _, total in calls)
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and done[-1] == 50
+    assert any(0 < d < 50 for d in done)  # reported while the walk runs, not only at the end
+
+
+def test_a_point_the_final_verification_refuses_is_replaced_by_a_verified_one_further_on(digits, digits_mlp, monkeypatch):
+    """Where the verification refuses the point found past the proved stretch (its margin within the noise of
+    some batching; simulated here for three inputs), the first of the points tol·2^k past it that is verified
+    becomes ε_hi: the input stays certified with its proved ε_lo, the bracket wider than tol."""
+    x, y = digits.test_x[:40], digits.test_y[:40]
+    plain = fgsm_robustness(digits_mlp, x, y, certify=True)
+    original = certify.verify_points
+    first_call = []
+
+    def refuse_three(model, points, labels, owners, batch_size):
+        ok, need, rows = original(model, points, labels, owners, batch_size)
+        if not first_call:
+            first_call.append(owners.clone())
+            ok = ok.clone()
+            ok[:3] = False
+        return ok, need, rows
+
+    monkeypatch.setattr(certify, "verify_points", refuse_three)
+    r = fgsm_robustness(digits_mlp, x, y, certify=True)
+    assert r.certified is not None and bool(r.certified.all())
+    fooled = torch.nonzero(plain.status == FOOLED).squeeze(1)
+    moved = fooled[:3]  # the walk's first three found points (the measure passes the correct inputs in order)
+    assert torch.equal(r.eps_lo[moved], plain.eps_lo[moved])
+    assert bool((r.eps_hi[moved] - r.eps_lo[moved] > 1e-6).all()) and bool((r.eps_hi[moved] - r.eps_lo[moved] <= 1e-6 * 2**12 + 1e-6).all())
+    with torch.inference_mode():
+        assert bool((digits_mlp(ray_points(x[moved], r.directions[moved], r.eps_hi[moved], (0.0, 1.0))).argmax(dim=1) != y[moved]).all())
+    rest = fooled[3:]
+    assert torch.equal(r.eps_hi[rest], plain.eps_hi[rest])
+
+
+def test_a_probe_within_the_noise_gets_one_more_pass_unless_the_proof_is_settled():
+    """The point tol past the proved end c lies within the model's noise (margin 0.03 − 0.1ε, crossing at
+    ε = 0.3, float32: the margin falls by 1e-7 over tol = 1e-6, the noise floor is about 1e-6). After a long
+    bound pass the input is handed back for one more (a long segment's root can stop short of the crossing);
+    after a short one the ladder beyond c finds a verified point: a certified bracket wider than tol."""
+    model = nn.Sequential(nn.Linear(1, 2)).eval()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[-0.1], [0.0]]))
+        model[0].bias.copy_(torch.tensor([0.05, 0.0]))
+    x, d, y = torch.tensor([[0.2]]), torch.tensor([[1.0]]), torch.tensor([0])
+    c = torch.tensor([0.3 - 1e-9], dtype=torch.float64)
+    for settled in (False, True):
+        certified = torch.zeros(1, dtype=torch.bool)
+        eps_lo = torch.zeros(1, dtype=torch.float64)
+        eps_hi = torch.full((1,), math.inf, dtype=torch.float64)
+        _, again = certify._probe(
+            model, x, y, d, torch.tensor([0]), torch.tensor([settled]), c, 0.5, 1e-6, (0.0, 1.0), 256, certified, eps_lo, eps_hi
+        )
+        if not settled:
+            assert again.tolist() == [0] and not bool(certified[0])
+        else:
+            assert len(again) == 0 and bool(certified[0]) and float(eps_lo[0]) == float(c[0])
+            assert 1e-6 < float(eps_hi[0] - eps_lo[0]) < 1e-4
+            with torch.inference_mode():
+                assert int(model(ray_points(x, d, eps_hi, (0.0, 1.0))).argmax(dim=1)[0]) == 1

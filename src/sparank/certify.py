@@ -35,7 +35,8 @@ the crossing. :func:`certified_crossing` walks each ray from 0 with
 segments that double while their lower margin bound stays positive, jumps
 to the root of the lowest margin bound where it does not (everything before
 that root is proved correct), and tries the point ``tol`` past it with a
-forward pass.
+forward pass where a crossing is expected there. A coarse unverified scan
+(:func:`sparank.attacks.fgsm.place_crossings`) places the first segments.
 
 **Rounding.** Bounds are computed in float64 and widened so that they stay
 sound: every matrix product gets the a-priori error bound of a dot product,
@@ -892,6 +893,7 @@ def certified_crossing(
     tol: float,
     batch_size: int = 256,
     max_passes: int = MAX_PASSES,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Certified:
     """The exact first crossing to ``tol`` for inputs that are correct at ε = 0 and have a direction.
 
@@ -905,7 +907,9 @@ def certified_crossing(
     advanced (an eighth of it where nothing was).
     A tried point misclassified beyond the noise ends the search with the bracket
     ``[c, c + tol]`` (all such points are then verified at once by
-    :func:`~sparank.attacks.base.verify_points`; one refused leaves its input not certified); reaching ``eps_max`` proves the input censored. Where that
+    :func:`~sparank.attacks.base.verify_points`; where one is refused, the first verified of the points
+    ``tol·2^k`` past it is taken, a bracket wider than ``tol``, and the input is not certified where none is);
+    reaching ``eps_max`` proves the input censored. Where that
     point's margin is within the model's float32 noise (its margin falls by
     less than the noise over ``tol``), points ``tol·2^k`` past ``c`` are tried
     and the first one verified is pulled back (15 points per round, 3 rounds)
@@ -920,6 +924,7 @@ def certified_crossing(
             at ε = 0 and left alone, not certified), ``hint_lo`` the last scanned correct point: the
             first segment is ``[0, hint_lo]`` (``[0, min(hint_hi, eps_max)]`` where it is 0).
         max_passes: inputs still open after this many bound passes are returned not certified.
+        progress: called as ``progress(done, N)`` after each round of bound passes.
     """
     device = inputs.device
     n = len(inputs)
@@ -983,23 +988,64 @@ def certified_crossing(
         # pass advanced little (a crossing the scan stepped over holds the walk back); elsewhere the next
         # pass comes first
         expected = (reached + tol >= seen[active]) | (advanced <= (b - a) / 8)
-        probe = active[~whole & expected]
+        tried = ~whole & expected
+        probe = active[tried]
         if len(probe):
-            rows += _probe(model, inputs, labels, directions, probe, c, eps_max, tol, bounds, batch_size, certified, eps_lo, eps_hi)
+            # a point within the noise after a long segment: first a pass over [c, c + 8·tol], whose bounds are
+            # exact up to rounding, so that the ladder starts from a proof as tight as it gets
+            settled = (b - a)[tried] <= SETTLED * tol
+            r, again = _probe(model, inputs, labels, directions, probe, settled, c, eps_max, tol, bounds, batch_size, certified, eps_lo, eps_hi)
+            rows += r
+            w[again] = 8 * tol
         # proved up to a verified misclassified point (only rounding noise in the model can do that), or
         # no progress on the shortest segment: the scanned result stands
         stuck = whole & (b >= limit[active]) & (limit[active] < eps_max)
         stuck |= ~whole & (advanced <= 0) & (b - a <= tol)
         open_ = ~certified[active] & ~stuck & (passes[active] < max_passes)
         active = active[open_]
-    # every point found past a proved stretch, verified in any batching (verify_points); a refused one is not certified
+        if progress is not None:
+            progress(n - len(active), n)
+    # every point found past a proved stretch, verified in any batching (verify_points); where one is refused (its
+    # margin within the noise of some batching), the first of the points tol·2^k past it that is verified, else the
+    # input is not certified
     found = torch.nonzero(certified & torch.isfinite(eps_hi)).squeeze(1)
     if len(found):
         points = ray_points(inputs[found], directions[found], eps_hi[found], bounds)
         ok, _, r = verify_points(model, points, labels[found], found, batch_size)
         rows += r
-        certified[found[~ok]] = False
+        rows += _verified_further(model, inputs, labels, directions, found[~ok], eps_hi, eps_max, tol, bounds, batch_size, certified)
     return Certified(certified.cpu(), eps_lo.cpu(), eps_hi.cpu(), passes.cpu(), rows)
+
+
+def _verified_further(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    directions: Tensor,
+    refused: Tensor,
+    eps_hi: Tensor,
+    eps_max: float,
+    tol: float,
+    bounds: Bounds | tuple[float, float],
+    batch_size: int,
+    certified: Tensor,
+) -> int:
+    """For the inputs ``refused`` (their ``x(eps_hi)`` refused by the verification), move ``eps_hi`` in place to the
+    first of the points ``tol·2^k`` past it (k = 1 .. LADDER) that :func:`verify_points` accepts, or mark the input
+    not certified. The proved ``eps_lo`` stays: the bracket is then wider than ``tol``. Returns the rows evaluated."""
+    if not len(refused):
+        return 0
+    steps = tol * 2.0 ** torch.arange(1, LADDER + 1, dtype=torch.float64, device=eps_hi.device)
+    ladder = torch.clamp(eps_hi[refused][:, None] + steps[None, :], max=eps_max)  # (m, LADDER)
+    owners = refused.repeat_interleave(LADDER)
+    pts = ray_points(inputs[owners], directions[owners], ladder.flatten(), bounds)
+    ok, _, rows = verify_points(model, pts, labels[owners], owners, batch_size)
+    good = ok.view(-1, LADDER)
+    has = good.any(dim=1)
+    first = good.int().argmax(dim=1)
+    eps_hi[refused[has]] = ladder[has, first[has]]
+    certified[refused[~has]] = False
+    return rows
 
 
 def _pivots(net: BoundNet, ray: Ray, at: Tensor, bounds: Bounds | tuple[float, float], batch_size: int) -> Pivot:
@@ -1023,6 +1069,9 @@ def _move_pivots(pivot: Pivot, idx: Tensor, new: Pivot) -> None:
 #: where the point ``tol`` past the proved stretch is within the noise band, the points ``tol·2^k`` past it,
 #: k = 1 .. LADDER, are tried too (a crossing whose margin falls by less than the noise over ``tol``)
 LADDER = 12
+#: the ladder starts only from a proof whose last bound pass was at most SETTLED·tol long (else one more
+#: pass over [c, c + 8·tol] first: a long segment's root can stop short of the crossing by about tol)
+SETTLED = 64
 
 
 def _probe(
@@ -1031,6 +1080,7 @@ def _probe(
     labels: Tensor,
     directions: Tensor,
     probe: Tensor,
+    settled: Tensor,
     c: Tensor,
     eps_max: float,
     tol: float,
@@ -1039,14 +1089,21 @@ def _probe(
     certified: Tensor,
     eps_lo: Tensor,
     eps_hi: Tensor,
-) -> int:
-    """Forward passes past the proved ends ``c[probe]``; certify in place the inputs whose point is verified. Returns rows."""
+) -> tuple[int, Tensor]:
+    """Forward passes past the proved ends ``c[probe]``; certify in place the inputs whose point is verified.
+
+    Where that point's margin is within the noise, the ladder beyond it is tried only for the inputs
+    ``settled`` (their last bound pass was at most :data:`SETTLED` ``· tol`` long). Returns the rows
+    evaluated and the inputs whose point was within the noise but not settled (for one more pass).
+    """
     p = torch.clamp(c[probe] + 0.999 * tol, max=eps_max)
     pts = ray_points(inputs[probe], directions[probe], p, bounds)
     margin, floor, _ = _evaluate(model, pts, labels[probe], probe, batch_size)
     rows = len(probe)
     robust = margin < -floor
-    noisy = ~robust & (margin < floor)
+    within = ~robust & (margin < floor)
+    noisy = within & settled
+    again = probe[within & ~settled]
     cand, at, points = probe[robust], p[robust], pts[robust]
     if bool(noisy.any()):
         owners = probe[noisy]
@@ -1071,7 +1128,7 @@ def _probe(
     certified[cand] = True
     eps_lo[cand] = c[cand]
     eps_hi[cand] = at
-    return rows
+    return rows, again
 
 
 def _narrow(
