@@ -1035,8 +1035,7 @@ def _verified_further(
     not certified. The proved ``eps_lo`` stays: the bracket is then wider than ``tol``. Returns the rows evaluated."""
     if not len(refused):
         return 0
-    steps = tol * 2.0 ** torch.arange(1, LADDER + 1, dtype=torch.float64, device=eps_hi.device)
-    ladder = torch.clamp(eps_hi[refused][:, None] + steps[None, :], max=eps_max)  # (m, LADDER)
+    ladder = _ladder(eps_hi[refused], tol, eps_max)
     owners = refused.repeat_interleave(LADDER)
     pts = ray_points(inputs[owners], directions[owners], ladder.flatten(), bounds)
     ok, _, rows = verify_points(model, pts, labels[owners], owners, batch_size)
@@ -1074,6 +1073,12 @@ LADDER = 12
 SETTLED = 64
 
 
+def _ladder(start: Tensor, step: float, eps_max: float) -> Tensor:
+    """The points ``start + step·2^k``, k = 1 .. LADDER, at most ``eps_max``: ``(M, LADDER)`` float64."""
+    steps = step * 2.0 ** torch.arange(1, LADDER + 1, dtype=torch.float64, device=start.device)
+    return torch.clamp(start[:, None] + steps[None, :], max=eps_max)
+
+
 def _probe(
     model: nn.Module,
     inputs: Tensor,
@@ -1107,8 +1112,7 @@ def _probe(
     cand, at, points = probe[robust], p[robust], pts[robust]
     if bool(noisy.any()):
         owners = probe[noisy]
-        steps = 0.999 * tol * 2.0 ** torch.arange(1, LADDER + 1, dtype=torch.float64, device=c.device)
-        ladder = torch.clamp(c[owners][:, None] + steps[None, :], max=eps_max)  # (m, LADDER)
+        ladder = _ladder(c[owners], 0.999 * tol, eps_max)
         flat_owner = owners.repeat_interleave(LADDER)
         lpts = ray_points(inputs[flat_owner], directions[flat_owner], ladder.flatten(), bounds)
         lm, lf, _ = _evaluate(model, lpts, labels[flat_owner], flat_owner, batch_size)

@@ -733,11 +733,11 @@ def certified_search(
     n = len(inputs)
     device = inputs.device
     try:
-        if n == 0:
-            raise Unsupported("no inputs")
         net = bound_network(model)
         check_walk(model, net, inputs[:batch_size])
     except Unsupported:
+        net = None
+    if net is None or n == 0:
         found = ray_search(model, inputs, labels, directions, resolution, tol, bounds, eps_max, batch_size, progress, scanner)
         return found._replace(certified=torch.zeros(n, dtype=torch.bool))
     hint_lo, hint_hi, rows = place_crossings(
