@@ -580,13 +580,14 @@ class FGSM(MinimalAttack):
     is ``eps_hi`` (the ray parameter: ``||x(ε) − x|| <= ε``, less where the box clips).
     Goodfellow, Shlens & Szegedy 2015, https://arxiv.org/abs/1412.6572.
 
-    With ``certify=True`` the scan's result is only a hint: :mod:`sparank.certify`
-    then proves, with bounds on the margin over whole segments of the ray, that
-    every ε in ``[0, eps_lo]`` is classified ``y``, so ``eps_hi`` is the first
-    crossing with no resolution caveat. Per input, ``Found.certified`` says
-    whether that proof was obtained; where not (a layer the bounds do not
-    support, or no proof within :data:`sparank.certify.MAX_PASSES` bound
-    passes) the input keeps its scanned result. ``certify`` enters the
+    With ``certify=True`` a coarse scan (:func:`place_crossings`) only places
+    the search: :mod:`sparank.certify` then proves, with bounds on the margin
+    over whole segments of the ray, that every ε in ``[0, eps_lo]`` is
+    classified ``y``, so ``eps_hi`` is the first crossing with no resolution
+    caveat. Per input, ``Found.certified`` says whether that proof was
+    obtained; where not (a layer the bounds do not support, or no proof within
+    :data:`sparank.certify.MAX_PASSES` bound passes) the input gets the scan at
+    ``resolution``, as without ``certify``. ``certify`` enters the
     settings (and the measurement's key) only when True, so the keys of
     measurements stored before it are unchanged.
 
@@ -595,7 +596,8 @@ class FGSM(MinimalAttack):
     TorchScript, optimised for inference); every returned bracket is then
     checked on the model as given: ``x(eps_hi)`` misclassified in any batching
     (:func:`~sparank.attacks.base.verify_points`) and ``x(eps_lo)`` classified
-    ``y``. An input whose bracket fails is searched again on the model itself.
+    ``y``. A bracket whose ``eps_lo`` alone fails is narrowed again on the model;
+    an input whose bracket fails otherwise is searched again on the model itself.
     """
 
     name: ClassVar[str] = "fgsm"
