@@ -298,35 +298,48 @@ def make_ray(inputs: Tensor, directions: Tensor, bounds: Bounds | tuple[float, f
     return Ray(x, d, meet, bound, flat[0] + abs(lo) + abs(hi), flat[1], lo, hi)
 
 
-def _input_centre(ray: Ray, a: Tensor, b: Tensor) -> _Centre:
-    """Bounds on ``clip(x + (a + t(b − a))·d)`` over ``t ∈ [0, 1]``, computed in float64 (``(N, *shape)``).
+def _input_ends(ray: Ray, a: Tensor, b: Tensor) -> tuple[Tensor, tuple[Tensor, ...], Tensor, Tensor]:
+    """Bounds on ``clip(x + (a + t(b − a))·d)`` over ``t ∈ [0, 1]``, in float64: the centres at both ends
+    ``(2, N, *shape)``; the coordinates that meet the box inside the segment (an index into ``(N, *shape)``)
+    and their radius, the same at both ends (0 elsewhere); and the rounding slack per input ``(N,)``.
 
     A moving coordinate meets the box at most once (it starts inside); where that happens inside
     ``(a, b)`` it is concave (reaching hi) or convex (reaching lo) in ``t``: its chord, shifted by its
-    deviation at that point, bounds it on one side, the chord itself on the other.
+    deviation at that point, bounds it on one side, the chord itself on the other. Those few
+    coordinates are computed apart; the rest are the two clipped end points.
     """
     x, d = ray.x, ray.d
     shape = (-1,) + (1,) * (x.ndim - 1)
     a_, b_ = a.view(shape), b.view(shape)
-    v0 = torch.addcmul(x, a_, d).clamp_(ray.lo, ray.hi)
-    v1 = torch.addcmul(x, b_, d).clamp_(ray.lo, ray.hi)
-    inside = (ray.meet > a_) & (ray.meet < b_)
+    ends = torch.empty((2,) + tuple(x.shape), dtype=x.dtype, device=x.device)
+    torch.addcmul(x, a_, d, out=ends[0]).clamp_(ray.lo, ray.hi)
+    torch.addcmul(x, b_, d, out=ends[1]).clamp_(ray.lo, ray.hi)
     deviation = x.new_zeros(len(x))
-    if bool(inside.any()):
-        t = ((ray.meet - a_) / (b_ - a_).clamp_min(torch.finfo(torch.float64).tiny)).clamp_(0.0, 1.0)
-        dev = torch.where(inside, ray.bound - (v0 + t * (v1 - v0)), 0.0)
+    at = ((ray.meet > a_) & (ray.meet < b_)).nonzero(as_tuple=True)
+    rad = x.new_zeros(0)
+    if len(at[0]):
+        rows = at[0]
+        v0, v1 = ends[0][at], ends[1][at]
+        t = ((ray.meet[at] - a[rows]) / (b[rows] - a[rows]).clamp_min(torch.finfo(torch.float64).tiny)).clamp_(0.0, 1.0)
+        dev = ray.bound[at] - (v0 + t * (v1 - v0))
         half = 0.5 * dev
-        mid = torch.cat([v0 + half, v1 + half])
+        ends[0][at] = v0 + half
+        ends[1][at] = v1 + half
         rad = half.abs() * (1.0 + 8 * _U)
-        rad = torch.cat([rad, rad])
-        deviation = dev.abs().flatten(1).amax(dim=1)
-    else:
-        mid = torch.cat([v0, v1])
-        rad = torch.zeros_like(mid)
+        deviation = deviation.scatter_reduce(0, rows, dev.abs(), "amax")
     # rounding of the products, sums, chords and deviations above: a few units in the last place of the
-    # largest magnitude in play, per input (kept apart so that rad stays exactly 0 off the breakpoints)
+    # largest magnitude in play, per input (kept apart so that the radius stays exactly 0 off the breakpoints)
     slack = 16 * _U * (ray.scale + b.abs() * ray.dmax + 2 * deviation) + 1e-300
-    return _Centre(mid, rad, torch.cat([slack, slack]).view((-1,) + (1,) * (x.ndim - 1)))
+    return ends, at, rad, slack
+
+
+def _input_centre(ray: Ray, a: Tensor, b: Tensor) -> _Centre:
+    """:func:`_input_ends` as a :class:`_Centre` ``(2N, *shape)`` (every product in float64)."""
+    ends, at, rad_at, slack = _input_ends(ray, a, b)
+    rad = torch.zeros_like(ends[0])
+    rad[at] = rad_at
+    shape = (-1,) + (1,) * (ends.ndim - 2)
+    return _Centre(ends.flatten(0, 1), torch.cat([rad, rad]), torch.cat([slack, slack]).view(shape))
 
 
 def _centre(bnd: _Bounds) -> _Centre:
@@ -645,41 +658,19 @@ def _halves(t: Tensor) -> Tensor:
 
 
 def _input_offsets(ray: Ray, a: Tensor, b: Tensor, v_in: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The bounds of :func:`_input_centre` in offset form from the pivot's input ``v_in`` ``(N, *shape)``:
+    """The bounds of :func:`_input_ends` in offset form from the pivot's input ``v_in`` ``(N, *shape)``:
     ``(o, r, slack)``, ``o`` ``(2N, *shape)`` float32 centre offsets (end 0 then end 1), ``r`` ``(N, *shape)``
-    float32 radius, the same at both ends, ``slack`` ``(2N, 1, ...)`` float64 per row.
-
-    Only the coordinates that meet the box inside a segment have a radius: they are computed
-    apart (a few per input), the rest is two clipped points and one subtraction.
-    """
-    x, d = ray.x, ray.d
-    n = len(x)
-    shape = (-1,) + (1,) * (x.ndim - 1)
-    a_, b_ = a.view(shape), b.view(shape)
-    ends = torch.empty((2,) + tuple(x.shape), dtype=x.dtype, device=x.device)
-    torch.addcmul(x, a_, d, out=ends[0]).clamp_(ray.lo, ray.hi)
-    torch.addcmul(x, b_, d, out=ends[1]).clamp_(ray.lo, ray.hi)
-    r = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-    deviation = x.new_zeros(n)
-    at = ((ray.meet > a_) & (ray.meet < b_)).nonzero(as_tuple=True)  # the coordinates that meet the box inside
-    if len(at[0]):
-        rows = at[0]
-        v0, v1 = ends[0][at], ends[1][at]
-        t = ((ray.meet[at] - a[rows]) / (b[rows] - a[rows]).clamp_min(torch.finfo(torch.float64).tiny)).clamp_(0.0, 1.0)
-        dev = ray.bound[at] - (v0 + t * (v1 - v0))
-        half = 0.5 * dev
-        ends[0][at] = v0 + half
-        ends[1][at] = v1 + half
-        rad = half.abs() * (1.0 + 8 * _U)
-        r[at] = torch.where(rad > 0, _f32_up(rad), 0.0)
-        deviation = deviation.scatter_reduce(0, rows, dev.abs(), "amax")
-    slack = 16 * _U * (ray.scale + b.abs() * ray.dmax + 2 * deviation) + 1e-300  # as in _input_centre
+    float32 radius, the same at both ends, ``slack`` ``(2N, 1, ...)`` float64 per row."""
+    ends, at, rad_at, slack = _input_ends(ray, a, b)
+    n = len(v_in)
+    r = torch.zeros(v_in.shape, dtype=torch.float32, device=v_in.device)
+    r[at] = torch.where(rad_at > 0, _f32_up(rad_at), 0.0)
     ends.sub_(v_in)  # the offsets δ, rounded to nearest: off by u·|δ|
-    o = ends.view((2 * n,) + tuple(x.shape[1:])).float()  # off by u32·|δ| more
+    o = ends.flatten(0, 1).float()  # off by u32·|δ| more
     # |δ| ≤ |o|/(1 − u32) (plus underflow): the largest |o| per row bounds both roundings
     reach = o.abs().flatten(1).amax(dim=1) * (1.0 + 2.0**-22) + _TINY32
     sl = torch.cat([slack, slack]) + (_U + _U32) * (1.0 + 2.0**-20) * reach + _TINY32
-    return o, r, sl.view(shape)
+    return o, r, sl.view((2 * n,) + (1,) * (v_in.ndim - 1))
 
 
 def _forward_offsets(net: BoundNet, ray: Ray, a: Tensor, b: Tensor, pivot: Pivot) -> _Centre | None:

@@ -801,7 +801,8 @@ def ray_search(
     """:func:`first_crossing` along given directions, as a :class:`~sparank.attacks.base.Found`.
 
     With ``scanner`` (a faster copy of ``model``, :func:`fast_copy`) the search runs on it and each
-    bracket is then checked on ``model``; inputs whose bracket fails are searched again on ``model``.
+    bracket is then checked on ``model`` (:func:`_checked_on`: narrowed again on ``model`` where only
+    its lower end fails, else searched again on ``model``).
     """
     on_copy = scanner is not None and scanner is not model
     crossing = first_crossing(
