@@ -86,6 +86,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -247,9 +248,12 @@ class Pivot(NamedTuple):
     by layer index (see :func:`pivot_values`); empty where the model's layers have no float32 offset form."""
 
     at: dict[int, tuple[Tensor, ...]]
+    #: ``(N,)`` float64: the ε of each input's pivot on its ray (None: not known); where a segment ends there,
+    #: the segment's far end is the pivot itself and its offsets are 0 (no product is taken for it)
+    eps: Tensor | None = None
 
     def take(self, idx: Tensor | slice) -> Pivot:
-        return Pivot({k: tuple(v[idx] for v in parts) for k, parts in self.at.items()})
+        return Pivot({k: tuple(v[idx] for v in parts) for k, parts in self.at.items()}, None if self.eps is None else self.eps[idx])
 
 
 class _Bounds(NamedTuple):
@@ -298,48 +302,49 @@ def make_ray(inputs: Tensor, directions: Tensor, bounds: Bounds | tuple[float, f
     return Ray(x, d, meet, bound, flat[0] + abs(lo) + abs(hi), flat[1], lo, hi)
 
 
-def _input_ends(ray: Ray, a: Tensor, b: Tensor) -> tuple[Tensor, tuple[Tensor, ...], Tensor, Tensor]:
+def _input_ends(ray: Ray, a: Tensor, b: Tensor, far: bool = True) -> tuple[Tensor, tuple[Tensor, ...], Tensor, Tensor]:
     """Bounds on ``clip(x + (a + t(b − a))·d)`` over ``t ∈ [0, 1]``, in float64: the centres at both ends
     ``(2, N, *shape)``; the coordinates that meet the box inside the segment (an index into ``(N, *shape)``)
-    and their radius, the same at both ends (0 elsewhere); and the rounding slack per input ``(N,)``.
+    and their radius at ``t = 0`` (0 elsewhere, and 0 at ``t = 1`` for every coordinate); and the rounding
+    slack per input ``(N,)``.
 
     A moving coordinate meets the box at most once (it starts inside); where that happens inside
-    ``(a, b)`` it is concave (reaching hi) or convex (reaching lo) in ``t``: its chord, shifted by its
-    deviation at that point, bounds it on one side, the chord itself on the other. Those few
-    coordinates are computed apart; the rest are the two clipped end points.
+    ``(a, b)`` it is concave (reaching hi) or convex (reaching lo) in ``t``: on one side its chord bounds
+    it, on the other the bound it reaches (the tangent at ``t = 1``). Both lines are exact at ``t = 1``,
+    so every bound is exact at the segment's far end, where the walk needs it tight (the crossing is
+    ahead of it). Those few coordinates are computed apart; the rest are the two clipped end points.
+    ``far=False``: the centres at ``t = 1`` are not computed (left 0: the caller knows them).
     """
     x, d = ray.x, ray.d
     shape = (-1,) + (1,) * (x.ndim - 1)
     a_, b_ = a.view(shape), b.view(shape)
     ends = torch.empty((2,) + tuple(x.shape), dtype=x.dtype, device=x.device)
     torch.addcmul(x, a_, d, out=ends[0]).clamp_(ray.lo, ray.hi)
-    torch.addcmul(x, b_, d, out=ends[1]).clamp_(ray.lo, ray.hi)
-    deviation = x.new_zeros(len(x))
+    if far:
+        torch.addcmul(x, b_, d, out=ends[1]).clamp_(ray.lo, ray.hi)
+    else:
+        ends[1].zero_()
     at = ((ray.meet > a_) & (ray.meet < b_)).nonzero(as_tuple=True)
     rad = x.new_zeros(0)
     if len(at[0]):
-        rows = at[0]
-        v0, v1 = ends[0][at], ends[1][at]
-        t = ((ray.meet[at] - a[rows]) / (b[rows] - a[rows]).clamp_min(torch.finfo(torch.float64).tiny)).clamp_(0.0, 1.0)
-        dev = ray.bound[at] - (v0 + t * (v1 - v0))
-        half = 0.5 * dev
-        ends[0][at] = v0 + half
-        ends[1][at] = v1 + half
-        rad = half.abs() * (1.0 + 8 * _U)
-        deviation = deviation.scatter_reduce(0, rows, dev.abs(), "amax")
-    # rounding of the products, sums, chords and deviations above: a few units in the last place of the
-    # largest magnitude in play, per input (kept apart so that the radius stays exactly 0 off the breakpoints)
-    slack = 16 * _U * (ray.scale + b.abs() * ray.dmax + 2 * deviation) + 1e-300
+        # at t = 0 the coordinate lies between its value v0 and the bound; at t = 1 it is the bound
+        v0, bound = ends[0][at], ray.bound[at]
+        ends[0][at] = 0.5 * (v0 + bound)
+        ends[1][at] = bound
+        rad = 0.5 * (bound - v0).abs() * (1.0 + 8 * _U)
+    # rounding of the products, sums and halves above: a few units in the last place of the largest
+    # magnitude in play, per input (kept apart so that the radius stays exactly 0 off the breakpoints)
+    slack = 16 * _U * (ray.scale + b.abs() * ray.dmax) + 1e-300
     return ends, at, rad, slack
 
 
 def _input_centre(ray: Ray, a: Tensor, b: Tensor) -> _Centre:
     """:func:`_input_ends` as a :class:`_Centre` ``(2N, *shape)`` (every product in float64)."""
     ends, at, rad_at, slack = _input_ends(ray, a, b)
-    rad = torch.zeros_like(ends[0])
-    rad[at] = rad_at
+    rad = torch.zeros_like(ends)
+    rad[0][at] = rad_at
     shape = (-1,) + (1,) * (ends.ndim - 2)
-    return _Centre(ends.flatten(0, 1), torch.cat([rad, rad]), torch.cat([slack, slack]).view(shape))
+    return _Centre(ends.flatten(0, 1), rad.flatten(0, 1), torch.cat([slack, slack]).view(shape))
 
 
 def _centre(bnd: _Bounds) -> _Centre:
@@ -540,7 +545,7 @@ def margin_bounds(
         rounding). The entry of ``y`` itself is ``+inf`` (lower) and ``+inf`` (upper).
     """
     ray = make_ray(inputs, directions, bounds)
-    at = None if pivot is None else pivot_values(net, ray_points(ray.x, ray.d, pivot.double(), bounds))
+    at = None if pivot is None else pivot_values(net, ray_points(ray.x, ray.d, pivot.double(), bounds))._replace(eps=pivot.double())
     return margin_bounds_on(net, ray, labels, a, b, at)
 
 
@@ -657,20 +662,61 @@ def _halves(t: Tensor) -> Tensor:
     return t.view((2, len(t) // 2) + tuple(t.shape[1:]))
 
 
-def _input_offsets(ray: Ray, a: Tensor, b: Tensor, v_in: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+class _FirstProduct(NamedTuple):
+    """What the first product needs to know of the input stage: the rows whose offsets are exactly 0 (a
+    segment that ends at its pivot: no product is taken for that end), and, before a ``Linear`` layer,
+    the input radius as a sparse CSR matrix ``(2N, D)`` (only the few coordinates that meet the box have one)."""
+
+    zero_rows: Tensor | None  # (2N,) bool
+    csr: Tensor | None
+
+
+def _input_offsets(
+    ray: Ray, a: Tensor, b: Tensor, v_in: Tensor, pivot_eps: Tensor | None = None, sparse: bool = False
+) -> tuple[tuple[Tensor, Tensor | None, Tensor], _FirstProduct]:
     """The bounds of :func:`_input_ends` in offset form from the pivot's input ``v_in`` ``(N, *shape)``:
-    ``(o, r, slack)``, ``o`` ``(2N, *shape)`` float32 centre offsets (end 0 then end 1), ``r`` ``(N, *shape)``
-    float32 radius, the same at both ends, ``slack`` ``(2N, 1, ...)`` float64 per row."""
-    ends, at, rad_at, slack = _input_ends(ray, a, b)
+    ``(o, r, slack)``, ``o`` ``(2N, *shape)`` float32 centre offsets and ``r`` float32 radius (end 0 then
+    end 1: 0 there), ``slack`` ``(2N, 1, ...)`` float64 per row; ``r`` is None with ``sparse`` (it is then
+    :attr:`_FirstProduct.csr`).
+
+    Where ``b`` is the pivot's own ε (``pivot_eps``), the offsets at ``b`` are set to 0: the exact point
+    and the pivot's input ``v_in`` (the same ray point, rounded in float64) differ by less than the slack.
+    """
+    same = None if pivot_eps is None else pivot_eps == b
+    everywhere = same is not None and bool(same.all())
+    ends, at, rad_at, slack = _input_ends(ray, a, b, far=not everywhere)
     n = len(v_in)
-    r = torch.zeros(v_in.shape, dtype=torch.float32, device=v_in.device)
-    r[at] = torch.where(rad_at > 0, _f32_up(rad_at), 0.0)
-    ends.sub_(v_in)  # the offsets δ, rounded to nearest: off by u·|δ|
+    rad32 = torch.where(rad_at > 0, _f32_up(rad_at), 0.0) if len(rad_at) else rad_at.float()
+    r: Tensor | None = None
+    csr: Tensor | None = None
+    if sparse:  # at is in row-major order (nonzero): the CSR rows are the first N (end 0)
+        dims = tuple(v_in.shape[1:])
+        col = at[-1].clone() if len(dims) else torch.zeros_like(at[0])
+        stride = 1
+        for k in range(len(dims) - 1, 0, -1):
+            stride *= dims[k]
+            col += at[k] * stride
+        crow = torch.zeros(2 * n + 1, dtype=torch.int64, device=v_in.device)
+        crow[1:] = torch.cumsum(torch.bincount(at[0], minlength=2 * n), 0)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": the product used is torch's plain one
+            warnings.simplefilter("ignore", UserWarning)
+            csr = torch.sparse_csr_tensor(crow, col, rad32, size=(2 * n, math.prod(dims)), check_invariants=False)
+    else:
+        r = torch.zeros((2 * n,) + tuple(v_in.shape[1:]), dtype=torch.float32, device=v_in.device)
+        r[at] = rad32  # end 0 only: the first N rows
+    zero_rows = None
+    if everywhere:
+        ends[0].sub_(v_in)  # the offsets δ, rounded to nearest: off by u·|δ|
+    else:
+        ends.sub_(v_in)
+    if same is not None and bool(same.any()):
+        ends[1][same] = 0.0
+        zero_rows = torch.cat([torch.zeros_like(same), same])
     o = ends.flatten(0, 1).float()  # off by u32·|δ| more
     # |δ| ≤ |o|/(1 − u32) (plus underflow): the largest |o| per row bounds both roundings
     reach = o.abs().flatten(1).amax(dim=1) * (1.0 + 2.0**-22) + _TINY32
     sl = torch.cat([slack, slack]) + (_U + _U32) * (1.0 + 2.0**-20) * reach + _TINY32
-    return o, r, sl.view((2 * n,) + (1,) * (v_in.ndim - 1))
+    return (o, r, sl.view((2 * n,) + (1,) * (v_in.ndim - 1))), _FirstProduct(zero_rows, csr)
 
 
 def _forward_offsets(net: BoundNet, ray: Ray, a: Tensor, b: Tensor, pivot: Pivot) -> _Centre | None:
@@ -682,48 +728,60 @@ def _forward_offsets(net: BoundNet, ray: Ray, a: Tensor, b: Tensor, pivot: Pivot
     assert plan is not None
     first = next(i for kind, i, _ in plan if kind == "affine")
     v_in = pivot.at[first][0]
-    # (o, r, slack): r is (N, ...), the same at both ends, until the first product
-    state = _input_offsets(ray, a, b, v_in.view((len(v_in),) + tuple(ray.x.shape[1:])))
+    sparse = isinstance(net.layers[first], nn.Linear)
+    state, first_product = _input_offsets(ray, a, b, v_in.view((len(v_in),) + tuple(ray.x.shape[1:])), pivot.eps, sparse)
     for kind, i, pool in plan:
         o, r, sl = state
         if kind == "flatten":
             if all(k == 1 for k in sl.shape[1:]):  # a per-row slack stays apart (the radius stays sparse)
                 sl = sl.flatten(1)
             else:  # a per-channel slack becomes part of every element's radius
+                assert r is not None
                 r = _up32(r + _f32_up(sl)) if bool(sl.any()) else r
                 sl = torch.zeros((len(o), 1), dtype=torch.float64, device=o.device)
-            state = (o.flatten(1), r.flatten(1), sl)
+            state = (o.flatten(1), None if r is None else r.flatten(1), sl)
         elif kind == "affine":
-            out = _offset_affine(net.affine[id(net.layers[i])], state, pivot.at[i][1])
+            out = _offset_affine(net.affine[id(net.layers[i])], state, pivot.at[i][1], first_product if i == first else None)
             if out is None:
                 return None
             state = out
         else:
             state = _offset_relu(state, pool, *pivot.at[i])
     o, r, sl = state
+    assert r is not None
     (v_last,) = pivot.at[len(net.layers) - 1]
     mid = (_halves(o.double()) + v_last).view_as(o).double()  # rounded: u·|mid|
     rad = (r.double() + sl) * (1.0 + 4 * _U) + 2 * _U * mid.abs()
     return _Centre(mid, rad, _no_slack(mid))
 
 
-def _offset_affine(op: _Affine, state: tuple[Tensor, Tensor, Tensor], v_err: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+def _offset_affine(
+    op: _Affine, state: tuple[Tensor, Tensor | None, Tensor], v_err: Tensor, first: _FirstProduct | None = None
+) -> tuple[Tensor, Tensor, Tensor] | None:
     """``W·z + b`` in offset form: the pivot's value becomes ``W·V + b`` (its rounding, ``v_err``, joins the
-    slack); the offsets ``W·o`` and radius ``|W|·r`` are float32 products with their rounding bounded."""
+    slack); the offsets ``W·o`` and radius ``|W|·r`` are float32 products with their rounding bounded.
+    ``first``: from :func:`_input_offsets`, for the first product (rows known to be 0, a sparse radius)."""
     o, r, sl = state
     reach = o.abs().flatten(1).amax(dim=1)
     if not float(reach.max()) * float(op.row_abs.max()) < 1e30 or not _plain_float32(op, o):
         return None
     n = op.fan_in
     g = _gamma32(n)
-    out_o = _apply(op, o, op.weight32, None)
+    zero = None if first is None else first.zero_rows
+    if zero is not None:  # rows of zeros give zeros: the product only of the others
+        live = torch.nonzero(~zero).squeeze(1)
+        part = _apply(op, o[live], op.weight32, None)
+        out_o = torch.zeros((len(o),) + tuple(part.shape[1:]), dtype=part.dtype, device=part.device)
+        out_o[live] = part
+    else:
+        out_o = _apply(op, o, op.weight32, None)
     # a float32 sum of non-negative products is at least (1 − γ_n) times the exact one (and the weights
     # of a float64 model, rounded to float32, within u32 of their own): 4γ_n covers both and this rounding
     widen = functools.partial(_widen, factor=1.0 + 4 * g)
-    if len(r) < len(o):  # the input's radius, the same at both ends: one product for both
-        out_r = _radius_product(op, r, op.abs_weight32, out_o[: len(r)], widen=widen)
-        out_r = torch.cat([out_r, out_r])
+    if first is not None and first.csr is not None:  # a sparse input radius: a sparse product (any order of the sum is covered)
+        out_r = widen(torch.mm(first.csr, op.abs_weight32.t()))
     else:
+        assert r is not None
         out_r = _radius_product(op, r, op.abs_weight32, out_o, widen=widen)
     # the slack: the incoming one through |W| (at most Σ|w|·max slack), the pivot product's rounding, the
     # float32 sum of products (γ_n·Σ|w||o|), the weights' rounding to float32 (u32·Σ|w||o|), underflow
@@ -927,15 +985,16 @@ def certified_crossing(
     limit = torch.where(torch.isfinite(hint_hi), torch.clamp(hint_hi, max=eps_max), torch.full_like(hint_hi, eps_max))
     c = torch.zeros(n, dtype=torch.float64, device=device)
     ray = make_ray(inputs, directions, bounds)
-    # the products are taken in float32 as offsets from the float64 values of one point per input, the
-    # end of the ray the search cannot pass: the segments near the crossing, where precision matters, are
-    # near it
-    pivot_at = limit.clone()
-    # float32 offsets are taken only on the CPU (_plain_float32): elsewhere no pivot, every pass in float64
-    pivot = _pivots(net, ray, pivot_at, bounds, batch_size) if device.type == "cpu" else Pivot({})
+    # the products are taken in float32 as offsets from the float64 values of one point per input near the
+    # crossing (the end of the first segment, the last point the scan saw correct): the segments near the
+    # crossing, where precision matters, are near it
     seen = hint_lo.to(device=device, dtype=torch.float64)
     first = seen.clamp(max=eps_max)
     w = torch.where(first > 0, first, limit)
+    # the first segment ends at its pivot, so that no product is taken for that end (_input_offsets)
+    pivot_at = torch.minimum(w, limit)
+    # float32 offsets are taken only on the CPU (_plain_float32): elsewhere no pivot, every pass in float64
+    pivot = _pivots(net, ray, pivot_at, bounds, batch_size) if device.type == "cpu" else Pivot({})
     active = torch.nonzero(limit > 0).squeeze(1)  # an input misclassified at ε = 0 has nothing to prove
     rows = 0
     while len(active):
@@ -965,7 +1024,8 @@ def certified_crossing(
         t_k = torch.where(crossing, lo_a / torch.where(crossing, lo_a - lo_b, 1.0), 1.0)
         t_k = torch.where(lo_a <= 0, 0.0, t_k)
         t = t_k.amin(dim=1).clamp(0.0, 1.0) * (1.0 - 2.0**-40)  # strictly before the root, whatever its rounding
-        reached = torch.where(whole, b, _down(a + t * (b - a)).clamp(min=a))
+        # two ulps down: a + t·(b − a) is within 1.5 ulps of its exact value
+        reached = torch.where(whole, b, _down(_down(a + t * (b - a))).clamp(min=a))
         reached = torch.where(whole, reached, torch.minimum(reached, b))
         c[active] = reached
         advanced = reached - a
@@ -974,6 +1034,13 @@ def certified_crossing(
         done_censored = whole & (b >= eps_max)
         certified[active[done_censored]] = True
         eps_lo[active[done_censored]] = eps_max
+        # proved to within tol of the hint's misclassified point: that point closes the bracket (verified below)
+        h = hint_hi[active]
+        closed = whole & ~done_censored & (h <= eps_max) & (h - b <= tol) & (h > b)
+        done = active[closed]
+        certified[done] = True
+        eps_lo[done] = b[closed]
+        eps_hi[done] = hint_hi[done]
         # try the point just past the proved stretch (where its margin is within the noise, a ladder beyond it)
         # where a crossing is to be expected there: past the last point the scan saw correct, or where the
         # pass advanced little (a crossing the scan stepped over holds the walk back); elsewhere the next
@@ -1046,7 +1113,7 @@ def _pivots(net: BoundNet, ray: Ray, at: Tensor, bounds: Bounds | tuple[float, f
         pivot_values(net, ray_points(ray.x[s : s + batch_size], ray.d[s : s + batch_size], at[s : s + batch_size], bounds))
         for s in range(0, len(at), batch_size)
     ]
-    return Pivot({k: tuple(torch.cat([p.at[k][i] for p in parts]) for i in range(len(v))) for k, v in parts[0].at.items()})
+    return Pivot({k: tuple(torch.cat([p.at[k][i] for p in parts]) for i in range(len(v))) for k, v in parts[0].at.items()}, at.clone())
 
 
 def _move_pivots(pivot: Pivot, idx: Tensor, new: Pivot) -> None:
@@ -1054,6 +1121,8 @@ def _move_pivots(pivot: Pivot, idx: Tensor, new: Pivot) -> None:
     for k, parts in pivot.at.items():
         for old, fresh in zip(parts, new.at[k], strict=True):
             old[idx] = fresh
+    if pivot.eps is not None and new.eps is not None:
+        pivot.eps[idx] = new.eps
 
 
 #: where the point ``tol`` past the proved stretch is within the noise band, the points ``tol·2^k`` past it,

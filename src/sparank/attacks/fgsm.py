@@ -705,9 +705,88 @@ def place_crossings(
     grid = _scan_grid(eps_max, step).to(device)
     start = torch.zeros(len(active), dtype=torch.float64, device=device)
     brackets, rows = _scan(model, inputs, labels, directions, grid, active, start, margin0[active], allowance, bounds, batch_size)
-    refined, more = _refine(model, inputs, labels, directions, brackets, allowance, bounds, width, batch_size)
-    lo[refined.idx], hi[refined.idx] = refined.lo, refined.hi
+    more = _place_refine(model, inputs, labels, directions, brackets, bounds, width, batch_size)
+    lo[brackets.idx], hi[brackets.idx] = brackets.lo, brackets.hi
     return lo, hi, n + rows + more
+
+
+#: rounds of :func:`_place_refine` at most (3 or 4 suffice on the benchmark's models)
+PLACE_ROUNDS = 16
+
+
+def _place_refine(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    directions: Tensor,
+    b: _Brackets,
+    bounds: Bounds,
+    width: float,
+    batch_size: int,
+) -> int:
+    """Narrow the brackets ``b`` in place towards ``width``, unverified (a hint): two points per round, the
+    secant root of the margin ± a spread ``min(w/16, 4·w²)`` for a bracket of width ``w``.
+
+    The margin is piecewise affine along the ray, so the secant root's error shrinks about as ``w²`` (on
+    the Fashion-MNIST MLP, nine in ten are within ``w/16`` of the crossing from ``w = 0.05`` and within
+    ``4·w²`` from ``w = 2e-3``): two points then bracket the crossing, where :func:`_refine` (which must also
+    verify) spends three. A bracket that did not halve in a round gets its midpoint too; one that stops
+    shrinking (a noise band wider than ``width``) is left as it is. Returns the rows evaluated.
+    """
+    rows = 0
+    everyone = torch.arange(len(b.idx), device=b.idx.device)
+    halved = torch.ones(len(b.idx), dtype=torch.bool, device=b.idx.device)
+    open_ = b.hi - b.lo > width
+    for _ in range(PLACE_ROUNDS):
+        if not bool(open_.any()):
+            break
+        for slow in (False, True):  # a bracket that did not halve gets its midpoint too
+            k = everyone[open_ & (halved == (not slow))]
+            if not len(k):
+                continue
+            a, z, ma, mz = b.lo[k], b.hi[k], b.m_lo[k].clamp_min(0.0), b.m_hi[k]
+            w = z - a
+            root = a + w * ma / (ma - mz).clamp_min(torch.finfo(torch.float64).tiny)
+            delta = torch.clamp(torch.minimum(w / 16, 4 * w * w), min=width / 4)
+            cand = torch.stack([root - delta, root + delta] + ([a + 0.5 * w] if slow else []), dim=1)
+            cand = torch.minimum(torch.maximum(cand, a[:, None]), z[:, None]).sort(dim=1).values
+            rows += _narrow_round(model, inputs, labels, directions, b, k, cand, bounds, batch_size)
+            new_w = b.hi[k] - b.lo[k]
+            halved[k] = new_w <= 0.5 * w
+            open_[k] = (new_w > width) & (new_w < w)
+    return rows
+
+
+def _narrow_round(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    directions: Tensor,
+    b: _Brackets,
+    k: Tensor,
+    cand: Tensor,
+    bounds: Bounds,
+    batch_size: int,
+) -> int:
+    """Evaluate sorted candidates ``cand`` ``(r, c)`` inside the brackets ``k`` of ``b`` and narrow them in place to
+    the first point misclassified beyond the noise and the last classified ``y`` before it. Returns the rows."""
+    a, z = b.lo[k], b.hi[k]
+    c = cand.shape[1]
+    owners = b.idx[k].repeat_interleave(c)
+    points = ray_points(inputs[owners], directions[owners], cand.flatten(), bounds)
+    margin, floor, argmax_wrong = _evaluate(model, points, labels[owners], owners, batch_size)
+    margin = margin.view(-1, c)
+    robust = (margin < -floor.view(-1, c)) & (cand > a[:, None])
+    correct = ~argmax_wrong.view(-1, c) & (cand < z[:, None])
+    pts = torch.cat([a[:, None], cand, z[:, None]], dim=1)
+    mar = torch.cat([b.m_lo[k, None], margin, b.m_hi[k, None]], dim=1)
+    yes = torch.ones(len(k), 1, dtype=torch.bool, device=a.device)
+    j = torch.cat([~yes, robust, yes], dim=1).int().argmax(dim=1, keepdim=True)
+    before = torch.arange(c + 2, device=a.device)[None, :] < j
+    i = _last_true(torch.cat([yes, correct, ~yes], dim=1) & before)[:, None]
+    b.lo[k], b.hi[k] = pts.gather(1, i).squeeze(1), pts.gather(1, j).squeeze(1)
+    b.m_lo[k], b.m_hi[k] = mar.gather(1, i).squeeze(1), mar.gather(1, j).squeeze(1)
+    return len(owners)
 
 
 def certified_search(
@@ -744,7 +823,7 @@ def certified_search(
         return found._replace(certified=torch.zeros(n, dtype=torch.bool))
     hint_lo, hint_hi, rows = place_crossings(
         scanner if scanner is not None else model, inputs, labels, directions, step=min(max(resolution, PLACEMENT_STEP), eps_max),
-        width=max(tol, PLACEMENT_TOL), bounds=bounds, eps_max=eps_max, batch_size=batch_size,
+        width=tol, bounds=bounds, eps_max=eps_max, batch_size=batch_size,
     )  # fmt: skip
     # the progress is the walk's (where the time goes): inputs whose proof is done
     cert = certified_crossing(
