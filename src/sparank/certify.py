@@ -137,6 +137,24 @@ class BoundNet(NamedTuple):
 
     layers: list[nn.Module]
     affine: dict[int, _Affine]  # by id of the Linear / Conv2d module
+    margins: _Margins  # the last layer folded into the margins f_y − f_k
+
+
+class _Margins(NamedTuple):
+    """The last layer's rows as margins, by true class ``y``: ``w_y − w_k`` ``(K, K, H)``, their absolute values and
+    absolute sums ``(K, K)``, and ``b_y − b_k`` ``(K, K)``, float64 (exact: differences of float32 weights)."""
+
+    diff: Tensor
+    abs_diff: Tensor
+    abs_sum: Tensor
+    bias: Tensor
+
+
+def _margins(layer: nn.Linear) -> _Margins:
+    w = layer.weight.detach().double()
+    b = layer.bias.detach().double() if layer.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64, device=w.device)
+    diff = w[:, None, :] - w[None, :, :]
+    return _Margins(diff, diff.abs(), diff.abs().sum(dim=2), b[:, None] - b[None, :])
 
 
 def bound_network(model: nn.Module) -> BoundNet:
@@ -163,7 +181,7 @@ def bound_network(model: nn.Module) -> BoundNet:
             raise Unsupported("Flatten with start_dim != 1 has no certified bounds")
     if not layers or not isinstance(layers[-1], nn.Linear):
         raise Unsupported("the last layer must be Linear (it is folded into the margins)")
-    return BoundNet(layers, {id(m): _affine(m) for m in layers if isinstance(m, nn.Linear | nn.Conv2d)})
+    return BoundNet(layers, {id(m): _affine(m) for m in layers if isinstance(m, nn.Linear | nn.Conv2d)}, _margins(layers[-1]))
 
 
 def _base_type(m: nn.Module) -> type:
@@ -559,17 +577,16 @@ def margin_bounds_on(
     if cen is None:
         state = _forward_bounds(net, net.layers[:-1], _input_centre(ray, a, b))
         cen = state if isinstance(state, _Centre) else _centre(state)
-    op = net.affine[id(net.layers[-1])]
-    w, bias = op.weight, op.bias if op.bias is not None else torch.zeros(op.weight.shape[0], dtype=torch.float64)
+    last = net.margins
     n = len(labels)
-    c = w[labels][:, None, :] - w[None, :, :]  # (N, K, H): exact differences of float32 weights
-    db = bias[labels][:, None] - bias[None, :]  # (N, K)
+    c = last.diff[labels]  # (N, K, H): exact differences of float32 weights
+    db = last.bias[labels]  # (N, K)
     mid, rad = cen.mid, _with_slack(cen)  # (2N, H)
     mid2 = torch.stack([mid[:n], mid[n:]], dim=2)  # (N, H, 2)
     rad2 = torch.stack([rad[:n], rad[n:]], dim=2)
     centre = torch.bmm(c, mid2) + db[:, :, None]  # (N, K, 2)
-    spread = torch.bmm(c.abs(), rad2)
-    c_abs_sum = c.abs().sum(dim=2)  # (N, K)
+    spread = torch.bmm(last.abs_diff[labels], rad2)
+    c_abs_sum = last.abs_sum[labels]  # (N, K)
     scale = torch.maximum(mid2.abs().amax(dim=(1, 2)), rad2.abs().amax(dim=(1, 2))).clamp_min(1.0)
     err = _gamma(c.shape[2]) * (c_abs_sum * 2 * scale[:, None] + db.abs())
     lower = _down(centre - spread - err[:, :, None])
@@ -577,7 +594,7 @@ def margin_bounds_on(
     # a NaN (an overflow somewhere) proves nothing: the widest bounds instead
     lower = torch.where(torch.isnan(lower), -math.inf, lower)
     upper = torch.where(torch.isnan(upper), math.inf, upper)
-    own = torch.nn.functional.one_hot(labels, w.shape[0]).bool()
+    own = torch.nn.functional.one_hot(labels, c.shape[1]).bool()
     lower = lower.masked_fill(own[:, :, None], math.inf)
     upper = upper.masked_fill(own[:, :, None], math.inf)
     return lower[..., 0], lower[..., 1], upper[..., 0], upper[..., 1]

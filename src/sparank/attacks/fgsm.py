@@ -772,8 +772,11 @@ def _narrow_round(
     the first point misclassified beyond the noise and the last classified ``y`` before it. Returns the rows."""
     a, z = b.lo[k], b.hi[k]
     c = cand.shape[1]
-    owners = b.idx[k].repeat_interleave(c)
-    points = ray_points(inputs[owners], directions[owners], cand.flatten(), bounds)
+    who = b.idx[k]
+    owners = who.repeat_interleave(c)
+    # ray_points of every candidate, each input's row gathered once: (r, c, *shape)
+    eps = cand.to(inputs.dtype).view(cand.shape + (1,) * (inputs.ndim - 1))
+    points = (inputs[who].unsqueeze(1) + eps * directions[who].unsqueeze(1)).clamp_(bounds[0], bounds[1]).flatten(0, 1)
     margin, floor, argmax_wrong = _evaluate(model, points, labels[owners], owners, batch_size)
     margin = margin.view(-1, c)
     robust = (margin < -floor.view(-1, c)) & (cand > a[:, None])
@@ -787,6 +790,10 @@ def _narrow_round(
     b.lo[k], b.hi[k] = pts.gather(1, i).squeeze(1), pts.gather(1, j).squeeze(1)
     b.m_lo[k], b.m_hi[k] = mar.gather(1, i).squeeze(1), mar.gather(1, j).squeeze(1)
     return len(owners)
+
+
+#: the inputs on which :func:`sparank.certify.check_walk` compares the layer walk with the model's forward pass
+WALK_CHECK = 32
 
 
 def certified_search(
@@ -815,7 +822,7 @@ def certified_search(
     device = inputs.device
     try:
         net = bound_network(model)
-        check_walk(model, net, inputs[:batch_size])
+        check_walk(model, net, inputs[:WALK_CHECK])
     except Unsupported:
         net = None
     if net is None or n == 0:
