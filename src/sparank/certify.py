@@ -10,10 +10,11 @@ https://arxiv.org/abs/1908.06214). An affine function on ``[0, 1]`` is held
 by its values at the two ends, so every relaxation is a comparison of
 numbers, never an approximation:
 
-- input: each clipped coordinate is monotone in ``t``; its chord, shifted
-  down and up by its largest deviation at the (at most two) points where it
-  meets the box, bounds it; a coordinate that does not meet the box inside
-  the segment is its chord exactly;
+- input: a coordinate that does not meet the box inside the segment is its
+  chord exactly; one that does (it starts inside, so at most once) is concave
+  or convex in ``t``, bounded on one side by its chord and on the other by
+  the bound it reaches (its tangent at ``t = 1``): both lines are exact at the
+  far end;
 - ``Linear`` / ``Conv2d`` / ``AvgPool2d`` / eval-mode ``BatchNorm``: exact,
   as centre ``W·m + b`` and radius ``|W|·r`` of the two bounds;
 - ``ReLU``: ``relu`` of an affine function of ``t`` is convex, so above it
@@ -25,18 +26,25 @@ numbers, never an approximation:
 - ``MaxPool2d``: above, the chord of the window's largest upper ends (a
   maximum of affine functions is convex); below, the lower bound of the one
   element with the largest mean lower bound (on the Fashion-MNIST CNN this
-  took a fifth fewer bound passes than the largest at ``t = 1``);
+  took a fifth fewer bound passes than the largest at ``t = 1``, with which
+  the long first segment's bound is exact at ``t = 1`` but far too loose at
+  ``t = 0``);
 - the last ``Linear`` layer is folded into the margins ``f_y − f_k`` (exact:
   a difference of two float32 weights is exact in float64).
 
-Where no ReLU or pool changes state and no pixel meets the box on the
-segment, the two bounds coincide and the margin is known exactly: its root is
-the crossing. :func:`certified_crossing` walks each ray from 0 with
-segments that double while their lower margin bound stays positive, jumps
-to the root of the lowest margin bound where it does not (everything before
-that root is proved correct), and tries the point ``tol`` past it with a
-forward pass where a crossing is expected there. A coarse unverified scan
-(:func:`sparank.attacks.fgsm.place_crossings`) places the first segments.
+Without max-pooling, the bounds are therefore exact at ``t = 1`` up to
+rounding (on the Fashion-MNIST MLP within 3e-10 of the margin); where no
+ReLU or pool changes state and no pixel meets the box on the segment, the
+two bounds coincide everywhere and the margin is known exactly.
+:func:`certified_crossing` walks each ray from 0 with segments that double
+while their lower margin bound stays positive, jumps to the root of the
+lowest margin bound where it does not (everything before that root is
+proved correct), and tries the point ``tol`` past it with a forward pass
+where a crossing is expected there. A coarse unverified scan
+(:func:`sparank.attacks.fgsm.place_crossings`) narrowed to ``tol`` places
+the first segment, ``[0, lo]``: where one bound pass proves it, the scan's
+misclassified point ``hi`` closes the bracket (on the Fashion-MNIST MLP,
+0.97 bound passes per input).
 
 **Rounding.** Bounds are computed in float64 and widened so that they stay
 sound: every matrix product gets the a-priori error bound of a dot product,
@@ -965,7 +973,8 @@ def certified_crossing(
 
     Each input walks its ray from ``c = 0``: a bound pass over ``[c, c + w]``
     (:func:`margin_bounds`); where every margin's lower bound is positive at
-    both ends the whole segment is proved and ``w`` doubles; otherwise ``c``
+    both ends the whole segment is proved and ``w`` doubles (where it ends within
+    ``tol`` below ``hint_hi``, the bracket ``[c, hint_hi]`` is the result); otherwise ``c``
     moves to the first root of the lower bounds (everything before it is
     proved), the point ``c + tol`` is tried with a forward pass where a crossing
     is to be expected there (``c`` is past ``hint_lo``, or the pass advanced less
