@@ -269,8 +269,9 @@ def test_a_stretch_1e5_wide_is_found_by_certify_and_stepped_over_by_the_scan():
     width=st.sampled_from([1e-6, 1e-3, 0.05, 0.5]),
     norm=st.sampled_from(["linf", "l2"]),
     pivot=st.sampled_from([None, "start", "end", "far"]),
+    choice=st.sampled_from(["mean", "far", "mixed"]),
 )
-def test_sampled_margins_lie_inside_the_bounds(seed, arch, start, width, norm, pivot):
+def test_sampled_margins_lie_inside_the_bounds(seed, arch, start, width, norm, pivot, choice):
     if arch == "mlp":
         model = _random_mlp(seed).double()
         shape: tuple[int, ...] = (1, 4, 4)
@@ -290,7 +291,9 @@ def test_sampled_margins_lie_inside_the_bounds(seed, arch, start, width, norm, p
     # float32 offsets from a pivot (where the layers allow it: not with average pooling or batch norm), at
     # either end of the segment or far from it, or every product in float64
     at = {None: None, "start": a, "end": b, "far": torch.full_like(a, 0.9 - start)}[pivot]
-    lo_a, lo_b, up_a, up_b = margin_bounds(net, x, y, d, a, b, (0.0, 1.0), pivot=at)
+    # max-pool windows: the lower line of the largest mean or of the largest far end, per segment
+    far = {"mean": None, "far": torch.ones(6, dtype=torch.bool), "mixed": torch.arange(6) % 2 == 0}[choice]
+    lo_a, lo_b, up_a, up_b = margin_bounds(net, x, y, d, a, b, (0.0, 1.0), pivot=at, far=far)
     other = ~torch.nn.functional.one_hot(y, model[-1].out_features).bool()
     for t in torch.linspace(0.0, 1.0, 41, dtype=torch.float64):
         with torch.inference_mode():
@@ -429,8 +432,8 @@ def test_inputs_left_unproved_keep_the_scan_refined_to_tol(digits, digits_mlp, m
     tol = 1e-6
     original = certify.margin_bounds_on
 
-    def useless_for_odd_labels(net, ray, labels, a, b, pivot=None):
-        lo_a, lo_b, hi_a, hi_b = original(net, ray, labels, a, b, pivot)
+    def useless_for_odd_labels(net, ray, labels, a, b, *rest):
+        lo_a, lo_b, hi_a, hi_b = original(net, ray, labels, a, b, *rest)
         odd = (labels % 2 == 1)[:, None]
         return lo_a.masked_fill(odd, -math.inf), lo_b.masked_fill(odd, -math.inf), hi_a, hi_b
 
