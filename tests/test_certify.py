@@ -315,6 +315,46 @@ def test_bounds_are_exact_where_nothing_switches():
     assert float((up_a - lo_a)[0, 1:].max()) < 1e-12 and float((up_b - lo_b)[0, 1:].max()) < 1e-12
 
 
+@pytest.mark.parametrize(("arch", "pivot"), [("mlp", None), ("mlp", "end"), ("cnn-max", None), ("cnn-max", "end")])
+def test_bounds_are_exact_at_the_far_end_of_a_long_segment(arch, pivot):
+    """Over [0, 0.3] (a max-pool network: over [0.2, 0.3], short enough for max-pool windows to take the far-end
+    choice), with pixels meeting the box and ReLUs switching inside, the lower and upper margin bounds at the far
+    end are the margin there, up to rounding, while at the near end they are far apart: what lets one bound pass
+    prove a whole ray up to the crossing."""
+    model = (_random_mlp(21) if arch == "mlp" else _random_cnn(22)).double()
+    shape = (1, 4, 4) if arch == "mlp" else (1, 8, 8)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.rand((8, *shape), generator=gen, dtype=torch.float64)
+    y = torch.randint(0, model[-1].out_features, (8,), generator=gen)
+    d = fgsm_direction(model, x, y)
+    start = 0.0 if arch == "mlp" else 0.2
+    a, b = torch.full((8,), start, dtype=torch.float64), torch.full((8,), 0.3, dtype=torch.float64)
+    net = bound_network(model)
+    inside = (x + start * d < 1) & (x + start * d > 0)
+    meets = ((x + 0.3 * d > 1) | (x + 0.3 * d < 0)) & inside
+    assert int(meets.flatten(1).sum(dim=1).min()) >= 1  # every ray meets the box inside the segment
+    far = torch.ones(8, dtype=torch.bool)
+    lo_a, lo_b, up_a, up_b = margin_bounds(net, x, y, d, a, b, (0.0, 1.0), pivot=None if pivot is None else b, far=far)
+    with torch.inference_mode():
+        z = model(ray_points(x, d, b, (0.0, 1.0)))
+    margin = z.gather(1, y[:, None]) - z
+    other = ~torch.nn.functional.one_hot(y, model[-1].out_features).bool()
+    assert float((margin - lo_b)[other].abs().max()) < 1e-9 and float((up_b - margin)[other].abs().max()) < 1e-9
+    assert float((up_a - lo_a)[other].median()) > 1e-2  # loose at the near end: the test is not vacuous
+
+
+def test_one_bound_pass_proves_most_rays_of_an_mlp(digits, digits_mlp):
+    """With the hint narrowed to tol and bounds exact at the far end, one bound pass over [0, lo] proves most rays
+    of an MLP up to the hint's misclassified point, which closes the bracket (2 passes each, before)."""
+    x, y = digits.test_x[:150], digits.test_y[:150]
+    r = fgsm_robustness(digits_mlp, x, y, eps_max=0.5, resolution=1e-2, tol=1e-6, certify=True)
+    assert r.certified is not None and bool(r.certified.all())
+    walked = int((r.status != CLEAN_WRONG).sum())
+    assert r.bound_passes <= 1.3 * walked
+    fooled = r.status == FOOLED
+    assert float((r.eps_hi[fooled] - r.eps_lo[fooled] <= 1e-6).double().mean()) >= 0.95
+
+
 @pytest.mark.parametrize("kind", ["linear", "conv"])
 def test_float32_offset_products_stay_inside_their_error_bound(kind):
     """The float32 product of an offset layer, with its radius and slack, holds the float64 product of every point

@@ -25,7 +25,7 @@ numbers, never an approximation:
   bound passes than the larger mean on the Fashion-MNIST MLP);
 - ``MaxPool2d``: above, the chord of the window's largest upper ends (a
   maximum of affine functions is convex); below, the lower bound of one
-  element: on a short segment (near the crossing, :data:`FAR_CHOICE`) the
+  element: on a short segment ending at the crossing (:data:`FAR_CHOICE`) the
   one largest at ``t = 1``, exact there; on a long one the one with the
   largest mean lower bound (the largest at ``t = 1`` makes the long first
   segment's bound exact at ``t = 1`` but far too loose at ``t = 0``);
@@ -328,7 +328,7 @@ def make_ray(inputs: Tensor, directions: Tensor, bounds: Bounds | tuple[float, f
     return Ray(x, d, meet, bound, flat[0] + abs(lo) + abs(hi), flat[1], lo, hi)
 
 
-def _input_ends(ray: Ray, a: Tensor, b: Tensor, far: bool = True) -> tuple[Tensor, tuple[Tensor, ...], Tensor, Tensor]:
+def _input_ends(ray: Ray, a: Tensor, b: Tensor, both_ends: bool = True) -> tuple[Tensor, tuple[Tensor, ...], Tensor, Tensor]:
     """Bounds on ``clip(x + (a + t(b − a))·d)`` over ``t ∈ [0, 1]``, in float64: the centres at both ends
     ``(2, N, *shape)``; the coordinates that meet the box inside the segment (an index into ``(N, *shape)``)
     and their radius at ``t = 0`` (0 elsewhere, and 0 at ``t = 1`` for every coordinate); and the rounding
@@ -339,14 +339,14 @@ def _input_ends(ray: Ray, a: Tensor, b: Tensor, far: bool = True) -> tuple[Tenso
     it, on the other the bound it reaches (the tangent at ``t = 1``). Both lines are exact at ``t = 1``,
     so every bound is exact at the segment's far end, where the walk needs it tight (the crossing is
     ahead of it). Those few coordinates are computed apart; the rest are the two clipped end points.
-    ``far=False``: the centres at ``t = 1`` are not computed (left 0: the caller knows them).
+    ``both_ends=False``: the centres at ``t = 1`` are not computed (left 0: the caller knows them).
     """
     x, d = ray.x, ray.d
     shape = (-1,) + (1,) * (x.ndim - 1)
     a_, b_ = a.view(shape), b.view(shape)
     ends = torch.empty((2,) + tuple(x.shape), dtype=x.dtype, device=x.device)
     torch.addcmul(x, a_, d, out=ends[0]).clamp_(ray.lo, ray.hi)
-    if far:
+    if both_ends:
         torch.addcmul(x, b_, d, out=ends[1]).clamp_(ray.lo, ray.hi)
     else:
         ends[1].zero_()
@@ -448,11 +448,11 @@ def _radius_product(op: _Affine, rad: Tensor, abs_weight: Tensor, like: Tensor, 
     return out
 
 
-def _relu(bnd: _Bounds) -> _Bounds:
+def _relu(bnd: _Bounds, far: Tensor) -> _Bounds:
     lo0, lo1, hi0, hi1 = bnd
-    # below: the lower line where it is positive at the far end (exact there), else 0; above: the chord
-    # of relu of the upper line (convex in t)
-    keep = lo1 > 0
+    # below: the lower line where it is positive at the far end (exact there; in the rows not `far`, where its
+    # mean is positive), else 0; above: the chord of relu of the upper line (convex in t)
+    keep = _choice_score(torch.cat([lo0, lo1]), far) > 0
     return _Bounds(torch.where(keep, lo0, 0.0), torch.where(keep, lo1, 0.0), hi0.clamp_min(0.0), hi1.clamp_min(0.0))
 
 
@@ -476,8 +476,8 @@ def _relu_maxpool(m: nn.MaxPool2d, cen: _Centre, far: Tensor | None = None) -> _
 
 
 def _choice_score(low: Tensor, far: Tensor | None) -> Tensor:
-    """Which element of a max-pool window gives the lower line: ``(2N, ...)`` lower ends stacked (end 0, end 1) ->
-    per element the sum of the two ends (the largest mean), or, in the rows ``far``, twice the far end."""
+    """Which lower line a ReLU keeps or a max-pool window takes: ``(2N, ...)`` lower ends stacked (end 0, end 1) ->
+    per element the sum of the two ends (its mean), or, in the rows ``far``, twice the far end."""
     n = len(low) // 2
     both = low[:n] + low[n:]
     if far is None or not bool(far.any()):
@@ -521,7 +521,9 @@ def _batchnorm(m: nn.BatchNorm1d | nn.BatchNorm2d, bnd: _Bounds) -> _Bounds:
     return _from_centre(_Centre(out_mid, out_rad, _no_slack(out_mid)))
 
 
-def _forward_bounds(net: BoundNet, layers: list[nn.Module], state: _Bounds | _Centre, far: Tensor | None = None) -> _Bounds | _Centre:
+def _forward_bounds(
+    net: BoundNet, layers: list[nn.Module], state: _Bounds | _Centre, far: Tensor, pool_far: Tensor | None
+) -> _Bounds | _Centre:
     skip = False
     for i, m in enumerate(layers):
         if skip:
@@ -529,7 +531,7 @@ def _forward_bounds(net: BoundNet, layers: list[nn.Module], state: _Bounds | _Ce
             continue
         after = layers[i + 1] if i + 1 < len(layers) else None
         if isinstance(m, nn.ReLU) and isinstance(after, nn.MaxPool2d) and isinstance(state, _Centre):
-            state, skip = _relu_maxpool(after, state, far), True
+            state, skip = _relu_maxpool(after, state, pool_far), True
             continue
         if isinstance(m, nn.Flatten):
             if isinstance(state, _Centre) and all(k == 1 for k in state.slack.shape[1:]):  # a per-row slack stays apart
@@ -544,9 +546,9 @@ def _forward_bounds(net: BoundNet, layers: list[nn.Module], state: _Bounds | _Ce
             continue
         bnd = _from_centre(state) if isinstance(state, _Centre) else state
         if isinstance(m, nn.ReLU):
-            state = _relu(bnd)
+            state = _relu(bnd, far)
         elif isinstance(m, nn.MaxPool2d):
-            state = _maxpool(m, bnd, far)
+            state = _maxpool(m, bnd, pool_far)
         elif isinstance(m, nn.AvgPool2d):
             state = _avgpool(m, bnd)
         elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
@@ -575,8 +577,11 @@ def margin_bounds(
         pivot: ``(N,)`` an ε per input near which the bounds are to be precise: the products are then
             taken in float32 as offsets from that point's float64 values (:func:`_through_affine`);
             ``None``: every product in float64. Either way the bounds are sound.
-        far: ``(N,)`` bool, the segments whose max-pool windows take the lower line of the element
-            largest at ``b`` (exact there) instead of the one with the largest mean; None: none. Either is sound.
+        far: ``(N,)`` bool, the segments that end where the crossing is expected: their ReLUs keep the lower
+            line where it is positive at ``b`` (exact there) instead of where its mean is, and, where the segment
+            is shorter than :data:`FAR_CHOICE` times ``b``, their max-pool windows take the lower line of the
+            element largest at ``b`` instead of the one with the largest mean. None: every segment, except
+            for max-pool windows. Every choice is sound.
 
     Returns:
         ``(lower at a, lower at b, upper at a, upper at b)``, each ``(N, K)`` float64: for every ``t``
@@ -595,9 +600,12 @@ def margin_bounds_on(
     """:func:`margin_bounds` on rays prepared by :func:`make_ray` (what a search over many segments calls);
     ``pivot`` (:func:`pivot_values` of the same inputs) lets the products be taken in float32 (:func:`_through_affine`)."""
     a, b = a.double(), b.double()
-    cen = _forward_offsets(net, ray, a, b, pivot, far) if pivot is not None and pivot.at else None
+    # the lower lines chosen exact at the far end: for ReLUs in the rows `far`, for max-pool windows there if short
+    pool_far = None if far is None else far & ((b - a) < FAR_CHOICE * b)
+    relu_far = torch.ones(len(a), dtype=torch.bool, device=a.device) if far is None else far
+    cen = _forward_offsets(net, ray, a, b, pivot, relu_far, pool_far) if pivot is not None and pivot.at else None
     if cen is None:
-        state = _forward_bounds(net, net.layers[:-1], _input_centre(ray, a, b), far)
+        state = _forward_bounds(net, net.layers[:-1], _input_centre(ray, a, b), relu_far, pool_far)
         cen = state if isinstance(state, _Centre) else _centre(state)
     last = net.margins
     n = len(labels)
@@ -723,7 +731,7 @@ def _input_offsets(
     """
     same = None if pivot_eps is None else pivot_eps == b
     everywhere = same is not None and bool(same.all())
-    ends, at, rad_at, slack = _input_ends(ray, a, b, far=not everywhere)
+    ends, at, rad_at, slack = _input_ends(ray, a, b, both_ends=not everywhere)
     n = len(v_in)
     rad32 = torch.where(rad_at > 0, _f32_up(rad_at), 0.0) if len(rad_at) else rad_at.float()
     r: Tensor | None = None
@@ -758,7 +766,9 @@ def _input_offsets(
     return (o, r, sl.view((2 * n,) + (1,) * (v_in.ndim - 1))), _FirstProduct(zero_rows, csr)
 
 
-def _forward_offsets(net: BoundNet, ray: Ray, a: Tensor, b: Tensor, pivot: Pivot, far: Tensor | None = None) -> _Centre | None:
+def _forward_offsets(
+    net: BoundNet, ray: Ray, a: Tensor, b: Tensor, pivot: Pivot, far: Tensor | None = None, pool_far: Tensor | None = None
+) -> _Centre | None:
     """:func:`_forward_bounds` over every layer but the last, in float32 offsets from the pivot, for the
     segments ``[a, b]`` of the rays; the result in float64 centre form ``(2N, H)``. None where a product
     cannot be taken as an ordinary float32 sum (:func:`_plain_float32`) or an offset overflows float32:
@@ -785,7 +795,7 @@ def _forward_offsets(net: BoundNet, ray: Ray, a: Tensor, b: Tensor, pivot: Pivot
                 return None
             state = out
         else:
-            state = _offset_relu(state, pool, *pivot.at[i], far=far)
+            state = _offset_relu(state, pool, *pivot.at[i], far=pool_far if pool is not None else far)
     o, r, sl = state
     assert r is not None
     (v_last,) = pivot.at[len(net.layers) - 1]
@@ -851,9 +861,9 @@ def _offset_relu(
     ``gap`` is ``V − P'`` per element (float32, rounded up and down), ``neg`` is ``−P'``. Above:
     ``pool(relu(V + h)) − P' = max(pool(gap + h), −P')``, ``h`` the upper offsets; below: ``gap + l`` of
     the element whose lower line has the largest mean in a max-pool window (the largest far end in the
-    rows ``far``), or is the ReLU's own (``l``
-    the lower offsets), kept where it is positive (its mean in a window, its far end without a pool),
-    else ``−P'`` (the line 0).
+    rows ``far``), or is the ReLU's own (``l`` the lower offsets), kept where it is positive (its mean,
+    or in the rows ``far`` its far end), else ``−P'`` (the line 0). ``far`` None: far ends without a
+    pool, means in a window.
     """
     o, r, sl = state
     s32 = _f32_up(sl)  # per row and channel (or feature): constant over each window, added after pooling
@@ -877,10 +887,10 @@ def _offset_relu(
             pick = torch.where(better, low[:, :, i::k, j::k].unflatten(0, (2, n)), pick)
         pick = pick.flatten(0, 1)
     else:
-        up, score, pick = h, 2 * low[n:], low
+        up, score, pick = h, 2 * low[n:] if far is None else _choice_score(low, far), low
     up = torch.maximum(_halves(_up32(up + s32)), neg_up).view_as(up)
     pick = _down32(pick - s32)
-    keep = score > 2 * neg_down  # positive mean in a window, positive far end without a pool (approximately: either is sound)
+    keep = score > 2 * neg_down  # a positive mean or far end (approximately: either is sound)
     lower = torch.where(keep, _halves(pick), neg_down).view_as(pick)  # the same choice at both ends
     centre = 0.5 * (lower + up)
     radius = torch.maximum(_up32(up - centre), _up32(centre - lower))
@@ -1043,7 +1053,6 @@ def certified_crossing(
     # float32 offsets are taken only on the CPU (_plain_float32): elsewhere no pivot, every pass in float64
     pivot = _pivots(net, ray, pivot_at, bounds, batch_size) if device.type == "cpu" else Pivot({})
     active = torch.nonzero(limit > 0).squeeze(1)  # an input misclassified at ε = 0 has nothing to prove
-    pools = any(isinstance(m, nn.MaxPool2d) for m in net.layers)
     rows = 0
     while len(active):
         a = c[active]
@@ -1055,8 +1064,9 @@ def certified_crossing(
             moved = active[moving]
             pivot_at[moved] = b[moving]
             _move_pivots(pivot, moved, _pivots(net, ray.take(moved), b[moving], bounds, batch_size))
-        # max-pool windows: a short segment (near the crossing) takes the lower lines exact at its far end
-        far = (b - a) < FAR_CHOICE * b if pools else None
+        # a segment that reaches the last point the hint saw correct ends where the crossing is: its lower lines
+        # are chosen exact at the far end; elsewhere (a walk along a long ray) by their mean, tighter at both ends
+        far = b >= seen[active]
         lo_a, lo_b = _segment_bounds(net, ray, labels, active, a, b, pivot, far, batch_size)
         passes[active] += 1
         whole = ((lo_a > 0) & (lo_b > 0)).all(dim=1)
@@ -1196,11 +1206,13 @@ def _move_pivots(pivot: Pivot, idx: Tensor, new: Pivot) -> None:
         pivot.eps[idx] = new.eps
 
 
-#: a segment shorter than FAR_CHOICE times its far end ``b`` (near the crossing) takes, in max-pool windows, the
-#: lower line of the element largest at ``b`` (exact there); a longer one that of the largest mean (far too loose
-#: at its near end otherwise). On the first 512 Fashion-MNIST test inputs and the benchmark's CNN: 0.5 took 3.5
-#: bound passes per input, 0.05 3.9, and the largest mean everywhere 4.3. Bounding a long segment both ways (proved
-#: where the two lower bounds cover it between them) proved 44 % of first segments, for a pass each: no faster.
+#: a segment that ends at the hint's misclassified point (or at eps_max) and is shorter than FAR_CHOICE times its far
+#: end ``b`` takes, in max-pool windows, the lower line of the element largest at ``b`` (exact there); any other
+#: segment that of the largest mean (the far-end choice is far too loose at a long segment's near end). On the first
+#: 512 Fashion-MNIST test inputs and the benchmark's CNN: 3.3 bound passes per input, against 4.3 with the largest
+#: mean everywhere and 3.5 with the far end on every short segment (which left 6 of 994 inputs of one study run
+#: unproved within MAX_PASSES, against 2 and 1 with the other two). Bounding a long segment both ways (proved where
+#: the two lower bounds cover it between them) proved 44 % of first segments, for a pass each: no faster.
 FAR_CHOICE = 0.5
 #: where the point ``tol`` past the proved stretch is within the noise band, the points ``tol·2^k`` past it,
 #: k = 1 .. LADDER, are tried too (a crossing whose margin falls by less than the noise over ``tol``)
