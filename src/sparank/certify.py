@@ -107,8 +107,9 @@ from sparank.attacks.fgsm import ray_points
 
 #: unit roundoff of float64
 _U = 2.0**-53
-#: bound passes an input may take before it keeps its scanned result (marked not certified)
-MAX_PASSES = 64
+#: bound passes an input may take before it keeps its scanned result (marked not certified); a long ray walked in
+#: short segments (a censored input of a CNN, whose bounds over a long segment are loose) can take more than 64
+MAX_PASSES = 128
 
 
 def _gamma(n: int) -> float:
@@ -1052,11 +1053,15 @@ def certified_crossing(
     pivot_at = torch.minimum(w, limit)
     # float32 offsets are taken only on the CPU (_plain_float32): elsewhere no pivot, every pass in float64
     pivot = _pivots(net, ray, pivot_at, bounds, batch_size) if device.type == "cpu" else Pivot({})
+    # a stretch [tail, tail_end] proved ahead of c (tail = inf: none); segments stop at its start
+    tail = torch.full((n,), math.inf, dtype=torch.float64, device=device)
+    tail_end = torch.zeros(n, dtype=torch.float64, device=device)
     active = torch.nonzero(limit > 0).squeeze(1)  # an input misclassified at ε = 0 has nothing to prove
     rows = 0
     while len(active):
         a = c[active]
-        b = torch.minimum(a + w[active], limit[active])
+        b = torch.minimum(torch.minimum(a + w[active], limit[active]), tail[active])
+        to_tail = b >= tail[active]
         # a segment far from its pivot (more than 8 of its widths) gets a pivot at its end
         p_at = pivot_at[active]
         moving = torch.maximum(p_at - b, a - p_at) > 8 * (b - a)
@@ -1074,9 +1079,25 @@ def certified_crossing(
         # two ulps down: a + t·(b − a) is within 1.5 ulps of its exact value
         reached = torch.where(whole, b, _down(_down(a + t * (b - a))).clamp(min=a))
         reached = torch.where(whole, reached, torch.minimum(reached, b))
-        c[active] = reached
         advanced = reached - a
-        w[active] = torch.where(whole, 2 * (b - a), torch.where(advanced > 0, 2 * advanced, (b - a) / 8)).clamp_min(tol)
+        # where every lower line is positive at the far end but not at the near end, the stretch after the last
+        # root is proved too: a tail, which the next segments need not cover (on a segment that ends at the start
+        # of a tail, the two join); a tail is kept only next to the segment, so that the proved set stays two pieces
+        rear = _right_root(lo_a, lo_b)
+        start = torch.minimum(_up(_up(a + rear * (b - a))), b)
+        new_tail = ~whole & (lo_b > 0).all(dim=1) & (start < b) & (to_tail | ~torch.isfinite(tail[active]))
+        tail_end[active] = torch.where(new_tail & ~to_tail, b, tail_end[active])
+        tail[active] = torch.where(new_tail, start, tail[active])
+        # proved up to a tail's start: on to its end
+        joined = torch.isfinite(tail[active]) & (reached >= tail[active])
+        reached = torch.where(joined, tail_end[active], reached)
+        tail[active] = torch.where(joined, math.inf, tail[active])
+        # the next segment: twice this one where it was proved whole, twice the distance advanced, or an eighth
+        # where nothing was (a tail just found does not count: it is what the next segments must reach)
+        w[active] = torch.where(whole | joined, 2 * (b - a), torch.where(advanced > 0, 2 * advanced, (b - a) / 8)).clamp_min(tol)
+        whole = whole | joined
+        b = torch.where(joined, reached, b)
+        c[active] = reached
         # censored: proved up to eps_max
         done_censored = whole & (b >= eps_max)
         certified[active[done_censored]] = True
@@ -1093,7 +1114,7 @@ def certified_crossing(
         # pass advanced little (a crossing the scan stepped over holds the walk back); elsewhere the next
         # pass comes first
         expected = (reached + tol >= seen[active]) | (advanced <= (b - a) / 8)
-        tried = ~whole & expected
+        tried = ~whole & expected & ~new_tail
         probe = active[tried]
         if len(probe):
             # a point within the noise after a long segment: first a pass over [c, c + 8·tol], whose bounds are
@@ -1105,7 +1126,7 @@ def certified_crossing(
         # proved up to a verified misclassified point (only rounding noise in the model can do that), or
         # no progress on the shortest segment: the scanned result stands
         stuck = whole & (b >= limit[active]) & (limit[active] < eps_max)
-        stuck |= ~whole & (advanced <= 0) & (b - a <= tol)
+        stuck |= ~whole & ~new_tail & (advanced <= 0) & (b - a <= tol)
         open_ = ~certified[active] & ~stuck & (passes[active] < max_passes)
         active = active[open_]
         if progress is not None:
@@ -1120,6 +1141,15 @@ def certified_crossing(
         rows += r
         rows += _verified_further(model, inputs, labels, directions, found[~ok], eps_hi, eps_max, tol, bounds, batch_size, certified)
     return Certified(certified.cpu(), eps_lo.cpu(), eps_hi.cpu(), passes.cpu(), rows)
+
+
+def _right_root(lo_a: Tensor, lo_b: Tensor) -> Tensor:
+    """Per row, the ``t`` after which every lower line ``(1 − t)·lo_a + t·lo_b`` is positive (1 where one is not at
+    ``t = 1``), a little after the last root whatever its rounding."""
+    rising = (lo_a <= 0) & (lo_b > 0)
+    t_k = torch.where(rising, lo_a / torch.where(rising, lo_a - lo_b, -1.0), 0.0)
+    t_k = torch.where(lo_b <= 0, 1.0, t_k)
+    return (t_k.amax(dim=1).clamp(0.0, 1.0) * (1.0 + 2.0**-40)).clamp(max=1.0)
 
 
 def _segment_bounds(
