@@ -193,7 +193,9 @@ def test_placing_scan_brackets_a_change_of_class_on_every_ray(digits, digits_mlp
         at_hi = digits_mlp(ray_points(x, d, torch.where(found, hi, 0.0), (0.0, 1.0))).argmax(dim=1)
         grid = torch.arange(1, 11, dtype=torch.float64) * 0.05
         never = ~found & ~wrong0
-        along = [digits_mlp(ray_points(x[never], d[never], torch.full((int(never.sum()),), float(e)), (0.0, 1.0))).argmax(dim=1) for e in grid]
+        along = [
+            digits_mlp(ray_points(x[never], d[never], torch.full((int(never.sum()),), float(e)), (0.0, 1.0))).argmax(dim=1) for e in grid
+        ]
     assert bool(wrong0.any()) and bool((lo[wrong0] == 0).all()) and bool((hi[wrong0] == 0).all())
     assert int(found.sum()) >= 100
     assert bool((at_lo[found] == y[found]).all()) and bool((at_hi[found] != y[found]).all())

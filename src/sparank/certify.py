@@ -1120,7 +1120,9 @@ def certified_crossing(
             # a point within the noise after a long segment: first a pass over [c, c + 8·tol], whose bounds are
             # exact up to rounding, so that the ladder starts from a proof as tight as it gets
             settled = (b - a)[tried] <= SETTLED * tol
-            r, again = _probe(model, inputs, labels, directions, probe, settled, c, eps_max, tol, bounds, batch_size, certified, eps_lo, eps_hi)
+            r, again = _probe(
+                model, inputs, labels, directions, probe, settled, c, eps_max, tol, bounds, batch_size, certified, eps_lo, eps_hi
+            )
             rows += r
             w[again] = 8 * tol
         # proved up to a verified misclassified point (only rounding noise in the model can do that), or
