@@ -178,14 +178,17 @@ def test_trained_digits_cnn_is_certified(digits):
     assert float((r.eps_hi[both] - scan.eps_hi[both]).abs().median()) <= 1e-6
 
 
-def test_placing_scan_brackets_a_change_of_class_on_every_ray(digits, digits_mlp):
-    """The hint that places the segments: x(lo) classified y and x(hi) not, hi − lo <= width, checked by forward
-    passes; inputs with nothing found are classified y at every point of the coarse grid."""
+@pytest.mark.parametrize("width", [3e-4, 1e-6])
+def test_placing_scan_brackets_a_change_of_class_on_every_ray(digits, digits_mlp, width):
+    """The hint that places the segments: x(lo) classified y and x(hi) not, checked by forward passes; inputs with
+    nothing found are classified y at every point of the coarse grid. Narrowed to 3e-4 every bracket is within the
+    width; to 1e-6 (what the certified walk asks for) nearly every one (one in a noise band may stay wider), and
+    the secant points cost fewer forward rows than bisection would (about 16 per input from a 0.05 bracket)."""
     from sparank.attacks.fgsm import place_crossings
 
     x, y = digits.test_x[:150], digits.test_y[:150]
     d = fgsm_direction(digits_mlp, x, y)
-    lo, hi, rows = place_crossings(digits_mlp, x, y, d, step=0.05, width=3e-4, bounds=(0.0, 1.0), eps_max=0.5, batch_size=64)
+    lo, hi, rows = place_crossings(digits_mlp, x, y, d, step=0.05, width=width, bounds=(0.0, 1.0), eps_max=0.5, batch_size=64)
     with torch.inference_mode():
         wrong0 = digits_mlp(x).argmax(dim=1) != y
         found = torch.isfinite(hi) & ~wrong0
@@ -199,29 +202,11 @@ def test_placing_scan_brackets_a_change_of_class_on_every_ray(digits, digits_mlp
     assert bool(wrong0.any()) and bool((lo[wrong0] == 0).all()) and bool((hi[wrong0] == 0).all())
     assert int(found.sum()) >= 100
     assert bool((at_lo[found] == y[found]).all()) and bool((at_hi[found] != y[found]).all())
-    assert bool((hi[found] - lo[found] <= 3e-4).all()) and bool((lo[found] < hi[found]).all())
+    assert bool((lo[found] < hi[found]).all())
+    within = (hi[found] - lo[found] <= width).double().mean()
+    assert float(within) >= (1.0 if width > 1e-5 else 0.95)
     assert all(bool((p == y[never]).all()) for p in along) and bool((lo[never] == 0.5).all())
-    assert rows >= len(x) + int(found.sum())
-
-
-def test_placing_scan_narrows_to_tol_with_few_rows(digits, digits_mlp):
-    """Narrowed to 1e-6 (what the certified walk asks for), the hint still brackets a change of class on every ray,
-    nearly every bracket is within the width (one in a noise band may stay wider), and the secant points cost fewer
-    forward rows than bisection would (about 16 per input from a 0.05 bracket)."""
-    from sparank.attacks.fgsm import place_crossings
-
-    x, y = digits.test_x[:150], digits.test_y[:150]
-    d = fgsm_direction(digits_mlp, x, y)
-    lo, hi, rows = place_crossings(digits_mlp, x, y, d, step=0.05, width=1e-6, bounds=(0.0, 1.0), eps_max=0.5, batch_size=64)
-    with torch.inference_mode():
-        wrong0 = digits_mlp(x).argmax(dim=1) != y
-        found = torch.isfinite(hi) & ~wrong0
-        at_lo = digits_mlp(ray_points(x, d, lo, (0.0, 1.0))).argmax(dim=1)
-        at_hi = digits_mlp(ray_points(x, d, torch.where(found, hi, 0.0), (0.0, 1.0))).argmax(dim=1)
-    assert int(found.sum()) >= 100
-    assert bool((at_lo[found] == y[found]).all()) and bool((at_hi[found] != y[found]).all())
-    assert float((hi[found] - lo[found] <= 1e-6).double().mean()) >= 0.95
-    assert rows < len(x) * 14
+    assert len(x) + int(found.sum()) <= rows < len(x) * 14
 
 
 # --------------------------------------------------------------------------- a stretch narrower than any scan step
