@@ -19,20 +19,21 @@ numbers, never an approximation:
   as centre ``W·m + b`` and radius ``|W|·r`` of the two bounds;
 - ``ReLU``: ``relu`` of an affine function of ``t`` is convex, so above it
   the chord from ``relu(U(0))`` to ``relu(U(1))``; below, the lower bound
-  itself where it is positive at the far end ``t = 1``, else 0: either is
-  sound, and this one is exact at the far end, where the walk needs the
-  bounds tight (the crossing is ahead of it; this choice took 11 % fewer
-  bound passes than the larger mean on the Fashion-MNIST MLP);
+  itself or 0: on a segment that reaches the crossing's neighbourhood
+  (``far``), the lower bound where it is positive at ``t = 1``, exact there,
+  where the walk needs the bounds tight; elsewhere (a walk along a long ray)
+  where its mean is positive, looser at ``t = 1`` but tighter at ``t = 0``;
 - ``MaxPool2d``: above, the chord of the window's largest upper ends (a
   maximum of affine functions is convex); below, the lower bound of one
-  element: on a short segment ending at the crossing (:data:`FAR_CHOICE`) the
-  one largest at ``t = 1``, exact there; on a long one the one with the
-  largest mean lower bound (the largest at ``t = 1`` makes the long first
-  segment's bound exact at ``t = 1`` but far too loose at ``t = 0``);
+  element: on a short segment reaching the crossing (:data:`FAR_CHOICE`) the
+  one largest at ``t = 1``, exact there; otherwise the one with the largest
+  mean lower bound (the largest at ``t = 1`` makes the long first segment's
+  bound exact at ``t = 1`` but far too loose at ``t = 0``);
 - the last ``Linear`` layer is folded into the margins ``f_y − f_k`` (exact:
   a difference of two float32 weights is exact in float64).
 
-Without max-pooling (and with it on short segments), the bounds are therefore exact at ``t = 1`` up to
+On a segment that reaches the crossing, without max-pooling (and with it
+on a short one), the bounds are therefore exact at ``t = 1`` up to
 rounding (on the Fashion-MNIST MLP within 3e-10 of the margin); where no
 ReLU or pool changes state and no pixel meets the box on the segment, the
 two bounds coincide everywhere and the margin is known exactly.
@@ -40,7 +41,9 @@ two bounds coincide everywhere and the margin is known exactly.
 while their lower margin bound stays positive, jumps to the root of the
 lowest margin bound where it does not (everything before that root is
 proved correct), and tries the point ``tol`` past it with a forward pass
-where a crossing is expected there. A coarse unverified scan
+where a crossing is expected there; where the lower bound is positive at
+the far end only, the stretch after its last root is proved too (a tail:
+the walk then only needs to reach it). A coarse unverified scan
 (:func:`sparank.attacks.fgsm.place_crossings`) narrowed to ``tol`` places
 the first segment, ``[0, lo]``: where one bound pass proves it, the scan's
 misclassified point ``hi`` closes the bracket (on the Fashion-MNIST MLP,
