@@ -866,8 +866,7 @@ def _offset_relu(
     ``pool(relu(V + h)) − P' = max(pool(gap + h), −P')``, ``h`` the upper offsets; below: ``gap + l`` of
     the element whose lower line has the largest mean in a max-pool window (the largest far end in the
     rows ``far``), or is the ReLU's own (``l`` the lower offsets), kept where it is positive (its mean,
-    or in the rows ``far`` its far end), else ``−P'`` (the line 0). ``far`` None: far ends without a
-    pool, means in a window.
+    or in the rows ``far`` its far end), else ``−P'`` (the line 0). ``far`` None: means everywhere.
     """
     o, r, sl = state
     s32 = _f32_up(sl)  # per row and channel (or feature): constant over each window, added after pooling
@@ -885,13 +884,13 @@ def _offset_relu(
         up = functools.reduce(torch.maximum, [h[:, :, i::k, j::k] for i, j in views])
         both = _choice_score(low, far)
         score, pick = both[:, :, ::k, ::k], low[:, :, ::k, ::k].unflatten(0, (2, n))
-        for i, j in views[1:]:  # the window's element with the largest mean lower offset, and its two ends
+        for i, j in views[1:]:  # the window's element with the largest score, and its two ends
             better = both[:, :, i::k, j::k] > score
             score = torch.where(better, both[:, :, i::k, j::k], score)
             pick = torch.where(better, low[:, :, i::k, j::k].unflatten(0, (2, n)), pick)
         pick = pick.flatten(0, 1)
     else:
-        up, score, pick = h, 2 * low[n:] if far is None else _choice_score(low, far), low
+        up, score, pick = h, _choice_score(low, far), low
     up = torch.maximum(_halves(_up32(up + s32)), neg_up).view_as(up)
     pick = _down32(pick - s32)
     keep = score > 2 * neg_down  # a positive mean or far end (approximately: either is sound)
@@ -899,11 +898,6 @@ def _offset_relu(
     centre = 0.5 * (lower + up)
     radius = torch.maximum(_up32(up - centre), _up32(centre - lower))
     return centre, radius, torch.zeros((len(centre),) + (1,) * (centre.ndim - 1), dtype=torch.float64, device=centre.device)
-
-
-def _plus(t: Tensor, v: Tensor) -> Tensor:
-    """``t`` ``(2N, ...)`` plus the per-input ``v`` ``(N, ...)`` at both ends (rounded to nearest)."""
-    return (_halves(t) + v).view_as(t)
 
 
 def point_logits(net: BoundNet, inputs: Tensor) -> Tensor:

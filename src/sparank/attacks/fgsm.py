@@ -495,8 +495,11 @@ def _refine_round(
     """
     a, z = b.lo[rows], b.hi[rows]
     c = cand.shape[1]
-    owners = b.idx[rows].repeat_interleave(c)
-    points = ray_points(inputs[owners], directions[owners], cand.flatten(), bounds)
+    who = b.idx[rows]
+    owners = who.repeat_interleave(c)
+    # ray_points of every candidate, each input's row gathered once: (r, c, *shape)
+    eps = cand.to(inputs.dtype).view(cand.shape + (1,) * (inputs.ndim - 1))
+    points = (inputs[who].unsqueeze(1) + eps * directions[who].unsqueeze(1)).clamp_(bounds[0], bounds[1]).flatten(0, 1)
     margin, floor, argmax_wrong = _evaluate(model, points, labels[owners], owners, batch_size)
     bound = torch.maximum(floor, allowance[owners]).view(-1, c)
     margin = margin.view(-1, c)
@@ -706,7 +709,7 @@ def place_crossings(
     grid = _scan_grid(eps_max, step).to(device)
     start = torch.zeros(len(active), dtype=torch.float64, device=device)
     brackets, rows = _scan(model, inputs, labels, directions, grid, active, start, margin0[active], allowance, bounds, batch_size)
-    more = _place_refine(model, inputs, labels, directions, brackets, bounds, width, batch_size)
+    more = _place_refine(model, inputs, labels, directions, brackets, allowance, bounds, width, batch_size)
     lo[brackets.idx], hi[brackets.idx] = brackets.lo, brackets.hi
     return lo, hi, n + rows + more
 
@@ -721,6 +724,7 @@ def _place_refine(
     labels: Tensor,
     directions: Tensor,
     b: _Brackets,
+    allowance: Tensor,
     bounds: Bounds,
     width: float,
     batch_size: int,
@@ -751,46 +755,11 @@ def _place_refine(
             delta = torch.clamp(torch.minimum(w / 16, 4 * w * w), min=width / 4)
             cand = torch.stack([root - delta, root + delta] + ([a + 0.5 * w] if slow else []), dim=1)
             cand = torch.minimum(torch.maximum(cand, a[:, None]), z[:, None]).sort(dim=1).values
-            rows += _narrow_round(model, inputs, labels, directions, b, k, cand, bounds, batch_size)
+            rows += _refine_round(model, inputs, labels, directions, b, k, cand, allowance, bounds, batch_size)
             new_w = b.hi[k] - b.lo[k]
             halved[k] = new_w <= 0.5 * w
             open_[k] = (new_w > width) & (new_w < w)
     return rows
-
-
-def _narrow_round(
-    model: nn.Module,
-    inputs: Tensor,
-    labels: Tensor,
-    directions: Tensor,
-    b: _Brackets,
-    k: Tensor,
-    cand: Tensor,
-    bounds: Bounds,
-    batch_size: int,
-) -> int:
-    """Evaluate sorted candidates ``cand`` ``(r, c)`` inside the brackets ``k`` of ``b`` and narrow them in place to
-    the first point misclassified beyond the noise and the last classified ``y`` before it. Returns the rows."""
-    a, z = b.lo[k], b.hi[k]
-    c = cand.shape[1]
-    who = b.idx[k]
-    owners = who.repeat_interleave(c)
-    # ray_points of every candidate, each input's row gathered once: (r, c, *shape)
-    eps = cand.to(inputs.dtype).view(cand.shape + (1,) * (inputs.ndim - 1))
-    points = (inputs[who].unsqueeze(1) + eps * directions[who].unsqueeze(1)).clamp_(bounds[0], bounds[1]).flatten(0, 1)
-    margin, floor, argmax_wrong = _evaluate(model, points, labels[owners], owners, batch_size)
-    margin = margin.view(-1, c)
-    robust = (margin < -floor.view(-1, c)) & (cand > a[:, None])
-    correct = ~argmax_wrong.view(-1, c) & (cand < z[:, None])
-    pts = torch.cat([a[:, None], cand, z[:, None]], dim=1)
-    mar = torch.cat([b.m_lo[k, None], margin, b.m_hi[k, None]], dim=1)
-    yes = torch.ones(len(k), 1, dtype=torch.bool, device=a.device)
-    j = torch.cat([~yes, robust, yes], dim=1).int().argmax(dim=1, keepdim=True)
-    before = torch.arange(c + 2, device=a.device)[None, :] < j
-    i = _last_true(torch.cat([yes, correct, ~yes], dim=1) & before)[:, None]
-    b.lo[k], b.hi[k] = pts.gather(1, i).squeeze(1), pts.gather(1, j).squeeze(1)
-    b.m_lo[k], b.m_hi[k] = mar.gather(1, i).squeeze(1), mar.gather(1, j).squeeze(1)
-    return len(owners)
 
 
 #: the inputs on which :func:`sparank.certify.check_walk` compares the layer walk with the model's forward pass
