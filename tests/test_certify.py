@@ -539,6 +539,22 @@ def test_measure_certify_on_the_command_line(tmp_path):
         assert st.brackets(json.loads(scanned.stdout)["measurement"]).certified is None
     text = runner.invoke(app, [*base, "--certify"])
     assert text.exit_code == 0 and "certified: 100.0% of inputs" in text.output
+    # the fast copy: its own key, the same statuses and ε* to tol as the plain scan (every bracket checked on the model)
+    fast = runner.invoke(app, [*base, "--fast", "--json"])
+    assert fast.exit_code == 0, fast.output
+    fast_id = json.loads(fast.stdout)["measurement"]
+    assert fast_id not in (payload["measurement"], json.loads(scanned.stdout)["measurement"])
+    with Store(store, readonly=True) as st:
+        plain, quick = st.brackets(json.loads(scanned.stdout)["measurement"]), st.brackets(fast_id)
+        assert {m.id: m for m in st.measurements()}[fast_id].config["attack_settings"]["fast"] is True
+    assert torch.equal(plain.status, quick.status)
+    fooled = plain.status == FOOLED
+    assert float((plain.eps_hi[fooled] - quick.eps_hi[fooled]).abs().max()) <= 2e-6
+    # both flags belong to FGSM: asked with another attack alone they are refused, in one line, not ignored
+    for flag in ("--certify", "--fast"):
+        refused = runner.invoke(app, [*base, "--attack", "deepfool", flag])
+        assert refused.exit_code == 2 and flag in refused.output and "--attack fgsm" in refused.output
+        assert len(refused.output.strip().splitlines()) == 1 and "Traceback" not in refused.output
 
 
 # --------------------------------------------------------------------------- the fast copy (an opt-in, checked on the model)

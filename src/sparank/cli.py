@@ -421,7 +421,9 @@ def _measure_progress(total: int, label: str) -> tuple[Progress, Callable[[int, 
 ATTACK_NAMES = ("fgsm", "pgd", "fmn", "deepfool", "transfer", "random")
 
 
-def _check_attack_options(*, attacks: Sequence[str], source: str | None, via: str, steps: int | None, restarts: int) -> None:
+def _check_attack_options(
+    *, attacks: Sequence[str], source: str | None, via: str, steps: int | None, restarts: int, certify: bool = False, fast: bool = False
+) -> None:
     for name in attacks:
         if name not in ATTACK_NAMES:
             raise ValueError(f"--attack must be one of {', '.join(ATTACK_NAMES)}, got {name!r}")
@@ -436,6 +438,9 @@ def _check_attack_options(*, attacks: Sequence[str], source: str | None, via: st
         raise ValueError(f"--via must be fgsm (the source's FGSM ray) or pgd (the source's PGD steps), got {via!r}")
     _check_int("--steps", steps, low=1, fix="leave it out for each attack's default")
     _check_int("--restarts", restarts, low=0, fix="0 runs PGD from the FGSM start only")
+    for flag, on in (("--certify", certify), ("--fast", fast)):
+        if on and "fgsm" not in attacks:
+            raise ValueError(f"{flag} applies to the fgsm attack only; add --attack fgsm or leave {flag} out")
 
 
 def _attack(
@@ -449,13 +454,14 @@ def _attack(
     source_name: str = "",
     via: str = "fgsm",
     certify: bool = False,
+    fast: bool = False,
 ) -> Any:
     """The attack object for a CLI name and options (each attack checks its own settings)."""
     from sparank.attacks import FGSM, RandomRay, Transfer
 
     with _as_options({"resolution": "--resolution", "tol": "--tol", "steps": "--steps", "restarts": "--restarts"}):
         if name == "fgsm":
-            return FGSM(resolution=resolution, tol=tol, certify=certify)
+            return FGSM(resolution=resolution, tol=tol, certify=certify, fast=fast)
         if name == "random":
             return RandomRay(resolution=resolution, tol=tol)
         if name == "transfer":
@@ -523,6 +529,7 @@ def _measure_run(
     steps: int | None = None,
     restarts: int = 0,
     certify: bool = False,
+    fast: bool = False,
 ) -> tuple[list[tuple[str, int, dict[str, Any], bool]], dict[str, Any] | None]:
     """Measure a stored run with each attack, store every measurement as it finishes, then its best ε* and masking flags.
 
@@ -532,7 +539,8 @@ def _measure_run(
     directions: this run with ``source``'s adversarials, and ``source`` with this run's.
     After the attacks, the best ε* over every attack stored for these inputs and
     settings, with the model's gradient-masking flags, is stored (replacing the previous one).
-    With ``certify`` the FGSM measurement is the certified one (``FGSM(certify=True)``, its own key).
+    With ``certify`` the FGSM measurement is the certified one (``FGSM(certify=True)``, its own key); with
+    ``fast`` it scans the opt-in fast copy (``FGSM(fast=True)``, its own key too).
 
     Returns:
         ([(run, measurement id, summary, reused) per attack], the best record's summary or None).
@@ -540,7 +548,7 @@ def _measure_run(
     from sparank.data import eval_subset, load_dataset
 
     _check_measure_options(n=n, eval_seed=eval_seed, norm=norm, eps_max=eps_max, resolution=resolution, tol=tol, batch_size=batch_size)
-    _check_attack_options(attacks=attacks, source=source, via=via, steps=steps, restarts=restarts)
+    _check_attack_options(attacks=attacks, source=source, via=via, steps=steps, restarts=restarts, certify=certify, fast=fast)
     if store.readonly:
         raise ValueError(f"store {store.path} is read-only; measuring writes to it")
     run = store.get_run(run_id)
@@ -564,8 +572,9 @@ def _measure_run(
             models[rid] = _stored_model(store, rid, data)
         return models[rid]
 
-    # certified FGSM is measured here (the run spec's FGSM is the scanned one; PGD starts from that)
-    spec_attacks = [a for a in attacks if not (certify and a == "fgsm")]
+    # certified FGSM, or FGSM on the fast copy, is measured here (the run spec's FGSM is the plain scan; PGD starts from it)
+    own_fgsm = certify or fast
+    spec_attacks = [a for a in attacks if not (own_fgsm and a == "fgsm")]
     done_by_attack = _measure_spec_attacks(
         store, run_id, data, model_of, attacks=spec_attacks, n=n, eval_seed=eval_seed, norm=norm, eps_max=eps_max, resolution=resolution,
         tol=tol, batch_size=batch_size, steps=steps, restarts=restarts, force=force,
@@ -575,12 +584,13 @@ def _measure_run(
         if name == "transfer":
             assert source is not None
             jobs += [(run_id, name, source), (source, name, run_id)]
-        elif name == "random" or (certify and name == "fgsm"):
+        elif name == "random" or (own_fgsm and name == "fgsm"):
             jobs.append((run_id, name, None))
     done: list[tuple[str, int, dict[str, Any], bool]] = []
     for target, name, src in jobs:
         attack = _attack(name, resolution=resolution, tol=tol, steps=steps, restarts=restarts,
-                         source=None if src is None else model_of(src), source_name=src or "", via=via, certify=certify)  # fmt: skip
+                         source=None if src is None else model_of(src), source_name=src or "", via=via, certify=certify,
+                         fast=fast)  # fmt: skip
         done.append(_measure_one(store, target, attack, data, indices, x, y, eval_seed=eval_seed, norm=norm, eps_max=eps_max,
                                  batch_size=batch_size, force=force, model_of=model_of))  # fmt: skip
     by_attack = {(t, a): d for (t, a, _), d in zip(jobs, done, strict=True)}
@@ -782,6 +792,12 @@ def measure(
     certify: Annotated[
         bool, typer.Option("--certify", help="fgsm: prove the first crossing (every ε below ε* classified correctly), not only the scanned points")
     ] = False,
+    fast: Annotated[
+        bool,
+        typer.Option(
+            "--fast", help="fgsm: scan a frozen TorchScript copy of the model (faster; every bracket is then checked on the model as given)"
+        ),
+    ] = False,
 ) -> None:
     """Measure ε* (PROTOCOL §2-3) of a stored run or a safetensors file with one or more attacks, and store the results.
 
@@ -804,7 +820,7 @@ def measure(
         if (run_id is None) == (weights is None):
             raise ValueError("give either a RUN_ID or --weights FILE (with --arch and --dataset)")
         _check_measure_options(n=n, eval_seed=eval_seed, norm=norm, eps_max=eps_max, resolution=resolution, tol=tol, batch_size=batch_size)
-        _check_attack_options(attacks=attacks, source=source, via=via, steps=steps, restarts=restarts)
+        _check_attack_options(attacks=attacks, source=source, via=via, steps=steps, restarts=restarts, certify=certify, fast=fast)
         if weights is not None:
             _check_weights_options(weights, arch=arch, dataset=dataset)
         with Store(store, create=weights is not None) as opened:
@@ -814,7 +830,7 @@ def measure(
             done, best = _measure_run(
                 run_id=run_id, store=opened, data_dir=data_dir, n=n, eval_seed=eval_seed, norm=norm, eps_max=eps_max,
                 resolution=resolution, tol=tol, batch_size=batch_size, force=force, attacks=attacks, source=source, via=via,
-                steps=steps, restarts=restarts, certify=certify,
+                steps=steps, restarts=restarts, certify=certify, fast=fast,
             )  # fmt: skip
         if as_json:
             records = [{"run": rid, "measurement": mid, "summary": summary} for rid, mid, summary, _ in done]
