@@ -7,8 +7,9 @@ by more than tol had a first crossing the scan at that resolution stepped over.
 Prints per run the certified fraction, the stepped-over count and the largest
 change of ε*, and the totals; writes benchmarks/results/certify_<store name>.json.
 With ``--write-copy DIR`` the store is copied to DIR and each FGSM measurement's
-brackets there are replaced by the certified ones (where proved), so that
-``sparank report DIR`` gives the study's verdicts with certified ε*.
+brackets there are replaced by the certified ones (where proved), marked per input
+as certified or not and the measurement's settings with ``certify`` on, so that
+``sparank report DIR`` gives the study's verdicts with certified ε* and says so.
 
 Run: ``.venv/bin/python benchmarks/certify_study.py sparank-results/fashion-mlp [--threads 2] [--write-copy /tmp/x]``
 """
@@ -41,6 +42,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rows = []
     updates: list[tuple[float, float, int, int, int]] = []  # eps_lo, eps_hi, status, measurement id, position
+    flags: list[tuple[int, int, int]] = []  # certified, measurement id, position: every input of the measurements redone
+    configs: list[tuple[str, int]] = []  # the measurement's config with certify on, measurement id
     with Store(args.store, readonly=True) as store:
         data = None
         for run in store.runs():
@@ -79,6 +82,9 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             for i in torch.nonzero(proved).squeeze(1).tolist():
                 updates.append((float(r.eps_lo[i]), float(r.eps_hi[i]), int(r.status[i]), m.id, i))
+            flags.extend((int(r.certified[i]), m.id, i) for i in range(len(r)))
+            settings = dict(c.get("attack_settings") or {"attack": "fgsm", "resolution": c["resolution"], "tol": c["tol"]})
+            configs.append((json.dumps({**c, "attack_settings": {**settings, "certify": True}}), m.id))
     total = {
         "runs": len(rows), "inputs": sum(r["n"] for r in rows),
         "certified_fraction": sum(r["certified_fraction"] * r["n"] for r in rows) / max(sum(r["n"] for r in rows), 1),
@@ -89,8 +95,12 @@ def main() -> None:
     print("total", json.dumps(total))
     if args.write_copy is not None:
         shutil.copytree(args.store, args.write_copy)
+        Store(args.write_copy).close()  # brings the copy to this sparank's schema (the per-input certified column)
+        # the copy says what it holds: certify on in each redone measurement's settings, and per input whether it was proved
         with sqlite3.connect(args.write_copy / "sparank.sqlite") as con:
             con.executemany("UPDATE brackets SET eps_lo = ?, eps_hi = ?, status = ? WHERE measurement_id = ? AND position = ?", updates)
+            con.executemany("UPDATE brackets SET certified = ? WHERE measurement_id = ? AND position = ?", flags)
+            con.executemany("UPDATE measurements SET config = ? WHERE id = ?", configs)
         con.close()
         print(f"certified brackets written into the copy {args.write_copy} ({len(updates)} inputs)")
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -279,6 +279,37 @@ def test_markdown_and_csv_agree_with_the_html(study):
         assert float(record["fgsm_auc"]) == _value(cells["fgsm_auc"]) and int(record["seed"]) == int(cells["seed"]["data-value"])
 
 
+def test_report_says_how_fgsm_eps_was_measured_scanned_or_certified(study, tmp_path):
+    """The report states each run's FGSM ε* mode: the scan at its resolution, or certified with the count of inputs
+    proved (read back from the stored per-input flags), in the HTML and in runs.csv."""
+    from typer.testing import CliRunner
+
+    from sparank.cli import app
+
+    store, paths = study
+    text = paths.html.read_text(encoding="utf-8")
+    assert "scan of the ray at resolution h = 0.01, refined to a verified bracket 1e-06 wide" in text and "certified: for" not in text
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    with Store(copy, readonly=True) as s:
+        proved = [r.id for r in s.runs()][:2]  # their newest FGSM measurement becomes the certified one
+    for rid in proved:
+        _cli(CliRunner(), app, ["measure", rid, "--n", "50", "--certify", "--store", str(copy)])
+    with Store(copy, readonly=True) as s:
+        flags = {rid: s.brackets([m for m in s.measurements(rid) if m.config.get("attack") == "fgsm"][-1].id).certified for rid in proved}
+    assert all(f is not None for f in flags.values())
+    count, total = sum(int(f.sum()) for f in flags.values()), sum(len(f) for f in flags.values())  # type: ignore[union-attr]
+    again = write_report(copy, tmp_path / "out", reference_eps=REFERENCE_EPS)
+    text = again.html.read_text(encoding="utf-8")
+    assert f"in 2 runs, certified: for {count} of {total} inputs" in text
+    assert "scan of the ray at resolution h = 0.01" in text  # the other runs: still scanned, and said so
+    with again.runs_csv.open() as handle:
+        runs = {r["id"]: r for r in csv.DictReader(handle)}
+    for rid, f in flags.items():
+        assert float(runs[rid]["fgsm_certified_fraction"]) == pytest.approx(float(f.double().mean()))  # type: ignore[union-attr]
+    assert all(r["fgsm_certified_fraction"] == "" for rid, r in runs.items() if rid not in flags)
+
+
 def test_report_of_a_null_store_says_no_significant_difference(tmp_path):
     """Identical copies of the dense model as sparse and low-rank methods: the answer is "no significant difference", stated as the finding."""
     rng = np.random.default_rng(0)

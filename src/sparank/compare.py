@@ -623,6 +623,7 @@ class StudyMeasurement:
     eps: np.ndarray  # (N,) float64, ε* (0 clean-wrong, inf censored or no direction)
     correct: np.ndarray  # (N,) bool, classified correctly at ε = 0
     summary: dict[str, Any]  # the stored Summary.to_dict() (with "masking" for best)
+    certified: np.ndarray | None = None  # (N,) bool: ε* proved (FGSM with certify), not scanned; None where not asked
 
     @property
     def masking(self) -> dict[str, Any] | None:
@@ -684,6 +685,7 @@ class StudyRecords:
                     eps=table.eps_hi.numpy().astype(np.float64),
                     correct=(table.status != int(CLEAN_WRONG)).numpy(),
                     summary=m.summary,
+                    certified=None if table.certified is None else table.certified.numpy().astype(bool),
                 )
             )
         return cls(runs=tuple(runs), measurements=tuple(measurements), skipped=tuple(skipped))

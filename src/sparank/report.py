@@ -194,6 +194,40 @@ def _newest(records: StudyRecords, run_id: str, kind: str) -> StudyMeasurement |
     return found[0] if found else None
 
 
+def measure_text(records: StudyRecords) -> str | None:
+    """How each run's FGSM ε* (the newest measurement, as the comparisons use) was measured: scanned at a
+    resolution, certified (with the fraction of inputs proved) or scanned on the fast copy; None without any."""
+    groups: dict[tuple[Any, ...], list[StudyMeasurement]] = {}
+    for run in records.runs:
+        m = _newest(records, run.id, "fgsm")
+        if m is not None:
+            s = json.loads(m.settings).get("attack_settings") or {}
+            groups.setdefault((s.get("resolution"), s.get("tol"), bool(s.get("certify")), bool(s.get("fast"))), []).append(m)
+    parts = []
+    for (h, tol, certify, fast), ms in groups.items():
+        runs = f"in {len(ms)} run{'s' if len(ms) != 1 else ''}"
+        copy = "; scanned on a TorchScript copy of each model, every bracket checked on the model itself" if fast else ""
+        if certify:
+            proved = sum(int(m.certified.sum()) for m in ms if m.certified is not None)
+            total = sum(len(m.eps) for m in ms)
+            left = total - proved
+            rest = "" if not left else f"; the other {left} input{' keeps' if left == 1 else 's keep'} the scan at resolution h = {_g(h)}"
+            share = f"{math.floor(10000 * proved / total) / 100:g}" if total else "100"  # rounded down: 100 only when all are
+            parts.append(
+                f"{runs}, certified: for {proved} of {total} inputs ({share} %) every ε below ε* is proved "
+                f"classified correctly by bounds over the ray, and ε* is the verified first crossing to {_g(tol)}{rest}{copy}"
+            )
+        else:
+            parts.append(
+                f"{runs}, the first misclassified point of a scan of the ray at resolution h = {_g(h)}, refined to a verified bracket "
+                f"{_g(tol)} wide; a misclassified stretch shorter than h can be stepped over{copy}"
+            )
+    if not parts:
+        return None
+    hint = "" if all(certify for _, _, certify, _ in groups) else " (`certify = true` under [measure] proves the first crossing instead)"
+    return "How FGSM ε* was measured (along the ray clip(x + ε·d), d the FGSM direction): " + "; ".join(parts) + hint + "."
+
+
 def _auc(m: StudyMeasurement | None) -> float | None:
     return None if m is None else stored_number(m.summary.get("auc"))
 
@@ -746,6 +780,9 @@ def run_record(run: StudyRun, records: StudyRecords) -> dict[str, Any]:
         out[f"{kind}_clean_accuracy"] = None if m is None else stored_number(m.summary.get("clean_accuracy"))
         out[f"{kind}_censored_fraction"] = None if m is None else stored_number(m.summary.get("censored_fraction"))
         out[f"{kind}_n"] = None if m is None else len(m.indices)
+    out["fgsm_certified_fraction"] = (
+        None if fgsm is None or fgsm.certified is None else float(fgsm.certified.mean()) if len(fgsm.eps) else 1.0
+    )
     masking = None if best is None else best.masking
     out["masked"] = None if masking is None else bool(masking.get("masked"))
     out["masking_flags"] = None if masking is None else [k for k, v in (masking.get("flags") or {}).items() if v]
@@ -1411,10 +1448,12 @@ def write_report(
     notes = _row_notes(rows)
     n_boot_used = max((r.fgsm.n_boot for r in rows if r.fgsm), default=None)
     generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    how_measured = measure_text(records)
     meta = f"store {store_path} · {len(records.runs)} runs in the study · {len(rows)} comparisons · sparank {__version__} · generated {generated}"
     how = [
         "ε* of an input: the smallest perturbation (along the FGSM direction, or found by any cross-check attack for best ε*) "
         "that makes the model misclassify it; censored inputs count at ε_max.",
+        *([how_measured] if how_measured else []),
         "Ratio: the median over inputs (correct in both models) and seeds of ε*(regularised) / ε*(dense counterpart of the same seed); "
         "below 1 the regularised model is easier to fool. Brackets: 95 % hierarchical bootstrap interval (seeds, then inputs).",
         f"Verdict: more / less robust when the bootstrap test of the median log-ratio is rejected by Holm's procedure at α = {alpha:g} "
