@@ -845,7 +845,8 @@ def measure(
             what = "ε* along the FGSM ray" if name == "fgsm" else f"ε* by {name}"
             _print_summary(f"run {rid}: {what} ({norm}), measurement {mid}", summary)
             if "certified_fraction" in summary:
-                out.print(f"certified: {summary['certified_fraction']:.1%} of inputs (the others scanned at resolution {resolution:g})", markup=False)
+                share = math.floor(1000 * summary["certified_fraction"] + 1e-9) / 10  # rounded down: 100 % only when every input is
+                out.print(f"certified: {share:.1f}% of inputs (the others scanned at resolution {resolution:g})", markup=False)
         else:
             with Store(store, readonly=True) as st:
                 shown = {m.id: m for m in st.measurements()}
