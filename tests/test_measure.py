@@ -42,6 +42,7 @@ class Claims(MinimalAttack):
     points: torch.Tensor
     radius: float
     refine: int = 0
+    verified: bool = False  # report the points as already accepted by verify_points (Found.verified)
 
     def settings(self) -> dict:
         return {"attack": self.name, "radius": self.radius, "refine": self.refine}
@@ -55,6 +56,7 @@ class Claims(MinimalAttack):
             eps_lo=torch.zeros(n, dtype=torch.float64),
             no_direction=torch.zeros(n, dtype=torch.bool),
             forward_rows=0,
+            verified=torch.full((n,), self.verified) if self.verified else None,
         )
 
 
@@ -101,6 +103,56 @@ def test_a_claim_on_the_boundary_is_pushed_past_it_and_verified_by_a_forward_pas
     with torch.no_grad():
         assert int(model(r.adversarials).argmax()) == 1
     assert float(distances(r.adversarials, x, "linf")[0]) <= float(r.eps_hi[0])
+
+
+def test_a_claim_already_verified_is_not_evaluated_again_but_its_box_and_ball_are_checked(monkeypatch):
+    import sparank.robustness as robustness
+
+    rows = []
+    real = robustness.verify_points
+
+    def spy(model, points, labels, owners, batch_size):
+        rows.append(len(points))
+        return real(model, points, labels, owners, batch_size)
+
+    monkeypatch.setattr(robustness, "verify_points", spy)
+    model = binary_model()
+    x = torch.tensor([[0.3, 0.0]], dtype=torch.float64)
+    y = torch.tensor([0])
+    good = x + torch.tensor([[-0.31, 0.0]], dtype=torch.float64)
+    r = measure(Claims(points=good, radius=0.31, verified=True), model, x, y, bounds=(-1.0, 1.0), eps_max=0.5)
+    assert r.status.tolist() == [int(Status.FOOLED)] and rows == []  # accepted without a second forward pass
+    outside_ball = x + torch.tensor([[-0.5, 0.0]], dtype=torch.float64)
+    r = measure(Claims(points=outside_ball, radius=0.35, verified=True), model, x, y, bounds=(-1.0, 1.0), eps_max=1.0)
+    assert r.status.tolist() == [int(Status.CENSORED)] and r.rejected == 1
+    out_of_box = torch.tensor([[-0.3, 1.5]], dtype=torch.float64)
+    r = measure(Claims(points=out_of_box, radius=2.0, verified=True), model, x, y, bounds=(-1.0, 1.0), eps_max=2.0)
+    assert r.status.tolist() == [int(Status.CENSORED)] and r.rejected == 1
+    unflagged = measure(Claims(points=good, radius=0.31), model, x, y, bounds=(-1.0, 1.0), eps_max=0.5)
+    assert unflagged.status.tolist() == [int(Status.FOOLED)] and rows == [1]  # without the flag: checked here
+
+
+@pytest.mark.parametrize("options", [{}, {"certify": True}, {"fast": True}], ids=["scan", "certify", "fast"])
+def test_fgsm_reports_verified_only_points_that_an_independent_check_accepts(digits, digits_mlp, options, monkeypatch):
+    """The FGSM search flags its adversarials as verified (so the measure does not evaluate them twice): each one is
+    accepted by a fresh verify_points call here, on the model, alone and in a batch of another composition."""
+    import sparank.robustness as robustness
+    from sparank.attacks.base import verify_points
+
+    rows = []
+    real = robustness.verify_points
+    monkeypatch.setattr(robustness, "verify_points", lambda *a: rows.append(len(a[1])) or real(*a))
+    x, y = digits.test_x[:120], digits.test_y[:120]
+    r = measure(FGSM(resolution=1e-2, **options), digits_mlp, x, y, keep_adversarials=True)
+    assert rows == []  # every claim came verified
+    fooled = torch.nonzero(r.status == int(Status.FOOLED)).squeeze(1)
+    assert len(fooled) > 50
+    order = fooled.flip(0)  # another batch composition than the search's
+    ok, _, _ = verify_points(digits_mlp, r.adversarials[order], y[order], order, 7)
+    assert bool(ok.all())
+    with torch.no_grad():
+        for i in fooled[:20].tolist():
+            assert int(digits_mlp(r.adversarials[i : i + 1]).argmax()) != int(y[i])
 
 
 def test_measure_never_attacks_clean_wrong_inputs_and_changes_nothing_it_is_given():

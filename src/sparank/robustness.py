@@ -304,7 +304,10 @@ def measure(
     re-checked with a fresh forward pass: inside the box, inside its claimed
     ``norm`` ball up to :func:`~sparank.attacks.base.ball_tolerance`, and
     misclassified beyond floating-point noise in any batching
-    (:func:`~sparank.attacks.base.verify_points`). A claim whose margin is
+    (:func:`~sparank.attacks.base.verify_points`; a point the attack already
+    had accepted by that same check on this model, as the FGSM ray search
+    does with every bracket it returns, ``Found.verified``, is not evaluated
+    twice, but its box and ball are checked here all the same). A claim whose margin is
     within the noise (an attack that stops on the boundary) is pushed out
     along its own perturbation, ``PUSH_ROUNDS`` times at most; a claim that
     still fails is dropped (``rejected``) and the input counts as not fooled.
@@ -462,7 +465,8 @@ def _verified(
     """Re-check an attack's claims; returns (verified ``(M,)``, radius ``(M,)``, distance ``(M,)``, points, rejected).
 
     A claim is checked if it is within ``eps_max``; it is verified if its point lies in the box, in
-    its ball (``distance <= radius + ball_tolerance``) and :func:`verify_points` accepts it.
+    its ball (``distance <= radius + ball_tolerance``) and :func:`verify_points` accepts it (or accepted
+    it already during the attack: ``found.verified``).
     """
     m = len(x)
     device = x.device
@@ -473,6 +477,8 @@ def _verified(
     ok = torch.zeros(m, dtype=torch.bool, device=device)
     todo = torch.nonzero(claimed).squeeze(1)
     delta = points - x
+    # points the attack already had accepted by verify_points on this model: the same check is not run twice
+    done = torch.zeros(m, dtype=torch.bool, device=device) if found.verified is None else found.verified.to(device)
     for k in range(PUSH_ROUNDS + 1):
         if not len(todo):
             break
@@ -484,7 +490,10 @@ def _verified(
             radius[todo] = torch.maximum(radius[todo], dist)
         inside = (points[todo] >= box.lo).flatten(1).all(dim=1) & (points[todo] <= box.hi).flatten(1).all(dim=1)
         inside &= (dist <= radius[todo] + slack) & (radius[todo] <= eps_max)
-        accepted, _, _ = verify_points(model, points[todo], y[todo], todo, batch_size)
+        accepted = done[todo] if k == 0 else torch.zeros(len(todo), dtype=torch.bool, device=device)
+        check = torch.nonzero(~accepted).squeeze(1)
+        if len(check):
+            accepted[check], _, _ = verify_points(model, points[todo[check]], y[todo[check]], todo[check], batch_size)
         good = inside & accepted
         ok[todo[good]] = True
         # only a claim in its box and ball that is not misclassified beyond the noise is pushed further

@@ -355,6 +355,9 @@ class Found(NamedTuple):
     directions: Tensor | None = None  # (N, *shape) ray directions, for ray attacks
     certified: Tensor | None = None  # (N,) bool: the result is proved (FGSM with certify), not scanned; None: not asked
     bound_passes: int = 0  # bound passes over ray segments (certification cost, see sparank.certify)
+    # (N,) bool: ``adversarials[i]`` itself was accepted by :func:`verify_points` on this model during the search (the
+    # FGSM ray search verifies its brackets as it goes): the measure then checks only its box and ball; None: none was
+    verified: Tensor | None = None
 
 
 class MinimalAttack(ABC):
@@ -366,7 +369,10 @@ class MinimalAttack(ABC):
     the inputs the model classifies correctly; it must not modify ``inputs``
     or any parameter's ``.grad`` (take gradients with ``torch.autograd.grad``
     on a copy of the inputs), and it need not verify its candidates: the
-    measure does (a fresh forward pass, the box, the ball, any batching).
+    measure does (a fresh forward pass, the box, the ball, any batching),
+    except for the points it reports as already accepted by
+    :func:`verify_points` on the model (:attr:`Found.verified`), which the
+    measure does not evaluate twice.
     """
 
     name: ClassVar[str]

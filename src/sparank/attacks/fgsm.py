@@ -818,12 +818,15 @@ def certified_search(
     adversarials[h] = ray_points(inputs[h], directions[h], cert.eps_hi[hit].to(device), bounds)
     no_direction = ((directions.flatten(1) == 0).all(dim=1)).cpu()
     rows += cert.forward_rows
+    verified = hit.clone()  # certified_crossing verified each x(eps_hi) it returns
     rest = torch.nonzero(~ok).squeeze(1)  # the scan's result where nothing was proved
     if len(rest):
         on = rest.to(device)
         scanned = ray_search(model, inputs[on], labels[on], directions[on], resolution, tol, bounds, eps_max, batch_size, None, scanner)
         rows += scanned.forward_rows
         found[rest], eps[rest], eps_lo[rest] = scanned.found, scanned.eps, scanned.eps_lo
+        assert scanned.verified is not None
+        verified[rest] = scanned.verified
         no_direction[rest] = scanned.no_direction
         adversarials[on] = scanned.adversarials
     if progress is not None:
@@ -838,6 +841,7 @@ def certified_search(
         directions=directions,
         certified=ok,
         bound_passes=int(cert.passes.sum()),
+        verified=verified,
     )
 
 
@@ -878,6 +882,7 @@ def ray_search(
         no_direction=crossing.status == int(Status.NO_DIRECTION),
         forward_rows=crossing.forward_rows + len(inputs),
         directions=directions,
+        verified=found.clone(),  # every x(eps_hi) of a fooled input was verified on the model (first_crossing, _checked_on)
     )
 
 
