@@ -467,23 +467,9 @@ def _attack(
         if name == "transfer":
             extra = {} if steps is None else {"steps": steps}
             return Transfer(source=source, source_name=source_name, kind=via, resolution=resolution, tol=tol, **extra)
-        if name == "pgd":
-            from sparank.attacks.pgd import PGD
+        from sparank.run import cross_check_attacks  # pgd, fmn, deepfool: as a run spec builds them
 
-            # with --steps, Madry et al.'s step of 2.5·ε/steps
-            return PGD(
-                restarts=restarts,
-                fgsm_resolution=resolution,
-                fgsm_tol=tol,
-                **({} if steps is None else {"steps": steps, "rel_stepsize": 2.5 / steps}),
-            )
-        if name == "fmn":
-            from sparank.attacks.fmn import FMN
-
-            return FMN(**({} if steps is None else {"steps": steps}))
-        from sparank.attacks.deepfool import DeepFool
-
-        return DeepFool(**({} if steps is None else {"steps": steps}))
+        return cross_check_attacks([name], resolution=resolution, tol=tol, steps=steps, restarts=restarts)[0]
 
 
 def _stored_model(store: Store, run_id: str, data: Any) -> Any:
