@@ -418,7 +418,8 @@ def test_unsupported_layers_keep_the_scanned_result_marked_as_such(digits):
     x, y = digits.test_x[:40], digits.test_y[:40]
     with pytest.raises(Unsupported, match="Tanh"):
         bound_network(model)
-    r = fgsm_robustness(model, x, y, certify=True)
+    with pytest.warns(UserWarning, match=r"certify: layer Tanh has no certified bounds; every input keeps the scan's result"):
+        r = fgsm_robustness(model, x, y, certify=True)
     scan = fgsm_robustness(model, x, y)
     assert r.certified is not None
     assert torch.equal(r.certified, r.status == CLEAN_WRONG)  # only ε* = 0 needs no proof
@@ -436,7 +437,8 @@ def test_a_hook_that_changes_the_forward_pass_is_caught(digits):
     model[1].register_forward_hook(lambda _m, _i, out: out * 3)
     with pytest.raises(Unsupported, match="hook"):
         check_walk(model, net, x)
-    r = fgsm_robustness(model, x, digits.test_y[:8], certify=True)
+    with pytest.warns(UserWarning, match="hook or a patched forward"):
+        r = fgsm_robustness(model, x, digits.test_y[:8], certify=True)
     assert r.certified is not None and not bool(r.certified[r.status != CLEAN_WRONG].any())
 
 

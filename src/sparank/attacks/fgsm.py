@@ -14,6 +14,7 @@ upper end is re-checked by a forward pass.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
@@ -793,7 +794,11 @@ def certified_search(
     try:
         net = bound_network(model)
         check_walk(model, net, inputs[:WALK_CHECK])
-    except Unsupported:
+    except Unsupported as why:
+        warnings.warn(
+            f"certify: {why}; every input keeps the scan's result at resolution {resolution:g} (result.certified is False for it)",
+            stacklevel=2,
+        )
         net = None
     if net is None or n == 0:
         found = ray_search(model, inputs, labels, directions, resolution, tol, bounds, eps_max, batch_size, progress, scanner)
