@@ -284,3 +284,19 @@ def test_first_k_inputs_slices_every_per_input_field():
     head.eps_hi[0] = 99.0
     assert full.eps_hi[0] == 0.5  # a copy, not a view
     assert (head.norm, head.eps_max, head.tol) == (full.norm, full.eps_max, full.tol)
+
+
+def test_lean_drops_only_the_directions_and_adversarial_points(digits_mlp, digits):
+    """RobustnessResult.lean(): what a store keeps; every other field (ε*, statuses, certified flags, settings) unchanged."""
+    import dataclasses
+
+    full = fgsm_robustness(digits_mlp, digits.test_x[:12], digits.test_y[:12], certify=True)
+    full = dataclasses.replace(full, adversarials=digits.test_x[:12].clone())
+    assert full.directions is not None and full.adversarials is not None
+    lean = full.lean()
+    assert lean.directions is None and lean.adversarials is None
+    for f in dataclasses.fields(full):
+        if f.name in ("directions", "adversarials"):
+            continue
+        a, b = getattr(full, f.name), getattr(lean, f.name)
+        assert (torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b), f.name

@@ -161,19 +161,15 @@ class AuditResult:
 # --------------------------------------------------------------------------- the audit
 
 
-def _lean(result: RobustnessResult) -> RobustnessResult:
-    return dataclasses.replace(result, directions=None, adversarials=None)
-
-
 def _measure_one(
     model: nn.Module, compression: Compression | None, x: Tensor, y: Tensor, *, k: int, attacks: Sequence[MinimalAttack],
     bounds: tuple[float, float], norm: str, eps_max: float, resolution: float, tol: float, batch_size: int, start: float,
 ) -> ModelAudit:  # fmt: skip
-    fgsm = _lean(
-        measure(FGSM(resolution=resolution, tol=tol), model, x, y, bounds=bounds, norm=norm, eps_max=eps_max, batch_size=batch_size)
-    )  # type: ignore[arg-type]
+    fgsm = measure(
+        FGSM(resolution=resolution, tol=tol), model, x, y, bounds=bounds, norm=norm, eps_max=eps_max, batch_size=batch_size  # type: ignore[arg-type]
+    ).lean()
     checks = tuple(
-        _lean(measure(a, model, x[:k], y[:k], bounds=bounds, norm=norm, eps_max=eps_max, batch_size=batch_size))  # type: ignore[arg-type]
+        measure(a, model, x[:k], y[:k], bounds=bounds, norm=norm, eps_max=eps_max, batch_size=batch_size).lean()  # type: ignore[arg-type]
         for a in attacks
     )
     members = [fgsm.first(k), *checks]
@@ -321,7 +317,7 @@ def _recorded_audit(
     fgsm_attack = FGSM(resolution=resolution, tol=tol)
 
     def measure_on(attack: MinimalAttack, count: int) -> RobustnessResult:
-        return _lean(measure(attack, model, x[:count], y[:count], bounds=bounds, norm=norm, eps_max=eps_max, batch_size=batch_size))  # type: ignore[arg-type]
+        return measure(attack, model, x[:count], y[:count], bounds=bounds, norm=norm, eps_max=eps_max, batch_size=batch_size).lean()  # type: ignore[arg-type]
 
     found = store.find_run(rec.run_key(compression))
     if found is None:

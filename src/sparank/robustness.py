@@ -148,6 +148,10 @@ class RobustnessResult:
             adversarials=head(self.adversarials), certified=head(self.certified),
         )  # fmt: skip
 
+    def lean(self) -> RobustnessResult:
+        """This result without its per-input directions and adversarial points (what a store keeps of it)."""
+        return replace(self, directions=None, adversarials=None)
+
     def robust_accuracy(self, eps: Tensor | float) -> Tensor:
         """A(ε): the fraction of inputs with ε* > ε, for each ε given (ε in [0, eps_max])."""
         eps_t = torch.as_tensor(eps, dtype=torch.float64).reshape(-1)

@@ -511,10 +511,6 @@ def _best_config(data: Dataset, count: int) -> dict[str, Any]:
     return {"n": count, "split": "test", "bounds": list(BOUNDS), "attack": "best", "dataset": data.name, **_data_record(data)}
 
 
-def _lean(result: RobustnessResult) -> RobustnessResult:
-    return dataclasses.replace(result, directions=None, adversarials=None)
-
-
 def _closed_form(model: nn.Module, x: Tensor, y: Tensor, mspec: MeasureSpec) -> RobustnessResult:
     """The exact FGSM ε* of an affine model (:func:`sparank.linear.model_fgsm_robustness`), as a measurement of it."""
     from sparank.linear import model_fgsm_robustness
@@ -576,7 +572,7 @@ def measure_model(
                 attack, model, plan.x[:count], plan.y[:count], bounds=BOUNDS, norm=mspec.norm, eps_max=mspec.eps_max,
                 batch_size=mspec.batch_size, progress=tick,
             )  # fmt: skip
-        measured.append(MeasuredAttack(attack.name, settings, plan.indices[:count].clone(), _lean(result),
+        measured.append(MeasuredAttack(attack.name, settings, plan.indices[:count].clone(), result.lean(),
                                        _attack_config(data, mspec, attack.name, count, len(plan.indices))))  # fmt: skip
     if known:
         raise ValueError(f"known has results of attacks this spec does not run: {', '.join(known)}")
