@@ -23,6 +23,7 @@ from sparank.audit_report import write_audit_report
 from sparank.cli import app
 from sparank.compare import LESS_ROBUST, NO_DIFFERENCE
 from sparank.compress import Compression
+from sparank.robustness import CLEAN_WRONG, FOOLED
 
 runner = CliRunner()
 IDENTITY = (Compression("magnitude", 0.0), Compression("global", 0.0), Compression("structured", 0.0), Compression("svd", 1.0))
@@ -303,6 +304,13 @@ def test_cli_audits_a_model_from_an_import_path(tmp_path, trained_skip):
                             "--families", "svd", "--rank-fractions", "0.5", "--out", str(tmp_path / "rep"), "--threads", "1"])  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "svd" in r.output and (tmp_path / "rep" / "report.md").exists()
+    # --certify on a model the bounds cannot read: one warning line naming it, the scan kept
+    r = runner.invoke(app, ["audit", "--model", f"{__name__}:skip_net", "--weights", str(weights), "--dataset", "digits", "--n", "60",
+                            "--families", "svd", "--rank-fractions", "0.5", "--out", str(tmp_path / "cert"), "--threads", "1", "--certify"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    warned = [line for line in r.output.splitlines() if "SkipNet has its own forward" in line]
+    assert warned and all(line.startswith("warning: certify: module SkipNet") for line in warned), r.output
+    assert "UserWarning" not in r.output and "warnings.warn" not in r.output and "certified: FGSM ε* of 0 of" in r.output
 
 
 # --------------------------------------------------------------------------- the results store: record, resume, never reuse a stale record
@@ -456,3 +464,93 @@ def test_the_store_reuses_only_records_of_the_same_model_compression_and_setting
         assert not records.runs and {why for _, why in records.skipped} == {"kind 'audit': not a trained run of a study grid"}
     with Store(tmp_path / "st") as store, pytest.raises(ValueError, match="input_indices must be 120 integers"):
         audit(digits_mlp, x, y, store=store, input_indices=torch.arange(5), **kwargs)
+
+
+# --------------------------------------------------------------------------- certified FGSM ε*
+
+
+def test_a_certified_audit_proves_every_input_and_never_exceeds_the_scan(digits, digits_mlp, tmp_path):
+    """``certify=True``: FGSM ε* of the original and every copy is the proved first crossing, so never later than the
+    scan's (the scan can only step over a crossing), the report says which measure was used, and the store keeps the
+    certified and the scanned measurements apart."""
+    from sparank.audit_report import certified_counts
+    from sparank.store import Store
+
+    x, y = digits.test_x[:150], digits.test_y[:150]
+    tol = 1e-6
+    kwargs = {
+        "bounds": (0, 1),
+        "families": ("magnitude", "svd"),
+        "sparsities": (0.7,),
+        "rank_fractions": (0.25,),
+        "n_boot": 200,
+        "tol": tol,
+    }
+    scan = audit(digits_mlp, x, y, **kwargs)
+    cert = audit(digits_mlp, x, y, certify=True, **kwargs)
+    assert cert.settings["certify"] is True and scan.settings["certify"] is False
+    for c, s in zip((cert.original, *cert.compressed), (scan.original, *scan.compressed), strict=True):
+        assert c.fgsm.certified is not None and bool(c.fgsm.certified.all()), c.label  # the digits MLP's rays are all proved
+        assert s.fgsm.certified is None
+        assert bool((c.fgsm.eps_hi <= s.fgsm.eps_hi + tol).all()), c.label
+        assert bool((c.fgsm.eps_hi - c.fgsm.eps_lo <= tol).all())
+        # a ray the scan crossed is one the certified measure crossed (first); the same clean-wrong inputs
+        assert bool(((s.fgsm.status == FOOLED) <= (c.fgsm.status == FOOLED)).all())
+        assert torch.equal(c.fgsm.status == CLEAN_WRONG, s.fgsm.status == CLEAN_WRONG)
+    correct = sum(int((m.fgsm.status != CLEAN_WRONG).sum()) for m in (scan.original, *scan.compressed))
+    assert len(cert.compressed) == 2 and certified_counts(cert) == (correct, correct) and correct < 3 * 150
+
+    cert_text = write_audit_report(cert, tmp_path / "cert").markdown.read_text()
+    scan_text = write_audit_report(scan, tmp_path / "scan").markdown.read_text()
+    assert (
+        f"is certified: for {correct} of the {correct} (model, input) pairs that the model classifies correctly (100 %" in cert_text
+        and "resolution h = 0.01" not in cert_text
+    )
+    assert "a scan of the ray clip(x + ε·d) at resolution h = 0.01" in scan_text and "--certify proves" in scan_text
+
+    with Store(tmp_path / "st") as store:
+        first = audit(digits_mlp, x, y, certify=True, store=store, **kwargs)
+        plain = audit(digits_mlp, x, y, store=store, **kwargs)
+        assert plain.run_ids == first.run_ids  # the same models, measured again by the scan
+        fgsm_ids = {m.id for run in first.run_ids for m in store.measurements(run) if m.config["attack"] == "fgsm"}
+        assert len(fgsm_ids) == 2 * 3  # one certified and one scanned FGSM measurement per model
+        again = audit(digits_mlp, x, y, certify=True, store=store, **kwargs)
+        assert fgsm_ids == {m.id for run in first.run_ids for m in store.measurements(run) if m.config["attack"] == "fgsm"}  # read back
+        for a, b in zip((again.original, *again.compressed), (cert.original, *cert.compressed), strict=True):
+            assert torch.equal(a.fgsm.eps_hi, b.fgsm.eps_hi) and torch.equal(a.fgsm.certified, b.fgsm.certified)
+
+    with pytest.raises(ValueError, match="certify must be True or False"):
+        audit(digits_mlp, x[:10], y[:10], bounds=(0, 1), certify="yes")  # type: ignore[arg-type]
+
+
+def test_cli_audit_certify_says_how_many_pairs_were_proved(tmp_path, digits, digits_mlp):
+    weights = tmp_path / "m.safetensors"
+    save_file({k: v.contiguous() for k, v in digits_mlp.state_dict().items()}, str(weights))
+    out = tmp_path / "rep"
+    r = runner.invoke(app, ["audit", "--model", "mlp:64", "--weights", str(weights), "--dataset", "digits", "--n", "60", "--certify",
+                            "--families", "svd", "--rank-fractions", "0.5", "--out", str(out), "--threads", "1"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    correct = int((digits_mlp(digits.test_x[:60]).argmax(1) == digits.test_y[:60]).sum())
+    with (out / "compressions.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    correct += round(float(rows[1]["clean_accuracy"]) * 60)  # the copy's
+    assert f"certified: FGSM ε* of {correct} of {correct} correctly classified (model, input) pairs" in r.output
+    assert "the others" not in r.output and "warning" not in r.output
+    assert f"is certified: for {correct} of the {correct}" in (out / "report.md").read_text()
+
+
+def test_a_model_with_its_own_forward_is_scanned_and_the_audit_says_why(digits, trained_skip, tmp_path):
+    """The certified bounds read an nn.Sequential of known layers: SkipNet (a residual forward) keeps the scan, marked not
+    certified; the warning names the module and the report counts no proved pair."""
+    from sparank.audit_report import certified_counts
+
+    x, y = digits.test_x[:60], digits.test_y[:60]
+    with pytest.warns(UserWarning, match="module SkipNet has its own forward"):
+        result = audit(trained_skip, x, y, bounds=(0, 1), families=("svd",), rank_fractions=(0.5,), n_boot=100, certify=True)
+    scan = audit(trained_skip, x, y, bounds=(0, 1), families=("svd",), rank_fractions=(0.5,), n_boot=100)
+    correct = sum(int((m.fgsm.status != CLEAN_WRONG).sum()) for m in (result.original, *result.compressed))
+    assert certified_counts(result) == (0, correct) and correct > 0
+    for m, s in zip((result.original, *result.compressed), (scan.original, *scan.compressed), strict=True):
+        assert torch.equal(m.fgsm.eps_hi, s.fgsm.eps_hi)  # the scan's result, unchanged
+    text = write_audit_report(result, tmp_path / "rep").markdown.read_text()
+    assert f"for 0 of the {correct} (model, input) pairs" in text and f"the other {correct} keep the scan at resolution h = 0.01" in text

@@ -163,11 +163,10 @@ class AuditResult:
 
 def _measure_one(
     model: nn.Module, compression: Compression | None, x: Tensor, y: Tensor, *, k: int, attacks: Sequence[MinimalAttack],
-    bounds: tuple[float, float], norm: str, eps_max: float, resolution: float, tol: float, batch_size: int, start: float,
+    bounds: tuple[float, float], norm: str, eps_max: float, resolution: float, tol: float, certify: bool, batch_size: int, start: float,
 ) -> ModelAudit:  # fmt: skip
-    fgsm = measure(
-        FGSM(resolution=resolution, tol=tol), model, x, y, bounds=bounds, norm=norm, eps_max=eps_max, batch_size=batch_size  # type: ignore[arg-type]
-    ).lean()
+    fgsm_attack = FGSM(resolution=resolution, tol=tol, certify=certify)
+    fgsm = measure(fgsm_attack, model, x, y, bounds=bounds, norm=norm, eps_max=eps_max, batch_size=batch_size).lean()  # type: ignore[arg-type]
     checks = tuple(
         measure(a, model, x[:k], y[:k], bounds=bounds, norm=norm, eps_max=eps_max, batch_size=batch_size).lean()  # type: ignore[arg-type]
         for a in attacks
@@ -295,7 +294,7 @@ def structure_from_dict(stored: Mapping[str, Any]) -> ModelStructure:
 def _recorded_audit(
     rec: _Recorder, compression: Compression | None, build: Callable[[], nn.Module], reference: nn.Module, x: Tensor, y: Tensor, *,
     original_run: str | None, k: int, attacks: Sequence[MinimalAttack], bounds: tuple[float, float], norm: str, eps_max: float,
-    resolution: float, tol: float, batch_size: int, start: float,
+    resolution: float, tol: float, certify: bool, batch_size: int, start: float,
 ) -> tuple[ModelAudit, str, list[int]]:  # fmt: skip
     """One model of an audit through the store: what is stored is read back, what is missing is measured and stored at once.
 
@@ -314,7 +313,7 @@ def _recorded_audit(
     store = rec.store
     model: nn.Module | None = None
     fresh: dict[str, RobustnessResult] = {}
-    fgsm_attack = FGSM(resolution=resolution, tol=tol)
+    fgsm_attack = FGSM(resolution=resolution, tol=tol, certify=certify)
 
     def measure_on(attack: MinimalAttack, count: int) -> RobustnessResult:
         return measure(attack, model, x[:count], y[:count], bounds=bounds, norm=norm, eps_max=eps_max, batch_size=batch_size).lean()  # type: ignore[arg-type]
@@ -399,6 +398,7 @@ def audit(
     eps_max: float = 0.5,
     resolution: float = 1e-2,
     tol: float = 1e-6,
+    certify: bool = False,
     attacks: Sequence[str] = (),
     attack_n: int | None = 100,
     steps: int | None = None,
@@ -430,6 +430,9 @@ def audit(
         fine_tune_epochs, fine_tune_lr, fine_tune_batch_size: fine-tuning of each copy with the
             mask or rank held fixed (0 epochs: none).
         norm, eps_max, resolution, tol: the FGSM measure (PROTOCOL §2).
+        certify: FGSM ε* certified (``FGSM(certify=True)``: every ε below it proved classified correctly
+            by bounds over the ray, :mod:`sparank.certify`) instead of scanned at ``resolution``; an input
+            or a model the bounds cannot prove keeps the scan's result, marked not certified.
         attacks: cross-checks among ``pgd``, ``fmn``, ``deepfool`` (PROTOCOL §3), on the first
             ``attack_n`` inputs (None: all), with ``steps`` and ``restarts`` as ``sparank measure``.
             The gradient-masking flags are computed on those inputs whether or not cross-checks run.
@@ -476,6 +479,8 @@ def audit(
             raise ValueError(f"attacks must be among {', '.join(CROSS_CHECKS)}, got {name!r}")
     if len(set(attacks)) != len(attacks):
         raise ValueError(f"attacks names an attack twice ({', '.join(attacks)}); give each once")
+    if not isinstance(certify, bool):
+        raise ValueError(f"certify must be True or False, got {certify!r}")  # noqa: TRY004  ValueError: the one-line user-error path
     if attack_n is not None and (isinstance(attack_n, bool) or not isinstance(attack_n, int) or attack_n < 1):
         raise ValueError(f"attack_n must be an integer >= 1 or None for all inputs, got {attack_n!r}")
     if not (isinstance(accuracy_tolerance, (int, float)) and math.isfinite(accuracy_tolerance) and 0 <= accuracy_tolerance < 1):
@@ -495,7 +500,7 @@ def audit(
     cross = cross_check_attacks(attacks, resolution=resolution, tol=tol, steps=steps, restarts=restarts)
     k = len(x) if attack_n is None else min(attack_n, len(x))
     kwargs: dict[str, Any] = {"k": k, "attacks": cross, "bounds": bounds, "norm": norm, "eps_max": eps_max, "resolution": resolution, "tol": tol,
-                                  "batch_size": batch_size}  # fmt: skip
+                                  "certify": certify, "batch_size": batch_size}  # fmt: skip
 
     reference = copy.deepcopy(model).eval()  # the user's object keeps its mode, parameters and gradients
     rec = None
@@ -546,7 +551,7 @@ def audit(
         rows.append(CompressionComparison(m.compression, fc, fv, bc, bv, change, ok))  # type: ignore[arg-type]
     settings = {
         "bounds": list(bounds), "n": len(x), "norm": norm, "eps_max": eps_max, "resolution": resolution, "tol": tol,
-        "attacks": list(attacks), "attack_n": k, "steps": steps, "restarts": restarts,
+        "certify": certify, "attacks": list(attacks), "attack_n": k, "steps": steps, "restarts": restarts,
         "fine_tune_epochs": fine.epochs, "fine_tune_lr": fine.lr, "fine_tune_batch_size": fine.batch_size,
         "accuracy_tolerance": accuracy_tolerance, "reference_eps": list(refs), "n_boot": n_boot, "alpha": ALPHA, "seed": seed,
         "families": list(families), "sparsities": list(sparsities), "rank_fractions": list(rank_fractions),

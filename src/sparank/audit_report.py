@@ -349,6 +349,44 @@ def figure_scatter(result: AuditResult) -> Figure:
 # --------------------------------------------------------------------------- the report
 
 
+def certified_counts(result: AuditResult) -> tuple[int, int]:
+    """Of the (model, input) pairs of the original and every copy that the model classifies correctly (those a proof is
+    about: a clean-wrong input's ε* = 0 needs none), how many have their FGSM ε* certified, and how many there are."""
+    proved = total = 0
+    for m in (result.original, *result.compressed):
+        correct = m.fgsm.status != CLEAN_WRONG
+        total += int(correct.sum())
+        if m.fgsm.certified is not None:
+            proved += int((m.fgsm.certified & correct).sum())
+    return proved, total
+
+
+def _share(part: int, total: int) -> str:
+    """A percentage rounded down (100 only when all are)."""
+    return f"{math.floor(10000 * part / total) / 100:g}" if total else "100"
+
+
+def measure_line(result: AuditResult) -> str:
+    """How FGSM ε* was measured in this audit: scanned at a resolution, or certified with the share of inputs proved."""
+    h, tol = float(result.settings["resolution"]), float(result.settings["tol"])
+    if not result.settings.get("certify"):
+        return (
+            f"FGSM ε* is the first misclassified point of a scan of the ray clip(x + ε·d) at resolution h = {h:g}, refined to a "
+            f"verified bracket {tol:g} wide: a misclassified stretch shorter than h can be stepped over (--certify proves the "
+            "first crossing instead)."
+        )
+    proved, total = certified_counts(result)
+    share = _share(proved, total)
+    left = total - proved
+    rest = "" if not left else f"; the other {left} keep{'s' if left == 1 else ''} the scan at resolution h = {h:g}"
+    return (
+        f"FGSM ε* is certified: for {proved} of the {total} (model, input) pairs that the model classifies correctly ({share} %, "
+        f"the original and every copy) every ε "
+        f"below ε* is proved classified correctly by bounds over the ray clip(x + ε·d), and ε* is the verified first crossing "
+        f"to {tol:g}{rest}."
+    )
+
+
 def _settings_lines(result: AuditResult) -> list[str]:
     return [f"{k}: {v}" for k, v in result.settings.items()]
 
@@ -406,6 +444,7 @@ def write_audit_report(result: AuditResult, out_dir: str | Path, *, title: str |
             "ε* of an input: the smallest ε along its FGSM ray at which the model misclassifies it (PROTOCOL §2); censored inputs "
             "count at ε_max. AUC = mean of min(ε*, ε_max): the area under the robust-accuracy curve."
         ),
+        measure_line(result),
         (
             "Median ε* ratio: over the inputs both models classify correctly, the median of ε*(copy) / ε*(original), with its 95 % "
             "bootstrap interval over inputs. Below 1 the copy is easier to fool. There is one original model, so the intervals "

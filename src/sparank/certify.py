@@ -180,6 +180,8 @@ def bound_network(model: nn.Module) -> BoundNet:
     for m in layers:
         name = type(m).__name__
         if _base_type(m) not in _SUPPORTED:  # exact types: a subclass may compute something else
+            if any(True for _ in m.children()):
+                raise Unsupported(f"module {name} has its own forward(); the bounds read an nn.Sequential of {_SUPPORTED_NAMES} layers")
             raise Unsupported(f"layer {name} has no certified bounds")
         if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
             raise Unsupported(f"Conv2d with padding_mode={m.padding_mode!r} has no certified bounds")
@@ -204,6 +206,7 @@ def _base_type(m: nn.Module) -> type:
 
 
 _SUPPORTED = (nn.Linear, nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.BatchNorm1d, nn.BatchNorm2d)
+_SUPPORTED_NAMES = "Linear, Conv2d, ReLU, MaxPool2d, AvgPool2d, Flatten, BatchNorm1d/2d, Identity and Dropout"
 
 
 class _Affine(NamedTuple):

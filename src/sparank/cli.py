@@ -20,6 +20,7 @@ import os
 import re
 import sqlite3
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -109,7 +110,10 @@ def _user_errors() -> Iterator[None]:
     """
     debug = bool(os.environ.get("SPARANK_DEBUG"))
     try:
-        yield
+        with warnings.catch_warnings():
+            if not debug:  # a warning is one line too: "warning: ...", without the source line Python prints
+                warnings.showwarning = _warning_line
+            yield
     except KeyboardInterrupt:
         err.print("interrupted: everything already written to the store is kept")
         raise typer.Exit(130) from None
@@ -137,6 +141,13 @@ def _user_errors() -> Iterator[None]:
         if debug or not _OOM.search(str(exc)):
             raise
         _fail(f"out of memory ({_first_line(exc)[:120]}); use a smaller model, --batch-size or --n")
+
+
+def _warning_line(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: str | None = None
+) -> None:
+    text = str(message).strip()
+    err.print(f"warning: {text.splitlines()[0] if text else category.__name__}", markup=False)
 
 
 @contextlib.contextmanager
@@ -1483,6 +1494,9 @@ def audit(
     eps_max: Annotated[float, typer.Option(help="largest ε tried; inputs still correct there are censored")] = 0.5,
     resolution: Annotated[float, typer.Option(help="scan step along the FGSM ray")] = 1e-2,
     tol: Annotated[float, typer.Option(help="width of the verified brackets")] = 1e-6,
+    certify: Annotated[
+        bool, typer.Option("--certify", help="prove FGSM ε*'s first crossing (every ε below it classified correctly), not the scan's")
+    ] = False,
     batch_size: Annotated[int, typer.Option(help="rows per forward pass")] = 256,
     seed: Annotated[int, typer.Option(help="the bootstrap's draws and the fine-tuning's data order")] = 0,
     out_dir: Annotated[Path, typer.Option("--out", help="folder for report.html, report.md, the CSVs and figures/")] = Path("audit-report"),
@@ -1512,7 +1526,7 @@ def audit(
 
     from sparank.audit import audit as run_audit
     from sparank.audit import import_factory, is_import_path, load_model
-    from sparank.audit_report import write_audit_report
+    from sparank.audit_report import certified_counts, write_audit_report
     from sparank.compress import FAMILIES
     from sparank.data import eval_subset, load_dataset
     from sparank.models import parse_spec
@@ -1580,7 +1594,7 @@ def audit(
             result = run_audit(
                 net, x, y, bounds=(0.0, 1.0), train_data=(data.train_x, data.train_y) if fine_tune_epochs else None,
                 families=chosen, sparsities=levels, rank_fractions=ranks, fine_tune_epochs=fine_tune_epochs, fine_tune_lr=fine_tune_lr,
-                norm=norm, eps_max=eps_max, resolution=resolution, tol=tol, attacks=attacks, attack_n=attack_n, steps=steps,
+                norm=norm, eps_max=eps_max, resolution=resolution, tol=tol, certify=certify, attacks=attacks, attack_n=attack_n, steps=steps,
                 restarts=restarts, accuracy_tolerance=accuracy_tolerance / 100, seed=seed, batch_size=batch_size, progress=on_model,
                 store=stored, model_name=model, input_indices=indices, context=context,
             )  # fmt: skip
@@ -1597,6 +1611,10 @@ def audit(
         ]  # fmt: skip
         head = ["family", "level", "acc%", "Δacc", "ε*-ratio", "interval", "verdict", "ok"]
         _print_lines(_table_lines(head, rows, keep=[0, 1, 6, 4, 7, 3, 2, 5], right=[1, 2, 3, 4], width=_screen_width()))
+        if certify:
+            proved, pairs = certified_counts(result)
+            rest = f" (the others scanned at resolution {resolution:g})" if proved < pairs else ""
+            out.print(f"certified: FGSM ε* of {proved} of {pairs} correctly classified (model, input) pairs{rest}", markup=False, soft_wrap=True)
         out.print(f"audit of {1 + len(rows)} models in {result.seconds:.1f} s; report: {paths.html}", markup=False, soft_wrap=True)
         if store_dir is not None:
             out.print(

@@ -796,7 +796,7 @@ def certified_search(
         check_walk(model, net, inputs[:WALK_CHECK])
     except Unsupported as why:
         warnings.warn(
-            f"certify: {why}; every input keeps the scan's result at resolution {resolution:g} (result.certified is False for it)",
+            f"certify: {why}; every input keeps the scan's result at resolution {resolution:g}, marked not certified",
             stacklevel=2,
         )
         net = None
