@@ -502,7 +502,10 @@ def test_a_certified_audit_proves_every_input_and_never_passes_the_scan(digits, 
     correct = sum(int((m.fgsm.status != CLEAN_WRONG).sum()) for m in (scan.original, *scan.compressed))
     assert len(cert.compressed) == 2 and certified_counts(cert) == (correct, correct) and correct < 3 * 150
 
-    cert_text = write_audit_report(cert, tmp_path / "cert").markdown.read_text()
+    cert_paths = write_audit_report(cert, tmp_path / "cert")
+    cert_text = cert_paths.markdown.read_text()
+    with cert_paths.compressions_csv.open() as f:
+        assert [float(r["certified_fraction"]) for r in csv.DictReader(f)] == [1.0, 1.0, 1.0]
     scan_text = write_audit_report(scan, tmp_path / "scan").markdown.read_text()
     assert (
         f"is certified: for {correct} of the {correct} (model, input) pairs that the model classifies correctly (100 %" in cert_text
@@ -554,5 +557,8 @@ def test_a_model_with_its_own_forward_is_scanned_and_the_audit_says_why(digits, 
     assert certified_counts(result) == (0, correct) and correct > 0
     for m, s in zip((result.original, *result.compressed), (scan.original, *scan.compressed), strict=True):
         assert torch.equal(m.fgsm.eps_hi, s.fgsm.eps_hi)  # the scan's result, unchanged
-    text = write_audit_report(result, tmp_path / "rep").markdown.read_text()
+    paths = write_audit_report(result, tmp_path / "rep")
+    text = paths.markdown.read_text()
+    with paths.compressions_csv.open() as f:
+        assert [float(r["certified_fraction"]) for r in csv.DictReader(f)] == [0.0, 0.0]
     assert f"for 0 of the {correct} (model, input) pairs" in text and f"the other {correct} keep the scan at resolution h = 0.01" in text

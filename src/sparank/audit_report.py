@@ -68,6 +68,14 @@ def _flips(model: ModelAudit, original: ModelAudit) -> tuple[int, float | None, 
     return int(flipped.sum()), med(flipped), med(kept)
 
 
+def _certified_fraction(model: ModelAudit) -> float | None:
+    """Of the inputs the model classifies correctly, the fraction whose FGSM ε* is certified (None: not asked)."""
+    if model.fgsm.certified is None:
+        return None
+    correct = model.fgsm.status != CLEAN_WRONG
+    return float((model.fgsm.certified & correct).sum()) / max(int(correct.sum()), 1)
+
+
 def model_record(result: AuditResult, model: ModelAudit, comparison: CompressionComparison | None) -> dict[str, Any]:
     """One row of ``compressions.csv``: the model's measurements and, for a copy, its comparison with the original."""
     s = model.fgsm.summary()
@@ -85,6 +93,7 @@ def model_record(result: AuditResult, model: ModelAudit, comparison: Compression
         "median_eps": s.quantiles.get("50"),
         "censored_fraction": s.censored_fraction,
         "no_direction_fraction": s.no_direction_fraction,
+        "certified_fraction": _certified_fraction(model),
         "best_auc": None if model.best is None else model.best.summary().auc,
         "masked": model.masked,
         "masking_flags": None if model.masking is None else [k for k, v in model.masking["flags"].items() if v],
