@@ -68,12 +68,20 @@ def _flips(model: ModelAudit, original: ModelAudit) -> tuple[int, float | None, 
     return int(flipped.sum()), med(flipped), med(kept)
 
 
+def _proved(model: ModelAudit) -> tuple[int, int]:
+    """Of the inputs the model classifies correctly (those a proof is about: a clean-wrong input's ε* = 0 needs none),
+    how many have their FGSM ε* certified, and how many there are."""
+    correct = model.fgsm.status != CLEAN_WRONG
+    certified = model.fgsm.certified
+    return (0 if certified is None else int((certified & correct).sum())), int(correct.sum())
+
+
 def _certified_fraction(model: ModelAudit) -> float | None:
-    """Of the inputs the model classifies correctly, the fraction whose FGSM ε* is certified (None: not asked)."""
+    """The share of :func:`_proved` (None: certification was not asked)."""
     if model.fgsm.certified is None:
         return None
-    correct = model.fgsm.status != CLEAN_WRONG
-    return float((model.fgsm.certified & correct).sum()) / max(int(correct.sum()), 1)
+    proved, correct = _proved(model)
+    return proved / max(correct, 1)
 
 
 def model_record(result: AuditResult, model: ModelAudit, comparison: CompressionComparison | None) -> dict[str, Any]:
@@ -359,15 +367,9 @@ def figure_scatter(result: AuditResult) -> Figure:
 
 
 def certified_counts(result: AuditResult) -> tuple[int, int]:
-    """Of the (model, input) pairs of the original and every copy that the model classifies correctly (those a proof is
-    about: a clean-wrong input's ε* = 0 needs none), how many have their FGSM ε* certified, and how many there are."""
-    proved = total = 0
-    for m in (result.original, *result.compressed):
-        correct = m.fgsm.status != CLEAN_WRONG
-        total += int(correct.sum())
-        if m.fgsm.certified is not None:
-            proved += int((m.fgsm.certified & correct).sum())
-    return proved, total
+    """:func:`_proved` summed over the original and every copy: (model, input) pairs certified, and correctly classified."""
+    counts = [_proved(m) for m in (result.original, *result.compressed)]
+    return sum(p for p, _ in counts), sum(c for _, c in counts)
 
 
 def _share(part: int, total: int) -> str:
@@ -390,9 +392,8 @@ def measure_line(result: AuditResult) -> str:
     rest = "" if not left else f"; the other {left} keep{'s' if left == 1 else ''} the scan at resolution h = {h:g}"
     return (
         f"FGSM ε* is certified: for {proved} of the {total} (model, input) pairs that the model classifies correctly ({share} %, "
-        f"the original and every copy) every ε "
-        f"below ε* is proved classified correctly by bounds over the ray clip(x + ε·d), and ε* is the verified first crossing "
-        f"to {tol:g}{rest}."
+        f"the original and every copy) every ε below ε* is proved classified correctly by bounds over the ray clip(x + ε·d), "
+        f"and ε* is the verified first crossing to {tol:g}{rest}."
     )
 
 
