@@ -300,3 +300,28 @@ def test_lean_drops_only_the_directions_and_adversarial_points(digits_mlp, digit
             continue
         a, b = getattr(full, f.name), getattr(lean, f.name)
         assert (torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b), f.name
+
+
+def test_a_tol_at_least_the_resolution_gives_the_first_misclassified_grid_point(digits_mlp, digits):
+    """``tol >= resolution``: nothing is refined; ε* is the first grid point k·h whose point is misclassified (ART's minimal
+    FGSM value), checked against a forward pass of every grid point of every ray."""
+    x, y, h = digits.test_x[:80], digits.test_y[:80], 0.01
+    r = fgsm_robustness(digits_mlp, x, y, eps_max=0.5, resolution=h, tol=0.05)
+    d = fgsm_direction(digits_mlp, x, y)
+    grid = torch.arange(1, 51, dtype=torch.float64) * h
+    margins = []
+    with torch.no_grad():
+        for e in grid:
+            z = digits_mlp(ray_points(x, d, torch.full((len(x),), float(e)), (0.0, 1.0)))
+            own = z.gather(1, y[:, None]).squeeze(1)
+            margins.append(own - z.scatter(1, y[:, None], -math.inf).amax(dim=1))
+    margin = torch.stack(margins, dim=1)
+    wrong = margin < 0  # a tie (margin 0) is in no row kept by `clear`
+    clear = (margin.abs() > 1e-4).all(dim=1)  # rows with a grid point within float noise of the boundary are left out
+    assert int(clear.sum()) >= 70
+    fooled = (r.status == FOOLED) & clear
+    assert bool(fooled.any())
+    first = grid[wrong.int().argmax(dim=1)]
+    assert torch.allclose(r.eps_hi[fooled], first[fooled], rtol=0, atol=1e-12)
+    assert bool((r.eps_hi[fooled] - r.eps_lo[fooled] <= h + 1e-12).all())
+    assert not bool(wrong[(r.status == CENSORED) & clear].any())
