@@ -299,7 +299,7 @@ def test_lean_drops_only_the_directions_and_adversarial_points(digits_mlp, digit
         if f.name in ("directions", "adversarials"):
             continue
         a, b = getattr(full, f.name), getattr(lean, f.name)
-        assert (torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b), f.name
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, f.name
 
 
 def test_a_tol_at_least_the_resolution_gives_the_first_misclassified_grid_point(digits_mlp, digits):
