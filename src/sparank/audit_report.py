@@ -33,7 +33,18 @@ from sparank.compare import LESS_ROBUST, MORE_ROBUST, NO_DIFFERENCE
 from sparank.compress import FAMILY_TITLES, LEVEL_NAMES
 
 # the study report's table, CSV and style helpers: one look for both reports
-from sparank.report import _VERDICT_COLOURS, _VERDICT_CSS, Cell, _eps_unit, _html_opening, _html_table, _md, _md_table, _write_csv
+from sparank.report import (
+    _VERDICT_COLOURS,
+    _VERDICT_CSS,
+    Cell,
+    _eps_unit,
+    _html_opening,
+    _html_table,
+    _md,
+    _md_table,
+    _write_csv,
+    percent_down,
+)
 from sparank.robustness import CLEAN_WRONG
 
 if TYPE_CHECKING:
@@ -372,11 +383,6 @@ def certified_counts(result: AuditResult) -> tuple[int, int]:
     return sum(p for p, _ in counts), sum(c for _, c in counts)
 
 
-def _share(part: int, total: int) -> str:
-    """A percentage rounded down (100 only when all are)."""
-    return f"{math.floor(10000 * part / total) / 100:g}" if total else "100"
-
-
 def measure_line(result: AuditResult) -> str:
     """How FGSM ε* was measured in this audit: scanned at a resolution, or certified with the share of inputs proved."""
     h, tol = float(result.settings["resolution"]), float(result.settings["tol"])
@@ -387,7 +393,7 @@ def measure_line(result: AuditResult) -> str:
             "first crossing instead)."
         )
     proved, total = certified_counts(result)
-    share = _share(proved, total)
+    share = percent_down(proved, total)
     left = total - proved
     rest = "" if not left else f"; the other {left} keep{'s' if left == 1 else ''} the scan at resolution h = {h:g}"
     return (

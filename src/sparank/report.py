@@ -194,6 +194,11 @@ def _newest(records: StudyRecords, run_id: str, kind: str) -> StudyMeasurement |
     return found[0] if found else None
 
 
+def percent_down(part: int, total: int) -> str:
+    """``part`` of ``total`` as a percentage to 0.01, rounded down: 100 only when all are (100 for none of none)."""
+    return f"{math.floor(10000 * part / total) / 100:g}" if total else "100"
+
+
 def measure_text(records: StudyRecords) -> str | None:
     """How each run's FGSM ε* (the newest measurement, as the comparisons use) was measured: scanned at a
     resolution, certified (with the fraction of inputs proved) or scanned on the fast copy; None without any."""
@@ -212,7 +217,7 @@ def measure_text(records: StudyRecords) -> str | None:
             total = sum(len(m.eps) for m in ms)
             left = total - proved
             rest = "" if not left else f"; the other {left} input{' keeps' if left == 1 else 's keep'} the scan at resolution h = {_g(h)}"
-            share = f"{math.floor(10000 * proved / total) / 100:g}" if total else "100"  # rounded down: 100 only when all are
+            share = percent_down(proved, total)
             parts.append(
                 f"{runs}, certified: for {proved} of {total} inputs ({share} %) every ε below ε* is proved "
                 f"classified correctly by bounds over the ray, and ε* is the verified first crossing to {_g(tol)}{rest}{copy}"
