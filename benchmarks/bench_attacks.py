@@ -74,6 +74,7 @@ from sparank.attacks.fmn import FMN  # noqa: E402
 from sparank.attacks.pgd import PGD  # noqa: E402
 from sparank.data import load_dataset  # noqa: E402
 from sparank.robustness import measure  # noqa: E402
+from sparank.runtime import keep_freed_memory  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 EPS_MAX = {"linf": 0.5, "l2": 0.1 * math.sqrt(784)}  # PROTOCOL §2: L2's ε_max scales with √d
@@ -337,6 +338,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_attacks.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the sparank command does (sparank.runtime): every tool timed here runs with it
     import art
     import foolbox
 

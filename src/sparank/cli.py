@@ -176,8 +176,11 @@ def _check_positive(option: str, value: float | None, *, fix: str = "") -> None:
 def _set_threads(threads: int | None) -> None:
     import torch
 
+    from sparank.runtime import keep_freed_memory
+
     _check_int("--threads", threads, low=1, fix="leave it out to use every core")
     torch.set_num_threads(threads if threads is not None else _default_threads())
+    keep_freed_memory()  # steady timings: freed tensors' memory is reused, not faulted in again
 
 
 # --------------------------------------------------------------------------- plain tables
