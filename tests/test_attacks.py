@@ -528,3 +528,25 @@ def test_the_result_and_summary_carry_their_settings():
     assert s.curve_eps == pytest.approx([0.2 * k for k in range(11)])
     assert s.curve_accuracy == pytest.approx([float((r.eps_hi > e).double().mean()) for e in s.curve_eps])
     assert s.clean_accuracy == pytest.approx(float((r.status != Status.CLEAN_WRONG).double().mean()))
+
+
+@pytest.mark.parametrize(("rows", "per_row", "batch_size"), [(30, 2, 16), (7, 3, 256), (5, 40, 16), (1, 1, 1)])
+def test_ray_points_made_a_batch_at_a_time_are_the_ray_points_bit_for_bit(rows, per_row, batch_size):
+    """The scan's evaluation builds each batch of ray points just before its forward pass (never all in memory);
+    its margins, noise floors and argmax flags equal those of ray_points evaluated the plain way, in row-major
+    order, however the points split into batches (more points per input than a batch holds too)."""
+    from sparank.attacks.base import _evaluate
+    from sparank.attacks.fgsm import _evaluate_ray
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 9), nn.ReLU(), nn.Linear(9, 4)).eval()
+    x = torch.rand(10, 1, 3, 4)
+    d = torch.randn(10, 1, 3, 4).sign()
+    y = torch.randint(0, 4, (10,))
+    who = torch.randint(0, 10, (rows,))  # repeats allowed
+    eps = torch.rand(rows, per_row, dtype=torch.float64) * 0.6
+    owners = who.repeat_interleave(per_row)
+    expected = _evaluate(model, ray_points(x[owners], d[owners], eps.flatten(), (0.0, 1.0)), y[owners], owners, batch_size)
+    got = _evaluate_ray(model, x, y, d, who, eps, (0.0, 1.0), batch_size)
+    for e, g in zip(expected, got, strict=True):
+        assert torch.equal(e, g)

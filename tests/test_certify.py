@@ -188,7 +188,7 @@ def test_placing_scan_brackets_a_change_of_class_on_every_ray(digits, digits_mlp
 
     x, y = digits.test_x[:150], digits.test_y[:150]
     d = fgsm_direction(digits_mlp, x, y)
-    lo, hi, rows = place_crossings(digits_mlp, x, y, d, step=0.05, width=width, bounds=(0.0, 1.0), eps_max=0.5, batch_size=64)
+    lo, hi, rows, _, _ = place_crossings(digits_mlp, x, y, d, step=0.05, width=width, bounds=(0.0, 1.0), eps_max=0.5, batch_size=64)
     with torch.inference_mode():
         wrong0 = digits_mlp(x).argmax(dim=1) != y
         found = torch.isfinite(hi) & ~wrong0
@@ -640,8 +640,8 @@ def test_a_point_the_final_verification_refuses_is_replaced_by_a_verified_one_fu
     original = certify.verify_points
     first_call = []
 
-    def refuse_three(model, points, labels, owners, batch_size):
-        ok, need, rows = original(model, points, labels, owners, batch_size)
+    def refuse_three(model, points, labels, owners, batch_size, batched=None):
+        ok, need, rows = original(model, points, labels, owners, batch_size, batched)
         if not first_call:
             first_call.append(owners.clone())
             ok = ok.clone()
@@ -686,3 +686,133 @@ def test_a_probe_within_the_noise_gets_one_more_pass_unless_the_proof_is_settled
             assert 1e-6 < float(eps_hi[0] - eps_lo[0]) < 1e-4
             with torch.inference_mode():
                 assert int(model(ray_points(x, d, eps_hi, (0.0, 1.0))).argmax(dim=1)[0]) == 1
+
+
+# --------------------------------------------------------------------------- pieces, batches, the last layer
+
+
+@pytest.mark.parametrize(("arch", "seed"), [("mlp", 0), ("mlp", 3), ("cnn", 1), ("cnn", 4)])
+def test_a_segment_bounded_in_pieces_goes_on_from_the_first_piece_not_proved(arch, seed):
+    """`_pieces_bounds` cuts the segments of the inputs marked split into pieces (and one more piece after a stretch
+    already proved, where asked) and returns, per input, the piece the walk goes on from. Checked by forward
+    passes: every point sampled in the pieces before it is classified correctly (they were proved), the returned
+    lower lines lie below the sampled margins of the returned piece, and that piece is where a split input's
+    pieces stop being proved, or its last."""
+    model = (_random_mlp(seed) if arch == "mlp" else _random_cnn(seed)).double()
+    shape = (1, 4, 4) if arch == "mlp" else (1, 8, 8)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand((12, *shape), generator=gen, dtype=torch.float64)
+    with torch.inference_mode():
+        y = model(x).argmax(dim=1)
+    d = fgsm_direction(model, x, y)
+    net = bound_network(model)
+    ray = certify.make_ray(x, d, (0.0, 1.0))
+    active = torch.arange(12)
+    a = torch.rand(12, generator=gen, dtype=torch.float64) * 0.05
+    b = a + 0.02 + torch.rand(12, generator=gen, dtype=torch.float64) * 0.3
+    split = torch.arange(12) % 3 != 0
+    extra_a = torch.where(torch.arange(12) % 3 == 1, b + 1e-3, math.nan)  # a stretch [b, b + 1e-3] taken as proved
+    extra_b = extra_a + 0.01
+    seen = b.clone()
+    pa, pb, _far, lo_a, lo_b, count, on_extra = certify._pieces_bounds(
+        net, ray, y, active, a, b, split, extra_a, extra_b, seen, certify.Pivot({}), 64
+    )
+    assert torch.equal(count, torch.where(split, len(certify.PIECES) - 1, 1) + (split & ~torch.isnan(extra_a)).long())
+    k = len(certify.PIECES) - 1
+    other = ~torch.nn.functional.one_hot(y, model[-1].out_features).bool()
+    for i in range(12):
+        ends = [float(a[i]) + f * float(b[i] - a[i]) for f in certify.PIECES]
+        ends[0], ends[-1] = float(a[i]), float(b[i])
+        pieces = [(ends[j], ends[j + 1]) for j in range(k)] if split[i] else [(float(a[i]), float(b[i]))]
+        if split[i] and not math.isnan(float(extra_a[i])):
+            pieces.append((float(extra_a[i]), float(extra_b[i])))
+        j = [p for p, _ in pieces].index(float(pa[i]))
+        assert (float(pa[i]), float(pb[i])) == pieces[j]
+        assert bool(on_extra[i]) == (split[i] and j == k)
+        for lo, hi in pieces[:j]:  # proved before the returned piece: correct at every sampled point
+            t = torch.linspace(lo, hi, 33, dtype=torch.float64)
+            with torch.inference_mode():
+                z = model(ray_points(x[i : i + 1].expand(33, *shape), d[i : i + 1].expand(33, *shape), t, (0.0, 1.0)))
+            assert bool((z.argmax(dim=1) == y[i]).all())
+        t = torch.linspace(0.0, 1.0, 33, dtype=torch.float64)
+        with torch.inference_mode():
+            eps = float(pa[i]) + t * float(pb[i] - pa[i])
+            z = model(ray_points(x[i : i + 1].expand(33, *shape), d[i : i + 1].expand(33, *shape), eps, (0.0, 1.0)))
+        margin = z.gather(1, y[i].expand(33, 1)) - z
+        lower = (1 - t[:, None]) * lo_a[i] + t[:, None] * lo_b[i]
+        assert bool((margin[:, other[i]] >= lower[:, other[i]] - 1e-11).all())
+        if j < len(pieces) - 1:  # not the last: not proved whole
+            assert not bool(((lo_a[i] > 0) & (lo_b[i] > 0)).all())
+
+
+@pytest.fixture(scope="module")
+def digits_cnn(digits):
+    from sparank.train import TrainConfig, train_model
+
+    model, _ = train_model("cnn:4,8,16", digits, TrainConfig(epochs=4, seed=0))
+    return model
+
+
+def test_walks_that_go_on_in_pieces_stay_below_a_dense_grid(digits, digits_cnn, monkeypatch):
+    """On the digits CNN some first segments prove nothing from their start (their lines are chosen exact at the far
+    end) and are bounded again in pieces; those inputs are still certified, never beyond a dense grid's first
+    misclassified point and inside its bracket."""
+    x, y = digits.test_x[:80], digits.test_y[:80]
+    split: list[torch.Tensor] = []
+    original = certify._pieces_bounds
+
+    def spy(net, ray, labels, active, a, b, cut, *rest):
+        split.append(active[cut].clone())
+        return original(net, ray, labels, active, a, b, cut, *rest)
+
+    monkeypatch.setattr(certify, "_pieces_bounds", spy)
+    r = fgsm_robustness(digits_cnn, x, y, eps_max=0.5, resolution=1e-2, certify=True)
+    assert split, "no walk went on in pieces"
+    correct = torch.nonzero(r.status != CLEAN_WRONG).squeeze(1)  # the walk's inputs, in order
+    walked = correct[torch.unique(torch.cat(split))]
+    assert bool(r.certified[walked].all())
+    grid_first, grid_before = _dense_grid(digits_cnn, x[walked], y[walked], r.directions[walked], 0.5, 5001)
+    fooled = r.status[walked] == FOOLED
+    assert bool((r.eps_hi[walked][fooled] <= grid_first[fooled] + 1e-6).all())
+    assert bool((r.eps_hi[walked][fooled] > grid_before[fooled] - 1e-6).all())
+
+
+@pytest.mark.parametrize("classes", [5, 20])
+def test_margin_rows_by_label_are_the_gathered_products(classes):
+    """The last layer's margins by true class: one product with every class's rows (few classes) or a gather
+    (many), the same numbers as the plain per-row product up to float64 rounding."""
+    gen = torch.Generator().manual_seed(classes)
+    table = torch.randn(classes, classes, 30, generator=gen, dtype=torch.float64)
+    z = torch.randn(50, 30, generator=gen, dtype=torch.float64)
+    labels = torch.randint(0, classes, (50,), generator=gen)
+    expected = torch.stack([table[labels[i]] @ z[i] for i in range(50)])
+    assert torch.allclose(certify._by_label(z, table, labels), expected, rtol=1e-13, atol=1e-13)
+
+
+def test_bound_passes_batch_narrow_networks_more_rows_at_a_time():
+    """A bound pass's batches hold at least batch_size rows, more where the widest layer is narrow (an MLP on
+    28×28 inputs), so that a batch's largest tensors stay about the same size."""
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 10)).eval()
+    cnn = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 784, 10)).eval()
+    x = torch.rand(3, 1, 28, 28)
+    assert certify._bound_batch(bound_network(mlp), x, 256) == certify.BOUND_BATCH_ELEMENTS // 784
+    assert certify._bound_batch(bound_network(cnn), x, 256) == 256
+
+
+def test_verification_takes_the_batched_margins_a_search_already_has(digits, digits_mlp):
+    """verify_points evaluates in a batch only the points whose batched margins it is not given (NaN); given the
+    margins a batched pass of the same points produced, it accepts exactly what it accepts on its own."""
+    from sparank.attacks.base import _evaluate, verify_points
+
+    x, y = digits.test_x[:60], digits.test_y[:60]
+    d = fgsm_direction(digits_mlp, x, y)
+    eps = torch.linspace(0.0, 0.5, 60, dtype=torch.float64)
+    points = ray_points(x, d, eps, (0.0, 1.0))
+    owners = torch.arange(60)
+    alone_ok, _, alone_rows = verify_points(digits_mlp, points, y, owners, 16)
+    m, f, _ = _evaluate(digits_mlp, points, y, owners, 16)
+    m, f = m.clone(), f.clone()
+    m[::2], f[::2] = math.nan, math.nan  # half of them not known
+    ok, _, rows = verify_points(digits_mlp, points, y, owners, 16, (m, f))
+    assert torch.equal(ok, alone_ok)
+    assert rows == alone_rows - 30

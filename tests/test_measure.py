@@ -278,3 +278,45 @@ def test_refine_pulls_a_verified_adversarial_back_along_its_segment_to_the_bound
         assert (pulled.eps_hi == pulled.distance).all()
         with torch.no_grad():
             assert (model(pulled.adversarials).argmax(dim=1) == 1).all()  # still misclassified, by a forward pass
+
+
+class _NoCleanPass(FGSM):
+    """FGSM without its clean pass: the measure evaluates the clean inputs itself, as for any other attack."""
+
+    def clean_pass(self, model, inputs, labels, *, norm, batch_size):
+        return None
+
+
+@pytest.mark.parametrize("certify", [False, True])
+def test_fgsm_clean_pass_spares_the_measure_a_forward_pass_and_changes_no_result(digits, digits_mlp, certify):
+    """The direction's forward pass says which inputs are misclassified at ε = 0: the measure takes them from it, so
+    the model sees one row fewer per correctly classified input, and every result is the same bit for bit."""
+    x, y = digits.test_x[:150], digits.test_y[:150]
+    rows = []
+    hook = digits_mlp.register_forward_pre_hook(lambda _m, args: rows.append(len(args[0])))
+    try:
+        own = measure(FGSM(resolution=1e-2, certify=certify), digits_mlp, x, y, eps_max=0.5)
+        seen_own = sum(rows)
+        rows.clear()
+        plain = measure(_NoCleanPass(resolution=1e-2, certify=certify), digits_mlp, x, y, eps_max=0.5)
+        seen_plain = sum(rows)
+    finally:
+        hook.remove()
+    correct = int((own.status != int(Status.CLEAN_WRONG)).sum())
+    assert 0 < correct < len(x)  # some inputs of each kind
+    assert seen_plain - seen_own == correct
+    for field in ("status", "eps_lo", "eps_hi", "distance", "directions"):
+        assert torch.equal(getattr(own, field), getattr(plain, field)), field
+    if certify:
+        assert torch.equal(own.certified, plain.certified)
+
+
+def test_fgsm_robustness_gives_clean_wrong_inputs_their_own_fgsm_direction(digits, digits_mlp):
+    """Clean-wrong inputs keep the FGSM direction of their own (x, y), as the direction function gives it."""
+    x, y = digits.test_x[:200], digits.test_y[:200]
+    r = fgsm_robustness(digits_mlp, x, y, eps_max=0.5)
+    wrong = r.status == int(Status.CLEAN_WRONG)
+    assert bool(wrong.any())
+    from sparank.attacks import fgsm_direction
+
+    assert torch.equal(r.directions[wrong], fgsm_direction(digits_mlp, x[wrong], y[wrong]))

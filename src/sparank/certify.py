@@ -169,6 +169,16 @@ def _margins(layer: nn.Linear) -> _Margins:
     return _Margins(diff, diff.abs(), diff.abs().sum(dim=2), b[:, None] - b[None, :])
 
 
+def _by_label(z: Tensor, table: Tensor, labels: Tensor) -> Tensor:
+    """``table[labels[i]] @ z[i]`` per row: ``z`` ``(M, H)``, ``table`` ``(K, K, H)``, result ``(M, K)``; for few
+    classes as one product with every class's rows (no ``(M, K, H)`` gather), else gathered."""
+    k = table.shape[0]
+    if k <= 16:
+        every = torch.mm(z, table.reshape(k * k, -1).t()).view(len(z), k, k)
+        return every[torch.arange(len(z), device=z.device), labels]
+    return torch.bmm(table[labels], z[:, :, None]).squeeze(2)
+
+
 def bound_network(model: nn.Module) -> BoundNet:
     """The model's layers with float64 weights, if :func:`margin_bounds` supports every one; else :class:`Unsupported` saying which.
 
@@ -221,6 +231,7 @@ class _Affine(NamedTuple):
     module: nn.Module
     weight32: Tensor  # the weights rounded to float32 (exact for a float32 model), and their absolute values
     abs_weight32: Tensor
+    abs_weight32_t: Tensor  # |W| transposed, contiguous (Linear): the sparse radius product's right-hand side
 
 
 def _affine(module: nn.Module) -> _Affine:
@@ -229,7 +240,10 @@ def _affine(module: nn.Module) -> _Affine:
         b = None if module.bias is None else module.bias.detach().double()
         row_abs = w.abs().flatten(1).sum(dim=1) + (0.0 if b is None else b.abs())
         kind = "linear" if isinstance(module, nn.Linear) else "conv"
-        return _Affine(kind, w, w.abs(), b, row_abs, w[0].numel(), module, w.float(), w.float().abs())
+        abs32 = w.float().abs()
+        return _Affine(
+            kind, w, w.abs(), b, row_abs, w[0].numel(), module, w.float(), abs32, abs32.t().contiguous() if kind == "linear" else abs32
+        )
     raise TypeError(type(module).__name__)
 
 
@@ -328,16 +342,20 @@ def make_ray(inputs: Tensor, directions: Tensor, bounds: Bounds | tuple[float, f
     """The rays of ``inputs`` along ``directions`` ``(N, *shape)`` in the box ``bounds``, ready for :func:`margin_bounds`."""
     lo, hi = float(bounds[0]), float(bounds[1])
     x, d = inputs.double(), directions.double()
-    bound = torch.where(d > 0, hi, lo).to(x.dtype)
+    # the bound each coordinate moves towards
+    bound = torch.full_like(x, lo).masked_fill_(directions > 0, hi)
     with torch.no_grad():
-        meet = torch.where(d != 0, (bound - x) / torch.where(d != 0, d, 1.0), math.inf).clamp_(min=0.0)
-    flat = (x.abs().flatten(1).amax(dim=1), d.abs().flatten(1).amax(dim=1)) if x.numel() else (x.new_zeros(len(x)),) * 2
+        meet = ((bound - x) / d).masked_fill_(directions == 0, math.inf).clamp_(min=0.0)  # 0/0 (d = 0 on the bound) is filled too
+    if x.numel():  # max |x| and max |d| read in their own dtype: exact
+        flat = (inputs.abs().flatten(1).amax(dim=1).double(), directions.abs().flatten(1).amax(dim=1).double())
+    else:
+        flat = (x.new_zeros(len(x)),) * 2
     return Ray(x, d, meet, bound, flat[0] + abs(lo) + abs(hi), flat[1], lo, hi)
 
 
-def _input_ends(ray: Ray, a: Tensor, b: Tensor, both_ends: bool = True) -> tuple[Tensor, tuple[Tensor, ...], Tensor, Tensor]:
+def _input_ends(ray: Ray, a: Tensor, b: Tensor, both_ends: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Bounds on ``clip(x + (a + t(b − a))·d)`` over ``t ∈ [0, 1]``, in float64: the centres at both ends
-    ``(2, N, *shape)``; the coordinates that meet the box inside the segment (an index into ``(N, *shape)``)
+    ``(2, N, *shape)``; the coordinates that meet the box inside the segment (flat indices into ``(N, *shape)``)
     and their radius at ``t = 0`` (0 elsewhere, and 0 at ``t = 1`` for every coordinate); and the rounding
     slack per input ``(N,)``.
 
@@ -346,24 +364,27 @@ def _input_ends(ray: Ray, a: Tensor, b: Tensor, both_ends: bool = True) -> tuple
     it, on the other the bound it reaches (the tangent at ``t = 1``). Both lines are exact at ``t = 1``,
     so every bound is exact at the segment's far end, where the walk needs it tight (the crossing is
     ahead of it). Those few coordinates are computed apart; the rest are the two clipped end points.
-    ``both_ends=False``: the centres at ``t = 1`` are not computed (left 0: the caller knows them).
+    ``both_ends=False``: the centres at ``t = 1`` are not computed (``(1, N, *shape)``: the caller knows them).
     """
     x, d = ray.x, ray.d
     shape = (-1,) + (1,) * (x.ndim - 1)
     a_, b_ = a.view(shape), b.view(shape)
-    ends = torch.empty((2,) + tuple(x.shape), dtype=x.dtype, device=x.device)
-    torch.addcmul(x, a_, d, out=ends[0]).clamp_(ray.lo, ray.hi)
+    ends = torch.empty((2 if both_ends else 1,) + tuple(x.shape), dtype=x.dtype, device=x.device)
+    if bool(a.any()):
+        torch.addcmul(x, a_, d, out=ends[0]).clamp_(ray.lo, ray.hi)
+    else:  # every segment starts at ε = 0 (the first pass): the inputs themselves
+        torch.clamp(x, ray.lo, ray.hi, out=ends[0])
     if both_ends:
         torch.addcmul(x, b_, d, out=ends[1]).clamp_(ray.lo, ray.hi)
-    else:
-        ends[1].zero_()
-    at = ((ray.meet > a_) & (ray.meet < b_)).nonzero(as_tuple=True)
+    at = ((ray.meet > a_) & (ray.meet < b_)).view(-1).nonzero().squeeze(1)  # flat indices into (N, *shape)
     rad = x.new_zeros(0)
-    if len(at[0]):
+    if len(at):
         # at t = 0 the coordinate lies between its value v0 and the bound; at t = 1 it is the bound
-        v0, bound = ends[0][at], ray.bound[at]
-        ends[0][at] = 0.5 * (v0 + bound)
-        ends[1][at] = bound
+        flat0 = ends[0].view(-1)
+        v0, bound = flat0[at], ray.bound.view(-1)[at]
+        flat0[at] = 0.5 * (v0 + bound)
+        if both_ends:
+            ends[1].view(-1)[at] = bound
         rad = 0.5 * (bound - v0).abs() * (1.0 + 8 * _U)
     # rounding of the products, sums and halves above: a few units in the last place of the largest
     # magnitude in play, per input (kept apart so that the radius stays exactly 0 off the breakpoints)
@@ -375,7 +396,7 @@ def _input_centre(ray: Ray, a: Tensor, b: Tensor) -> _Centre:
     """:func:`_input_ends` as a :class:`_Centre` ``(2N, *shape)`` (every product in float64)."""
     ends, at, rad_at, slack = _input_ends(ray, a, b)
     rad = torch.zeros_like(ends)
-    rad[0][at] = rad_at
+    rad[0].view(-1)[at] = rad_at
     shape = (-1,) + (1,) * (ends.ndim - 2)
     return _Centre(ends.flatten(0, 1), rad.flatten(0, 1), torch.cat([slack, slack]).view(shape))
 
@@ -615,23 +636,21 @@ def margin_bounds_on(
         state = _forward_bounds(net, net.layers[:-1], _input_centre(ray, a, b), relu_far, pool_far)
         cen = state if isinstance(state, _Centre) else _centre(state)
     last = net.margins
-    n = len(labels)
-    c = last.diff[labels]  # (N, K, H): exact differences of float32 weights
     db = last.bias[labels]  # (N, K)
     mid, rad = cen.mid, _with_slack(cen)  # (2N, H)
-    mid2 = torch.stack([mid[:n], mid[n:]], dim=2)  # (N, H, 2)
-    rad2 = torch.stack([rad[:n], rad[n:]], dim=2)
-    centre = torch.bmm(c, mid2) + db[:, :, None]  # (N, K, 2)
-    spread = torch.bmm(last.abs_diff[labels], rad2)
+    both = torch.cat([labels, labels])
+    # (N, K, 2): the exact differences of float32 weights w_y − w_k times each end's centre and radius
+    centre = _halves(_by_label(mid, last.diff, both)).permute(1, 2, 0) + db[:, :, None]
+    spread = _halves(_by_label(rad, last.abs_diff, both)).permute(1, 2, 0)
     c_abs_sum = last.abs_sum[labels]  # (N, K)
-    scale = torch.maximum(mid2.abs().amax(dim=(1, 2)), rad2.abs().amax(dim=(1, 2))).clamp_min(1.0)
-    err = _gamma(c.shape[2]) * (c_abs_sum * 2 * scale[:, None] + db.abs())
+    scale = torch.maximum(_halves(mid.abs().amax(dim=1)).amax(dim=0), _halves(rad.abs().amax(dim=1)).amax(dim=0)).clamp_min(1.0)
+    err = _gamma(last.diff.shape[2]) * (c_abs_sum * 2 * scale[:, None] + db.abs())
     lower = _down(centre - spread - err[:, :, None])
     upper = _up(centre + spread + err[:, :, None])
     # a NaN (an overflow somewhere) proves nothing: the widest bounds instead
     lower = torch.where(torch.isnan(lower), -math.inf, lower)
     upper = torch.where(torch.isnan(upper), math.inf, upper)
-    own = torch.nn.functional.one_hot(labels, c.shape[1]).bool()
+    own = torch.nn.functional.one_hot(labels, last.diff.shape[1]).bool()
     lower = lower.masked_fill(own[:, :, None], math.inf)
     upper = upper.masked_fill(own[:, :, None], math.inf)
     return lower[..., 0], lower[..., 1], upper[..., 0], upper[..., 1]
@@ -723,13 +742,16 @@ class _FirstProduct(NamedTuple):
 
     zero_rows: Tensor | None  # (2N,) bool
     csr: Tensor | None
+    reach: Tensor | None = None  # (2N,) the largest |offset| per row, where known
+    second_half: bool = False  # the zero rows are exactly the last N (every segment ends at its pivot): not stored
 
 
 def _input_offsets(
     ray: Ray, a: Tensor, b: Tensor, v_in: Tensor, pivot_eps: Tensor | None = None, sparse: bool = False
 ) -> tuple[tuple[Tensor, Tensor | None, Tensor], _FirstProduct]:
     """The bounds of :func:`_input_ends` in offset form from the pivot's input ``v_in`` ``(N, *shape)``:
-    ``(o, r, slack)``, ``o`` ``(2N, *shape)`` float32 centre offsets and ``r`` float32 radius (end 0 then
+    ``(o, r, slack)``, ``o`` ``(2N, *shape)`` float32 centre offsets (``(N, *shape)``, end 0 only, where every
+    segment ends at its pivot: :attr:`_FirstProduct.second_half`) and ``r`` float32 radius (end 0 then
     end 1: 0 there), ``slack`` ``(2N, 1, ...)`` float64 per row; ``r`` is None with ``sparse`` (it is then
     :attr:`_FirstProduct.csr`).
 
@@ -745,32 +767,33 @@ def _input_offsets(
     csr: Tensor | None = None
     if sparse:  # at is in row-major order (nonzero): the CSR rows are the first N (end 0)
         dims = tuple(v_in.shape[1:])
-        col = at[-1].clone() if len(dims) else torch.zeros_like(at[0])
-        stride = 1
-        for k in range(len(dims) - 1, 0, -1):
-            stride *= dims[k]
-            col += at[k] * stride
+        width = math.prod(dims)
+        row = at // width
+        col = at - row * width
         crow = torch.zeros(2 * n + 1, dtype=torch.int64, device=v_in.device)
-        crow[1:] = torch.cumsum(torch.bincount(at[0], minlength=2 * n), 0)
+        crow[1:] = torch.cumsum(torch.bincount(row, minlength=2 * n), 0)
         with warnings.catch_warnings():  # "sparse CSR support is in beta": the product used is torch's plain one
             warnings.simplefilter("ignore", UserWarning)
-            csr = torch.sparse_csr_tensor(crow, col, rad32, size=(2 * n, math.prod(dims)), check_invariants=False)
+            csr = torch.sparse_csr_tensor(crow, col, rad32, size=(2 * n, width), check_invariants=False)
     else:
         r = torch.zeros((2 * n,) + tuple(v_in.shape[1:]), dtype=torch.float32, device=v_in.device)
-        r[at] = rad32  # end 0 only: the first N rows
+        r.view(-1)[at] = rad32  # end 0 only: the first N rows (flat indices below N·D)
     zero_rows = None
-    if everywhere:
-        ends[0].sub_(v_in)  # the offsets δ, rounded to nearest: off by u·|δ|
+    if everywhere:  # end 1 is the pivot itself: offsets 0, neither computed nor stored (only end 0's N rows)
+        o = ends[0].sub_(v_in).float()  # the offsets δ, rounded to nearest: off by u·|δ|, then by u32·|δ| more
+        most = torch.cat([o.abs().flatten(1).amax(dim=1), o.new_zeros(n)])
+        zero_rows = torch.cat([torch.zeros_like(same), same])
     else:
         ends.sub_(v_in)
-    if same is not None and bool(same.any()):
-        ends[1][same] = 0.0
-        zero_rows = torch.cat([torch.zeros_like(same), same])
-    o = ends.flatten(0, 1).float()  # off by u32·|δ| more
+        if same is not None and bool(same.any()):
+            ends[1][same] = 0.0
+            zero_rows = torch.cat([torch.zeros_like(same), same])
+        o = ends.flatten(0, 1).float()  # off by u32·|δ| more
+        most = o.abs().flatten(1).amax(dim=1)
     # |δ| ≤ |o|/(1 − u32) (plus underflow): the largest |o| per row bounds both roundings
-    reach = o.abs().flatten(1).amax(dim=1) * (1.0 + 2.0**-22) + _TINY32
+    reach = most * (1.0 + 2.0**-22) + _TINY32
     sl = torch.cat([slack, slack]) + (_U + _U32) * (1.0 + 2.0**-20) * reach + _TINY32
-    return (o, r, sl.view((2 * n,) + (1,) * (v_in.ndim - 1))), _FirstProduct(zero_rows, csr)
+    return (o, r, sl.view((2 * n,) + (1,) * (v_in.ndim - 1))), _FirstProduct(zero_rows, csr, most, everywhere)
 
 
 def _forward_offsets(
@@ -794,7 +817,7 @@ def _forward_offsets(
             else:  # a per-channel slack becomes part of every element's radius
                 assert r is not None
                 r = _up32(r + _f32_up(sl)) if bool(sl.any()) else r
-                sl = torch.zeros((len(o), 1), dtype=torch.float64, device=o.device)
+                sl = torch.zeros((len(sl), 1), dtype=torch.float64, device=o.device)
             state = (o.flatten(1), None if r is None else r.flatten(1), sl)
         elif kind == "affine":
             out = _offset_affine(net.affine[id(net.layers[i])], state, pivot.at[i][1], first_product if i == first else None)
@@ -818,13 +841,18 @@ def _offset_affine(
     slack); the offsets ``W·o`` and radius ``|W|·r`` are float32 products with their rounding bounded.
     ``first``: from :func:`_input_offsets`, for the first product (rows known to be 0, a sparse radius)."""
     o, r, sl = state
-    reach = o.abs().flatten(1).amax(dim=1)
+    reach = first.reach if first is not None and first.reach is not None else o.abs().flatten(1).amax(dim=1)
     if not float(reach.max()) * float(op.row_abs.max()) < 1e30 or not _plain_float32(op, o):
         return None
     n = op.fan_in
     g = _gamma32(n)
     zero = None if first is None else first.zero_rows
-    if zero is not None:  # rows of zeros give zeros: the product only of the others
+    if first is not None and first.second_half:  # o holds end 0 only, end 1's offsets are 0 (and so is their product)
+        part = _apply(op, o, op.weight32, None)
+        out_o = part.new_empty((2 * len(o),) + tuple(part.shape[1:]))
+        out_o[: len(o)] = part
+        out_o[len(o) :].zero_()
+    elif zero is not None:  # rows of zeros give zeros: the product only of the others
         live = torch.nonzero(~zero).squeeze(1)
         part = _apply(op, o[live], op.weight32, None)
         out_o = torch.zeros((len(o),) + tuple(part.shape[1:]), dtype=part.dtype, device=part.device)
@@ -835,7 +863,7 @@ def _offset_affine(
     # of a float64 model, rounded to float32, within u32 of their own): 4γ_n covers both and this rounding
     widen = functools.partial(_widen, factor=1.0 + 4 * g)
     if first is not None and first.csr is not None:  # a sparse input radius: a sparse product (any order of the sum is covered)
-        out_r = widen(torch.mm(first.csr, op.abs_weight32.t()))
+        out_r = widen(torch.mm(first.csr, op.abs_weight32_t))
     else:
         assert r is not None
         out_r = _radius_product(op, r, op.abs_weight32, out_o, widen=widen)
@@ -843,7 +871,7 @@ def _offset_affine(
     # float32 sum of products (γ_n·Σ|w||o|), the weights' rounding to float32 (u32·Σ|w||o|), underflow
     most = sl.flatten(1).amax(dim=1)
     per = op.row_abs[None, :] * (most * (1.0 + 4 * _U) + (g + 2 * _U32) * (1.0 + 2.0**-20) * reach + 2 * _TINY32)[:, None]
-    per = per + v_err.repeat(2, 1) + 2 * n * _TINY32
+    _halves(per).add_(v_err).add_(2 * n * _TINY32)  # the pivot's rounding, at both ends
     per = per.view(per.shape + (1,) * (out_o.ndim - 2))
     return out_o, out_r, per
 
@@ -908,9 +936,10 @@ def point_logits(net: BoundNet, inputs: Tensor) -> Tensor:
     return _walk_points(net, net.layers, inputs.double())
 
 
-def pivot_values(net: BoundNet, points: Tensor) -> Pivot:
+def pivot_values(net: BoundNet, points: Tensor, largest: float | None = None) -> Pivot:
     """``points`` ``(N, *shape)`` through every layer but the last in float64, with what :func:`_forward_offsets`
-    needs at each step (see there); an empty :class:`Pivot` where the layers have no offset form."""
+    needs at each step (see there); an empty :class:`Pivot` where the layers have no offset form. ``largest``:
+    a bound on every ``|point|`` where known (the box's), in place of their own largest value."""
     plan = _offset_plan(net)
     if plan is None:
         return Pivot({})
@@ -924,7 +953,10 @@ def pivot_values(net: BoundNet, points: Tensor) -> Pivot:
             op = net.affine[id(m)]
             out = _apply(op, z, op.weight, op.bias)
             # the product's rounding error, γ_n·(Σ|w||z| + |b|), per output feature / channel
-            most = z.abs().flatten(1).amax(dim=1) if z[0].numel() else z.new_zeros(len(z))
+            if largest is not None and not at:  # the first product: its inputs are the points
+                most = z.new_full((len(z),), largest)
+            else:
+                most = z.abs().flatten(1).amax(dim=1) if z[0].numel() else z.new_zeros(len(z))
             at[i] = (z, _gamma(op.fan_in) * op.row_abs[None, :] * most.clamp_min(1.0)[:, None])
             z = out
         else:  # relu, then the pool if any: offsets of each element from its window's value after both
@@ -937,8 +969,12 @@ def pivot_values(net: BoundNet, points: Tensor) -> Pivot:
                 spread = after.repeat_interleave(k, dim=2).repeat_interleave(k, dim=3)
             else:
                 spread = after
-            gap = z - spread  # V − P' (≤ 0), rounded: nudged before rounding to float32 outward
-            at[i] = (_f32_up(_up(gap)), _f32_down(_down(gap)), _f32_up(-after), _f32_down(-after))
+            if pool is None:  # z − relu(z) = min(z, 0): exact
+                gap = z.clamp_max(0.0)
+                at[i] = (_f32_up(gap), _f32_down(gap), _f32_up(-after), _f32_down(-after))
+            else:
+                gap = z - spread  # V − P' (≤ 0), rounded: nudged before rounding to float32 outward
+                at[i] = (_f32_up(_up(gap)), _f32_down(_down(gap)), _f32_up(-after), _f32_down(-after))
             z = after
     at[len(net.layers) - 1] = (z,)
     return Pivot(at)
@@ -983,6 +1019,10 @@ class Certified(NamedTuple):
     eps_hi: Tensor  # (N,) float64 where certified: inf if censored
     passes: Tensor  # (N,) int64: bound passes taken
     forward_rows: int  # forward rows spent on probes and verification
+    # the verified points x(eps_hi) of the inputs `fooled` (indices, on the inputs' device), in that order: every
+    # certified input with a finite eps_hi is among them (and a few that lost their certificate: ignore those)
+    fooled: Tensor | None = None
+    points: Tensor | None = None
 
 
 def certified_crossing(
@@ -1000,6 +1040,7 @@ def certified_crossing(
     batch_size: int = 256,
     max_passes: int = MAX_PASSES,
     progress: Callable[[int, int], None] | None = None,
+    hint_batched: tuple[Tensor, Tensor] | None = None,
 ) -> Certified:
     """The exact first crossing to ``tol`` for inputs that are correct at ε = 0 and have a direction.
 
@@ -1032,6 +1073,9 @@ def certified_crossing(
             first segment is ``[0, hint_lo]`` (``[0, min(hint_hi, eps_max)]`` where it is 0).
         max_passes: inputs still open after this many bound passes are returned not certified.
         progress: called as ``progress(done, N)`` after each round of bound passes.
+        hint_batched: the margins and noise floors at ``hint_hi`` ``(N,)`` from the batched forward pass of the
+            model that found them (NaN where none): where ``hint_hi`` closes a bracket, its verification
+            (:func:`~sparank.attacks.base.verify_points`) takes them instead of a second batched pass.
     """
     device = inputs.device
     n = len(inputs)
@@ -1043,6 +1087,7 @@ def certified_crossing(
     limit = torch.where(torch.isfinite(hint_hi), torch.clamp(hint_hi, max=eps_max), torch.full_like(hint_hi, eps_max))
     c = torch.zeros(n, dtype=torch.float64, device=device)
     ray = make_ray(inputs, directions, bounds)
+    rows_per_pass = _bound_batch(net, inputs, batch_size)
     # the products are taken in float32 as offsets from the float64 values of one point per input near the
     # crossing (the end of the first segment, the last point the scan saw correct): the segments near the
     # crossing, where precision matters, are near it
@@ -1052,10 +1097,11 @@ def certified_crossing(
     # the first segment ends at its pivot, so that no product is taken for that end (_input_offsets)
     pivot_at = torch.minimum(w, limit)
     # float32 offsets are taken only on the CPU (_plain_float32): elsewhere no pivot, every pass in float64
-    pivot = _pivots(net, ray, pivot_at, bounds, batch_size) if device.type == "cpu" else Pivot({})
+    pivot = _pivots(net, ray, pivot_at, bounds, rows_per_pass) if device.type == "cpu" else Pivot({})
     # a stretch [tail, tail_end] proved ahead of c (tail = inf: none); segments stop at its start
     tail = torch.full((n,), math.inf, dtype=torch.float64, device=device)
     tail_end = torch.zeros(n, dtype=torch.float64, device=device)
+    retry = torch.zeros(n, dtype=torch.bool, device=device)  # the next segment is bounded in pieces (_pieces_bounds)
     active = torch.nonzero(limit > 0).squeeze(1)  # an input misclassified at ε = 0 has nothing to prove
     rows = 0
     while len(active):
@@ -1068,12 +1114,34 @@ def certified_crossing(
         if pivot.at and bool(moving.any()):
             moved = active[moving]
             pivot_at[moved] = b[moving]
-            _move_pivots(pivot, moved, _pivots(net, ray.take(moved), b[moving], bounds, batch_size))
+            _move_pivots(pivot, moved, _pivots(net, ray.take(moved), b[moving], bounds, rows_per_pass))
         # a segment that reaches the last point the hint saw correct ends where the crossing is: its lower lines
         # are chosen exact at the far end; elsewhere (a walk along a long ray) by their mean, tighter at both ends
         far = b >= seen[active]
-        lo_a, lo_b = _segment_bounds(net, ray, labels, active, a, b, pivot, far, batch_size)
-        passes[active] += 1
+        split = retry[active]
+        retry[active] = False
+        if bool(split.any()):
+            # a long segment whose far-end lines proved nothing from its start (they are loose there), again in
+            # pieces that shorten towards its end, bounded at once: the walk goes on from the first piece not
+            # proved whole (every piece before it is proved), as if that piece had been the segment. Where the
+            # segment stopped short of the hint's misclassified point by less than its last piece (a bracket the
+            # scan left wider than tol), the stretch up to that point is one more piece, after the proved stretch
+            # ahead if the segment stopped at one
+            after = torch.where(to_tail, tail_end[active], b)
+            gap = limit[active] - after
+            beyond = split & (gap > 0) & (gap <= (b - a) * (PIECES[-1] - PIECES[-2]))
+            nan = torch.full_like(b, math.nan)
+            a, b, far, lo_a, lo_b, pieces, on_extra = _pieces_bounds(
+                net, ray, labels, active, a, b, split, torch.where(beyond, after, nan), torch.where(beyond, limit[active], nan),
+                seen[active], pivot, rows_per_pass,
+            )  # fmt: skip
+            # walking on from that piece: everything before it is proved, the stretch ahead included
+            tail[active] = torch.where(on_extra, math.inf, tail[active])
+            to_tail = b >= tail[active]
+            passes[active] += pieces
+        else:
+            lo_a, lo_b = _segment_bounds(net, ray, labels, active, a, b, pivot, far, rows_per_pass)
+            passes[active] += 1
         whole = ((lo_a > 0) & (lo_b > 0)).all(dim=1)
         t = _left_root(lo_a, lo_b)
         # two ulps down: a + t·(b − a) is within 1.5 ulps of its exact value
@@ -1090,11 +1158,15 @@ def certified_crossing(
         tail[active] = torch.where(new_tail, start, tail[active])
         # proved up to a tail's start: on to its end
         joined = torch.isfinite(tail[active]) & (reached >= tail[active])
-        reached = torch.where(joined, tail_end[active], reached)
+        reached = torch.where(joined, torch.maximum(reached, tail_end[active]), reached)
         tail[active] = torch.where(joined, math.inf, tail[active])
         # the next segment: twice this one where it was proved whole, twice the distance advanced, or an eighth
         # where nothing was (a tail just found does not count: it is what the next segments must reach)
         w[active] = torch.where(whole | joined, 2 * (b - a), torch.where(advanced > 0, 2 * advanced, (b - a) / 8)).clamp_min(tol)
+        # a long segment whose far-end lines proved nothing from its start: the same stretch again, in pieces
+        again = far & ~whole & ~joined & (advanced <= 0) & (b - a > SETTLED * tol)
+        w[active] = torch.where(again, b - a, w[active])
+        retry[active] = again
         whole = whole | joined
         b = torch.where(joined, reached, b)
         c[active] = reached
@@ -1139,9 +1211,18 @@ def certified_crossing(
     found = torch.nonzero(certified & torch.isfinite(eps_hi)).squeeze(1)
     if len(found):
         points = ray_points(inputs[found], directions[found], eps_hi[found], bounds)
-        ok, _, r = verify_points(model, points, labels[found], found, batch_size)
+        batched = None
+        if hint_batched is not None:  # a point the hint's scan evaluated in a batch is not evaluated in one again
+            from_hint = eps_hi[found] == hint_hi[found]
+            nan = torch.full((len(found),), math.nan, dtype=torch.float64, device=device)
+            batched = tuple(torch.where(from_hint, v.to(device)[found], nan) for v in hint_batched)
+        ok, _, r = verify_points(model, points, labels[found], found, batch_size, batched)
         rows += r
-        rows += _verified_further(model, inputs, labels, directions, found[~ok], eps_hi, eps_max, tol, bounds, batch_size, certified)
+        refused = found[~ok]
+        rows += _verified_further(model, inputs, labels, directions, refused, eps_hi, eps_max, tol, bounds, batch_size, certified)
+        if len(refused):  # those moved further out
+            points[~ok] = ray_points(inputs[refused], directions[refused], eps_hi[refused], bounds)
+        return Certified(certified.cpu(), eps_lo.cpu(), eps_hi.cpu(), passes.cpu(), rows, found, points)
     return Certified(certified.cpu(), eps_lo.cpu(), eps_hi.cpu(), passes.cpu(), rows)
 
 
@@ -1152,6 +1233,25 @@ def _right_root(lo_a: Tensor, lo_b: Tensor) -> Tensor:
     t_k = torch.where(rising, lo_a / torch.where(rising, lo_a - lo_b, -1.0), 0.0)
     t_k = torch.where(lo_b <= 0, 1.0, t_k)
     return (t_k.amax(dim=1).clamp(0.0, 1.0) * (1.0 + 2.0**-40)).clamp(max=1.0)
+
+
+#: a bound pass holds a dozen or so tensors as large as the network's widest layer (or its input) per row; its
+#: batches have at least ``batch_size`` rows and more where rows are narrow, up to about this many elements in
+#: such a tensor (on the Fashion-MNIST MLP the first pass of 1000 inputs then takes one batch: 25 % faster than in
+#: batches of 256, where each of its ~150 operations is called four times; the CNN keeps batches of 256)
+BOUND_BATCH_ELEMENTS = 2**20
+
+
+def _bound_batch(net: BoundNet, inputs: Tensor, batch_size: int) -> int:
+    """Rows per batch of a bound pass (:data:`BOUND_BATCH_ELEMENTS`), from the widest layer of one input's walk."""
+    if not len(inputs):
+        return batch_size
+    widest = inputs[0].numel()
+    z = inputs[:1].double()
+    for m in net.layers:
+        z = _walk_points(net, [m], z)
+        widest = max(widest, z[0].numel())
+    return max(batch_size, BOUND_BATCH_ELEMENTS // max(widest, 1))
 
 
 def _segment_bounds(
@@ -1169,7 +1269,7 @@ def _segment_bounds(
     in batches of about equal size (as views where the inputs are a contiguous run). Returns ``(lower at a, lower at b)``."""
     lo_a_parts, lo_b_parts = [], []
     size = -(-len(active) // -(-len(active) // batch_size))
-    run = int(active[-1]) - int(active[0]) + 1 == len(active)
+    run = int(active[-1]) - int(active[0]) + 1 == len(active) and bool((active[1:] > active[:-1]).all())
     for s in range(0, len(active), size):
         sl = slice(int(active[0]) + s, int(active[0]) + min(s + size, len(active))) if run else active[s : s + size]
         part = None if far is None else far[s : s + size]
@@ -1177,6 +1277,57 @@ def _segment_bounds(
         lo_a_parts.append(la)
         lo_b_parts.append(lb)
     return torch.cat(lo_a_parts), torch.cat(lo_b_parts)
+
+
+#: the pieces of :func:`_pieces_bounds`, as fractions of the segment: shorter towards its end, where the crossing is
+PIECES = (0.0, 0.5, 0.75, 0.875, 1.0)
+
+
+def _pieces_bounds(
+    net: BoundNet,
+    ray: Ray,
+    labels: Tensor,
+    active: Tensor,
+    a: Tensor,
+    b: Tensor,
+    split: Tensor,
+    extra_a: Tensor,
+    extra_b: Tensor,
+    seen: Tensor,
+    pivot: Pivot,
+    batch_size: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The segments ``[a, b]`` of the inputs ``active``, those ``split`` cut into :data:`PIECES` (and, where ``extra_a``
+    is not NaN, one more piece ``[extra_a, extra_b]``, after a stretch ``[b, extra_a]`` already proved), bounded in one pass.
+
+    Per input, the piece the walk goes on from: the first not proved whole (the pieces before it are), else the
+    last. Returns that piece's ``(a, b, far, lower at a, lower at b)``, the pieces bounded per input and whether
+    the piece is the extra one.
+    """
+    k = len(PIECES) - 1
+    more = split & ~torch.isnan(extra_a)
+    count = torch.where(split, k, 1) + more.long()
+    owner = torch.repeat_interleave(torch.arange(len(active), device=a.device), count)
+    first_row = torch.cumsum(count, 0) - count
+    j = torch.arange(len(owner), device=a.device) - first_row[owner]
+    # the pieces' ends, computed once per input so that neighbouring pieces meet exactly
+    fractions = torch.tensor(PIECES, dtype=torch.float64, device=a.device)
+    ends = a[:, None] + fractions[None, :] * (b - a)[:, None]
+    ends[:, 0], ends[:, k] = a, b
+    starts = torch.cat([ends[:, :k], extra_a[:, None]], dim=1)
+    ends = torch.cat([ends[:, 1:], extra_b[:, None]], dim=1)
+    whole_split = split[owner]
+    pa = torch.where(whole_split, starts[owner, j], a[owner])
+    pb = torch.where(whole_split, ends[owner, j], b[owner])
+    # the last pieces (short, exact at their far ends, next to the crossing), the mean choice before them
+    far = (pb >= seen[owner]) | (j >= k - 1)
+    lo_a, lo_b = _segment_bounds(net, ray, labels, active[owner], pa, pb, pivot, far, batch_size)
+    failed = ~((lo_a > 0) & (lo_b > 0)).all(dim=1)
+    first_fail = torch.full((len(active),), k + 1, dtype=torch.int64, device=a.device)
+    first_fail.scatter_reduce_(0, owner[failed], j[failed], reduce="amin")
+    pick = torch.minimum(first_fail, count - 1)
+    row = first_row + pick
+    return pa[row], pb[row], far[row], lo_a[row], lo_b[row], count, split & (pick == k)
 
 
 def _left_root(lo_a: Tensor, lo_b: Tensor) -> Tensor:
@@ -1222,8 +1373,11 @@ def _pivots(net: BoundNet, ray: Ray, at: Tensor, bounds: Bounds | tuple[float, f
     """:func:`pivot_values` of the points ``x(at)`` of the rays, in batches."""
     if not len(at):
         return Pivot({})
+    largest = max(abs(float(bounds[0])), abs(float(bounds[1])))  # the points lie in the box
+    if len(at) <= batch_size:  # one batch: nothing to join
+        return pivot_values(net, ray_points(ray.x, ray.d, at, bounds), largest)._replace(eps=at.clone())
     parts = [
-        pivot_values(net, ray_points(ray.x[s : s + batch_size], ray.d[s : s + batch_size], at[s : s + batch_size], bounds))
+        pivot_values(net, ray_points(ray.x[s : s + batch_size], ray.d[s : s + batch_size], at[s : s + batch_size], bounds), largest)
         for s in range(0, len(at), batch_size)
     ]
     return Pivot({k: tuple(torch.cat([p.at[k][i] for p in parts]) for i in range(len(v))) for k, v in parts[0].at.items()}, at.clone())

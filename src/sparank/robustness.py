@@ -29,11 +29,10 @@ from sparank.attacks import (
     check_model_dtype,
     check_norm,
     check_tol,
-    fgsm_direction,
     model_device,
     verify_points,
 )
-from sparank.attacks.base import Found, MinimalAttack, _evaluate, ball_tolerance, distances, input_gradient, normalise
+from sparank.attacks.base import CleanPass, Found, MinimalAttack, _evaluate, ball_tolerance, distances, input_gradient, normalise
 from sparank.attacks.fgsm import FGSM
 
 QUANTILES = (0.10, 0.25, 0.50, 0.75, 0.90)
@@ -266,20 +265,19 @@ def fgsm_robustness(
     inputs, labels = as_tensor(inputs, "inputs"), as_tensor(labels, "labels")
     box = check_inputs(inputs, labels, bounds)
     check_tol(tol, inputs.dtype, box, eps_max)
-    result = measure(
-        FGSM(resolution=resolution, tol=tol, certify=certify, fast=fast), model, inputs, labels, bounds=box, norm=norm, eps_max=eps_max,
-        batch_size=batch_size, progress=progress,
-    )  # fmt: skip
+    attack = FGSM(resolution=resolution, tol=tol, certify=certify, fast=fast)
+    check_model_dtype(model, inputs)
+    device = model_device(model, inputs.device)
+    was_training = model.training
+    model.eval()
+    try:  # the direction of every input, clean-wrong ones too (as before the attack protocol), in one pass
+        clean = attack.clean_pass(model, inputs.detach().to(device), labels.detach().to(device=device, dtype=torch.int64), norm=norm, batch_size=batch_size)
+    finally:
+        model.train(was_training)
+    result = measure(attack, model, inputs, labels, bounds=box, norm=norm, eps_max=eps_max, batch_size=batch_size, progress=progress, clean=clean)
     wrong = result.status == int(CLEAN_WRONG)
-    if bool(wrong.any()) and result.directions is not None:  # the direction of every input, as before the attack protocol
-        device = model_device(model, inputs.device)
-        was_training = model.training
-        model.eval()
-        try:
-            d = fgsm_direction(model, inputs[wrong].detach().to(device), result.labels[wrong].to(device), norm=norm, batch_size=batch_size)
-        finally:
-            model.train(was_training)
-        result.directions[wrong] = d.cpu()
+    if bool(wrong.any()) and result.directions is not None:
+        result.directions[wrong] = clean.data["directions"][wrong.to(device)].cpu()
     return result
 
 
@@ -300,6 +298,7 @@ def measure(
     batch_size: int = 256,
     keep_adversarials: bool = False,
     progress: Progress | None = None,
+    clean: CleanPass | None = None,
 ) -> RobustnessResult:
     """Run a minimisation attack on every input and verify what it found: the one convention of every measure.
 
@@ -326,6 +325,8 @@ def measure(
         batch_size: rows per forward pass.
         keep_adversarials: also return the verified adversarials (``x`` itself where none).
         progress: called as ``progress(resolved, total)``.
+        clean: the attack's :meth:`~sparank.attacks.base.MinimalAttack.clean_pass` over these inputs, where the caller
+            made it already (the measure otherwise asks the attack for it).
 
     Returns:
         :class:`RobustnessResult` on the CPU, with ``attack`` and its ``settings``.
@@ -354,7 +355,12 @@ def measure(
     was_training = model.training
     model.eval()
     try:
-        _, _, wrong = _evaluate(model, x, y, torch.arange(n, device=device), batch_size)
+        if clean is None:  # the attack's own first pass, where it makes one, says which inputs are misclassified
+            clean = attack.clean_pass(model, x, y, norm=norm, batch_size=batch_size)
+        if clean is None:
+            _, _, wrong = _evaluate(model, x, y, torch.arange(n, device=device), batch_size)
+        else:
+            wrong = clean.wrong
         wrong = wrong.cpu()
         status[wrong], eps_lo[wrong], eps_hi[wrong], distance[wrong] = int(CLEAN_WRONG), 0.0, 0.0, 0.0
         correct = torch.nonzero(~wrong).squeeze(1)
@@ -362,8 +368,9 @@ def measure(
         if progress is not None:
             progress(offset, n)
         tick = None if progress is None else (lambda done, _of: progress(offset + done, n))
+        given = {} if clean is None else {"clean": clean.take(correct.to(device))}
         found = attack.run(
-            model, x[correct], y[correct], bounds=box, norm=norm, eps_max=float(eps_max), batch_size=batch_size, progress=tick
+            model, x[correct], y[correct], bounds=box, norm=norm, eps_max=float(eps_max), batch_size=batch_size, progress=tick, **given
         )
         ok, eps, dist, points, rejected = _verified(model, x[correct], y[correct], found, box, norm, float(eps_max), batch_size)
         refine = int(getattr(attack, "refine", 0))
@@ -474,25 +481,30 @@ def _verified(
     """
     m = len(x)
     device = x.device
-    points = found.adversarials.detach().to(device=device, dtype=x.dtype).clone()
+    points = found.adversarials.detach().to(device=device, dtype=x.dtype)  # copied before a push moves any (below)
     radius = found.eps.detach().to(device=device, dtype=torch.float64).clone()
     claimed = found.found.to(device) & (radius <= eps_max)
     slack = ball_tolerance(x.dtype, box, eps_max, norm, x[0].numel() if m else 1)
     ok = torch.zeros(m, dtype=torch.bool, device=device)
     todo = torch.nonzero(claimed).squeeze(1)
-    delta = points - x
+    dist_all = distances(points, x, norm)
+    delta: Tensor | None = None
     # points the attack already had accepted by verify_points on this model: the same check is not run twice
     done = torch.zeros(m, dtype=torch.bool, device=device) if found.verified is None else found.verified.to(device)
     for k in range(PUSH_ROUNDS + 1):
         if not len(todo):
             break
         if k:  # push the refused ones out along their own perturbation
+            if delta is None:
+                points = points.clone()  # the attack's own tensor is left as it is
+                delta = points - x
             scale = 1.0 + 1e-4 * 2.0 ** (k - 1)
             points[todo] = (x[todo] + scale * delta[todo]).clamp(box.lo, box.hi)
-        dist = distances(points[todo], x[todo], norm)
-        if k:
-            radius[todo] = torch.maximum(radius[todo], dist)
-        inside = (points[todo] >= box.lo).flatten(1).all(dim=1) & (points[todo] <= box.hi).flatten(1).all(dim=1)
+            dist_all[todo] = distances(points[todo], x[todo], norm)
+            radius[todo] = torch.maximum(radius[todo], dist_all[todo])
+        dist = dist_all[todo]
+        held = points if len(todo) == m else points[todo]
+        inside = (held >= box.lo).flatten(1).all(dim=1) & (held <= box.hi).flatten(1).all(dim=1)
         inside &= (dist <= radius[todo] + slack) & (radius[todo] <= eps_max)
         accepted = done[todo] if k == 0 else torch.zeros(len(todo), dtype=torch.bool, device=device)
         check = torch.nonzero(~accepted).squeeze(1)
@@ -503,7 +515,6 @@ def _verified(
         # only a claim in its box and ball that is not misclassified beyond the noise is pushed further
         todo = todo[inside & ~accepted]
     rejected = int((claimed & ~ok).sum())
-    dist_all = distances(points, x, norm)
     return ok.cpu(), radius.cpu(), dist_all.cpu(), points, rejected
 
 

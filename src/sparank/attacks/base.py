@@ -192,7 +192,14 @@ def _evaluate(model: nn.Module, rows: Tensor, labels: Tensor, owners: Tensor, ba
             for start in range(0, len(rows), batch_size)
         ]
     )
-    _check_finite(logits, owners, "logits")
+    return margins_of(logits, labels, owners)
+
+
+def margins_of(logits: Tensor, labels: Tensor, owners: Tensor, check: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """What :func:`_evaluate` returns, from the logits ``(R, K)`` of its rows (``check``: non-finite logits are a
+    ValueError naming the inputs; off where the caller checked them already)."""
+    if check:
+        _check_finite(logits, owners, "logits")
     y = labels[:, None]
     wrong = logits.argmax(dim=1) != labels
     true = logits.gather(1, y).squeeze(1)
@@ -207,7 +214,9 @@ def _evaluate(model: nn.Module, rows: Tensor, labels: Tensor, owners: Tensor, ba
 ALONE_SAMPLE = 64
 
 
-def verify_points(model: nn.Module, points: Tensor, labels: Tensor, owners: Tensor, batch_size: int) -> tuple[Tensor, Tensor, int]:
+def verify_points(
+    model: nn.Module, points: Tensor, labels: Tensor, owners: Tensor, batch_size: int, batched: tuple[Tensor, Tensor] | None = None
+) -> tuple[Tensor, Tensor, int]:
     """Which ``points`` are misclassified in any batching: re-evaluated in a batch, and alone (see below).
 
     A point is accepted where its margins ``f_y − max_{j≠y} f_j`` are below
@@ -219,17 +228,27 @@ def verify_points(model: nn.Module, points: Tensor, labels: Tensor, owners: Tens
     Args:
         points: ``(M, *shape)`` candidate adversarials; ``labels`` ``(M,)`` their true labels;
             ``owners`` ``(M,)`` the input each belongs to (named in errors).
+        batched: ``(margins, floors)`` ``(M,)`` of these very points from a batched evaluation on this model
+            made earlier (by a search that evaluated them), NaN where there was none: only the others are
+            evaluated in a batch here.
 
     Returns:
         (accepted ``(M,)`` bool, the allowance a retry should aim past: twice the bound plus the
         difference ``(M,)`` float64, rows evaluated).
     """
-    m_batch, f_batch, _ = _evaluate(model, points, labels, owners, batch_size)
+    if batched is None:
+        m_batch, f_batch, _ = _evaluate(model, points, labels, owners, batch_size)
+        rows = len(points)
+    else:
+        m_batch, f_batch = batched[0].clone(), batched[1].clone()
+        new = torch.nonzero(torch.isnan(m_batch) | torch.isnan(f_batch)).squeeze(1)
+        m_batch[new], f_batch[new], _ = _evaluate(model, points[new], labels[new], owners[new], batch_size)
+        rows = len(new)
     m_alone = m_batch.clone()
     order = torch.argsort(m_batch / f_batch, descending=True)  # nearest the boundary first (margins < 0)
     first = order[:ALONE_SAMPLE]
     m_alone[first] = _evaluate(model, points[first], labels[first], owners[first], 1)[0]
-    rows = len(points) + len(first)
+    rows += len(first)
     if bool(((m_alone[first] - m_batch[first]).abs() > 0.5 * f_batch[first]).any()):
         rest = order[ALONE_SAMPLE:]
         m_alone[rest] = _evaluate(model, points[rest], labels[rest], owners[rest], 1)[0]
@@ -249,6 +268,7 @@ def input_gradient(
     *,
     batch_size: int = 256,
     check: bool = True,
+    clean: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """``∇_x CE(f(x), y)`` divided by ``1 − p_y`` per input: the loss gradient without saturation, ``(N, *shape)``.
 
@@ -256,6 +276,8 @@ def input_gradient(
     :func:`loss_gradient_weights`). Only the inputs get gradients: the
     parameters' ``.grad`` are untouched. With ``check`` (default), non-finite
     logits or gradients are a ValueError naming the inputs; without, they are returned as they are.
+    ``clean`` ``(margins, wrong)``, where given, is filled from the same forward pass with each input's margin
+    ``f_y − max_{j≠y} f_j`` (``(N,)`` float64) and whether ``argmax != y`` (``(N,)`` bool).
     """
     out = torch.empty_like(inputs)
     for start in range(0, len(inputs), batch_size):
@@ -268,6 +290,9 @@ def input_gradient(
                 _check_finite(logits.detach(), owners, "logits")
             # per input, so each input's gradient is independent of the batch it is in
             weights = loss_gradient_weights(logits, y)
+            if clean is not None:
+                margin, _, wrong = margins_of(logits.detach(), y, owners, check=False)  # checked above (if asked)
+                clean[0][start : start + batch_size], clean[1][start : start + batch_size] = margin, wrong
             if logits.requires_grad:
                 (grad,) = torch.autograd.grad((logits * weights).sum(), x, allow_unused=True)
             else:  # the forward pass detaches its input: no gradient reaches x (a masked model)
@@ -360,6 +385,17 @@ class Found(NamedTuple):
     verified: Tensor | None = None
 
 
+class CleanPass(NamedTuple):
+    """An attack's own pass over the clean inputs (ε = 0): which the model misclassifies there, by ``argmax``, and
+    per-input tensors (``(N, ...)`` each) that :meth:`MinimalAttack.run` takes back for the inputs it is given."""
+
+    wrong: Tensor  # (N,) bool
+    data: dict[str, Tensor]
+
+    def take(self, idx: Tensor) -> dict[str, Tensor]:
+        return {k: v[idx] for k, v in self.data.items()}
+
+
 class MinimalAttack(ABC):
     """A minimisation attack: per input, the smallest perturbation it can find (Foolbox's ``MinimizationAttack``).
 
@@ -385,6 +421,13 @@ class MinimalAttack(ABC):
             "attack": self.name,
             **{k: v for k, v in asdict(self).items() if not k.startswith("_")},
         }  # type: ignore[call-overload]
+
+    def clean_pass(self, model: nn.Module, inputs: Tensor, labels: Tensor, *, norm: Norm, batch_size: int) -> CleanPass | None:
+        """The attack's first pass over the clean inputs, where its search starts with one (FGSM: the direction's forward
+        and backward pass). The measure then reads the misclassified inputs from it rather than evaluating every
+        input a second time, and :meth:`run` gets its ``data`` for the others as ``clean=``. None (the default):
+        the measure evaluates the inputs itself."""
+        return None
 
     @abstractmethod
     def run(

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from sparank.attacks.base import (
     Bounds,
+    CleanPass,
     Found,
     MinimalAttack,
     Norm,
@@ -33,6 +34,8 @@ from sparank.attacks.base import (
     check_norm,
     check_tol,
     input_gradient,
+    logits_of,
+    margins_of,
     normalise,
     verify_points,
 )
@@ -54,6 +57,7 @@ def fgsm_direction(
     *,
     norm: Norm = "linf",
     batch_size: int = 256,
+    clean: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """The FGSM direction per input: ``sign(g)`` (L∞) or ``g/||g||_2`` (L2), ``g = ∇_x CE(f(x), y)``.
 
@@ -69,6 +73,8 @@ def fgsm_direction(
         labels: ``(N,)`` true labels.
         norm: ``"linf"`` or ``"l2"``.
         batch_size: inputs per backward pass.
+        clean: ``(margins, wrong)``, ``(N,)`` float64 and bool, where given filled from the same forward pass with
+            each input's margin ``f_y − max_{j≠y} f_j`` and whether ``argmax != y``.
 
     Returns:
         ``(N, *shape)`` directions on the inputs' device and dtype; an input whose gradient is
@@ -81,7 +87,7 @@ def fgsm_direction(
     Only the inputs get gradients: parameters' ``.grad`` are left untouched.
     """
     check_norm(norm)
-    return normalise(input_gradient(model, inputs, labels, batch_size=batch_size), norm)
+    return normalise(input_gradient(model, inputs, labels, batch_size=batch_size, clean=clean), norm)
 
 
 def ray_points(
@@ -94,7 +100,50 @@ def ray_points(
     lo, hi = bounds
     shape = (-1,) + (1,) * (inputs.ndim - 1)
     eps_x = eps.to(device=inputs.device, dtype=inputs.dtype).view(shape)
-    return (inputs + eps_x * directions).clamp_(lo, hi)
+    return (eps_x * directions).add_(inputs).clamp_(lo, hi)  # x + ε·d, rounded as written, in one buffer
+
+
+@torch.inference_mode()
+def _evaluate_ray(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    directions: Tensor,
+    who: Tensor,
+    eps: Tensor,
+    bounds: Bounds | tuple[float, float],
+    batch_size: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`~sparank.attacks.base._evaluate` of the ray points ``x_who[i](eps[i, j])`` (``who`` ``(R,)``, ``eps`` ``(R, C)``),
+    in row-major order: the same points as :func:`ray_points`, made a batch at a time just before its forward pass
+    (never all in memory at once), each input's ``x`` and ``d`` read once for its ``C`` points."""
+    r, c = eps.shape
+    owners = who.repeat_interleave(c)
+    if not r * c:
+        empty = torch.empty(0, dtype=torch.float64, device=inputs.device)
+        return empty, empty, torch.empty(0, dtype=torch.bool, device=inputs.device)
+    if c > batch_size:  # more points per input than a batch holds: in column blocks, put back in row-major order
+        blocks = [
+            _evaluate_ray(model, inputs, labels, directions, who, eps[:, k : k + batch_size], bounds, batch_size)
+            for k in range(0, c, batch_size)
+        ]
+        return tuple(torch.cat([blk[i].view(r, -1) for blk in blocks], dim=1).flatten() for i in range(3))  # type: ignore[return-value]
+    per = max(1, batch_size // c)  # inputs per batch
+    shape = tuple(inputs.shape[1:])
+    # buffers reused from batch to batch (fresh large tensors cost page faults here)
+    x_buf = inputs.new_empty((min(per, r), 1) + shape)
+    points = inputs.new_empty((min(per, r), c) + shape)
+    eps_x = eps.to(device=inputs.device, dtype=inputs.dtype).reshape((r, c) + (1,) * len(shape))
+    parts = []
+    for start in range(0, r, per):
+        rows = who[start : start + per]
+        m = len(rows)
+        # ray_points, the same operations: ε·d, + x, clipped
+        torch.mul(eps_x[start : start + m], torch.index_select(directions, 0, rows).unsqueeze(1), out=points[:m])
+        points[:m].add_(torch.index_select(inputs, 0, rows, out=x_buf[:m, 0]).unsqueeze(1)).clamp_(bounds[0], bounds[1])
+        # the labels are checked against the model's classes once, in the first batch
+        parts.append(logits_of(model, points[:m].flatten(0, 1), labels[who] if start == 0 else None))
+    return margins_of(torch.cat(parts), labels[owners], owners)
 
 
 def _robust(margin: Tensor, floor: Tensor, allowance: Tensor) -> Tensor:
@@ -158,17 +207,19 @@ def _scan(
     bounds: Bounds | tuple[float, float],
     batch_size: int,
     on_resolved: Callable[[int], None] | None = None,
+    rows_target: int | None = None,
 ) -> tuple[_Brackets, int]:
     """Walk the ``active`` inputs through ``grid`` in lockstep, to the first point misclassified beyond the noise.
 
     ``start`` (one ε per active input, below ``grid``) is a point classified ``y``, with margin
     ``start_margin``. A bracket's ``lo`` is the last scanned point classified ``y`` (by ``argmax``)
     before its ``hi``. Evaluates only unresolved inputs and, as they thin out, several grid
-    points per input in one forward call. Returns the brackets found and the rows evaluated.
+    points per input in one forward call (about ``rows_target`` rows in all; by default as
+    many as the first call's). Returns the brackets found and the rows evaluated.
     """
     found: list[_Brackets] = []
     rows_done = 0
-    rows_target = max(len(active), 1)  # keep every forward call about as large as the first
+    rows_target = max(len(active) if rows_target is None else rows_target, 1)
     last_eps, last_margin = (
         start.clone(),
         start_margin.clone(),
@@ -177,13 +228,11 @@ def _scan(
     while len(active) and k < len(grid):
         chunk = min(len(grid) - k, max(1, rows_target // len(active)))
         eps = grid[k : k + chunk]  # (c,)
-        x = inputs[active].unsqueeze(1)  # (a, 1, *shape)
-        d = directions[active].unsqueeze(1)
-        eps_b = eps.to(inputs.dtype).view((1, chunk) + (1,) * (inputs.ndim - 1))
-        rows = (x + eps_b * d).clamp_(bounds[0], bounds[1]).flatten(0, 1)
         owners = active.repeat_interleave(chunk)
-        margin, floor, argmax_wrong = _evaluate(model, rows, labels[owners], owners, batch_size)
-        rows_done += len(rows)
+        margin, floor, argmax_wrong = _evaluate_ray(
+            model, inputs, labels, directions, active, eps.expand(len(active), chunk), bounds, batch_size
+        )
+        rows_done += len(owners)
         robust = _robust(margin, floor, allowance[owners]).view(-1, chunk)
         correct = ~argmax_wrong.view(-1, chunk)
         margin, floor = margin.view(-1, chunk), floor.view(-1, chunk)
@@ -498,10 +547,7 @@ def _refine_round(
     c = cand.shape[1]
     who = b.idx[rows]
     owners = who.repeat_interleave(c)
-    # ray_points of every candidate, each input's row gathered once: (r, c, *shape)
-    eps = cand.to(inputs.dtype).view(cand.shape + (1,) * (inputs.ndim - 1))
-    points = (inputs[who].unsqueeze(1) + eps * directions[who].unsqueeze(1)).clamp_(bounds[0], bounds[1]).flatten(0, 1)
-    margin, floor, argmax_wrong = _evaluate(model, points, labels[owners], owners, batch_size)
+    margin, floor, argmax_wrong = _evaluate_ray(model, inputs, labels, directions, who, cand, bounds, batch_size)
     bound = torch.maximum(floor, allowance[owners]).view(-1, c)
     margin = margin.view(-1, c)
     # a candidate clamped onto an end is that end, whose class is known, whatever this batch says
@@ -523,7 +569,7 @@ def _refine_round(
     b.m_lo[rows] = mar.gather(1, i).squeeze(1)
     b.m_hi[rows] = mar.gather(1, j).squeeze(1)
     b.f_hi[rows] = bnd.gather(1, j).squeeze(1)
-    return len(points)
+    return len(owners)
 
 
 class _Narrowed(NamedTuple):
@@ -624,6 +670,14 @@ class FGSM(MinimalAttack):
                 out.pop(option)
         return out
 
+    def clean_pass(self, model: nn.Module, inputs: Tensor, labels: Tensor, *, norm: Norm, batch_size: int) -> CleanPass:
+        """The direction of every input (:func:`fgsm_direction`), and from its forward pass the margins at ε = 0 (where the
+        certified search starts) and the misclassified inputs."""
+        margins = torch.empty(len(inputs), dtype=torch.float64, device=inputs.device)
+        wrong = torch.empty(len(inputs), dtype=torch.bool, device=inputs.device)
+        directions = fgsm_direction(model, inputs, labels, norm=norm, batch_size=batch_size, clean=(margins, wrong))
+        return CleanPass(wrong, {"directions": directions, "margins": margins})
+
     def run(
         self,
         model: nn.Module,
@@ -635,15 +689,19 @@ class FGSM(MinimalAttack):
         eps_max: float,
         batch_size: int,
         progress: Progress | None = None,
+        clean: dict[str, Tensor] | None = None,
     ) -> Found:
+        """``clean``: what :meth:`clean_pass` computed for these inputs (else the directions are computed here)."""
         if self.resolution > eps_max:
             raise ValueError(f"resolution must be in (0, eps_max={eps_max}], got {self.resolution}")
-        directions = fgsm_direction(model, inputs, labels, norm=norm, batch_size=batch_size)
+        if clean is None:
+            clean = FGSM.clean_pass(self, model, inputs, labels, norm=norm, batch_size=batch_size).data
+        directions, margin0 = clean["directions"], clean["margins"]
         scanner = fast_copy(model, inputs[:8]) if self.fast else None
         if not self.certify:
             return ray_search(model, inputs, labels, directions, self.resolution, self.tol, bounds, eps_max, batch_size, progress, scanner)
         return certified_search(
-            model, inputs, labels, directions, self.resolution, self.tol, bounds, eps_max, batch_size, progress, scanner
+            model, inputs, labels, directions, self.resolution, self.tol, bounds, eps_max, batch_size, progress, scanner, margin0
         )
 
 
@@ -677,6 +735,16 @@ def fast_copy(model: nn.Module, example: Tensor) -> nn.Module:
 PLACEMENT_STEP = 5e-2
 
 
+class Placement(NamedTuple):
+    """Where :func:`place_crossings` found each first crossing roughly to be (float64 ``(N,)`` tensors)."""
+
+    lo: Tensor  # the last point found correct before hi: eps_max where none was misclassified
+    hi: Tensor  # the first point found misclassified beyond the noise: inf where none; both 0 for an input misclassified at ε = 0
+    rows: int  # forward rows evaluated
+    hi_margin: Tensor  # the margin at hi and its noise floor, from the batched forward pass that found it (NaN where none)
+    hi_floor: Tensor
+
+
 def place_crossings(
     model: nn.Module,
     inputs: Tensor,
@@ -688,31 +756,40 @@ def place_crossings(
     bounds: Bounds,
     eps_max: float,
     batch_size: int,
-) -> tuple[Tensor, Tensor, int]:
+    margin0: Tensor | None = None,
+) -> Placement:
     """Where along each ray the first crossing roughly is: the scan at ``step``, its bracket narrowed towards ``width``.
 
     A hint for :func:`sparank.certify.certified_crossing`, not a result: nothing is verified, and the
     bracket is narrowed by secant points (:func:`_place_refine`), so it costs a fraction of
-    :func:`first_crossing`; a bracket in a noise band wider than ``width`` stays wider. Returns ``(lo, hi, rows)``: ``lo`` ``(N,)``
-    the last point found correct before ``hi`` (``eps_max`` where nothing was misclassified),
-    ``hi`` ``(N,)`` the first point found misclassified beyond the noise (inf where none), float64;
-    both 0 for an input misclassified at ε = 0.
+    :func:`first_crossing`; a bracket in a noise band wider than ``width`` stays wider. ``margin0``: the
+    margins at ε = 0 where known (from the direction's forward pass), else evaluated here.
     """
     n = len(inputs)
     device = inputs.device
     lo = torch.full((n,), float(eps_max), dtype=torch.float64, device=device)
     hi = torch.full((n,), math.inf, dtype=torch.float64, device=device)
     everyone = torch.arange(n, device=device)
-    margin0, _, wrong0 = _evaluate(model, inputs, labels, everyone, batch_size)
+    if margin0 is None:
+        margin0, _, wrong0 = _evaluate(model, inputs, labels, everyone, batch_size)
+        rows = n
+    else:  # from the direction's forward pass (a tie at 0 counts as misclassified: that input is scanned)
+        wrong0, rows = margin0 <= 0, 0
     lo[wrong0], hi[wrong0] = 0.0, 0.0
     active = torch.nonzero(~wrong0 & (directions.flatten(1) != 0).any(dim=1)).squeeze(1)
     allowance = torch.zeros(n, dtype=torch.float64, device=device)
     grid = _scan_grid(eps_max, step).to(device)
     start = torch.zeros(len(active), dtype=torch.float64, device=device)
-    brackets, rows = _scan(model, inputs, labels, directions, grid, active, start, margin0[active], allowance, bounds, batch_size)
+    # once most inputs are placed, calls a quarter the first one's size: the grid points past a coarse crossing are wasted
+    brackets, scanned = _scan(
+        model, inputs, labels, directions, grid, active, start, margin0[active], allowance, bounds, batch_size, rows_target=len(active) // 4
+    )
     more = _place_refine(model, inputs, labels, directions, brackets, allowance, bounds, width, batch_size)
     lo[brackets.idx], hi[brackets.idx] = brackets.lo, brackets.hi
-    return lo, hi, n + rows + more
+    hi_margin = torch.full((n,), math.nan, dtype=torch.float64, device=device)
+    hi_floor = hi_margin.clone()
+    hi_margin[brackets.idx], hi_floor[brackets.idx] = brackets.m_hi, brackets.f_hi
+    return Placement(lo, hi, rows + scanned + more, hi_margin, hi_floor)
 
 
 #: rounds of :func:`_place_refine` at most (3 or 4 suffice on the benchmark's models)
@@ -767,6 +844,7 @@ def _place_refine(
 WALK_CHECK = 32
 
 
+@torch.inference_mode()
 def certified_search(
     model: nn.Module,
     inputs: Tensor,
@@ -779,6 +857,7 @@ def certified_search(
     batch_size: int,
     progress: Progress | None = None,
     scanner: nn.Module | None = None,
+    margin0: Tensor | None = None,
 ) -> Found:
     """The certified first crossing (:func:`sparank.certify.certified_crossing`) where it can be proved, the scan elsewhere.
 
@@ -803,15 +882,18 @@ def certified_search(
     if net is None or n == 0:
         found = ray_search(model, inputs, labels, directions, resolution, tol, bounds, eps_max, batch_size, progress, scanner)
         return found._replace(certified=torch.zeros(n, dtype=torch.bool))
-    hint_lo, hint_hi, rows = place_crossings(
+    placed = place_crossings(
         scanner if scanner is not None else model, inputs, labels, directions, step=min(max(resolution, PLACEMENT_STEP), eps_max),
-        width=tol, bounds=bounds, eps_max=eps_max, batch_size=batch_size,
+        width=tol, bounds=bounds, eps_max=eps_max, batch_size=batch_size, margin0=margin0,
     )  # fmt: skip
     # the progress is the walk's (where the time goes): inputs whose proof is done
+    # the hint's margins are the model's own only where the scan ran on the model (not on a fast copy)
+    known = (placed.hi_margin, placed.hi_floor) if scanner is None else None
     cert = certified_crossing(
-        model, net, inputs, labels, directions, hint_lo, hint_hi, bounds=bounds, eps_max=eps_max, tol=tol, batch_size=batch_size,
-        progress=progress,
+        model, net, inputs, labels, directions, placed.lo, placed.hi, bounds=bounds, eps_max=eps_max, tol=tol, batch_size=batch_size,
+        progress=progress, hint_batched=known,
     )  # fmt: skip
+    rows = placed.rows
     ok = cert.certified
     hit = ok & torch.isfinite(cert.eps_hi)
     found = torch.zeros(n, dtype=torch.bool)
@@ -819,8 +901,8 @@ def certified_search(
     eps_lo = torch.full((n,), float(eps_max), dtype=torch.float64)
     found[hit], eps[hit], eps_lo[hit] = True, cert.eps_hi[hit], cert.eps_lo[hit]
     adversarials = inputs.clone()
-    h = hit.to(device)
-    adversarials[h] = ray_points(inputs[h], directions[h], cert.eps_hi[hit].to(device), bounds)
+    if cert.fooled is not None and cert.points is not None:  # x(eps_hi) as verified (rows not hit are replaced below)
+        adversarials[cert.fooled] = cert.points
     no_direction = ((directions.flatten(1) == 0).all(dim=1)).cpu()
     rows += cert.forward_rows
     verified = hit.clone()  # certified_crossing verified each x(eps_hi) it returns
