@@ -740,10 +740,10 @@ class _FirstProduct(NamedTuple):
     segment that ends at its pivot: no product is taken for that end), and, before a ``Linear`` layer,
     the input radius as a sparse CSR matrix ``(2N, D)`` (only the few coordinates that meet the box have one)."""
 
-    zero_rows: Tensor | None  # (2N,) bool
+    zero_rows: Tensor | None  # (2N,) bool, where some segments (not all) end at their pivot
     csr: Tensor | None
-    reach: Tensor | None = None  # (2N,) the largest |offset| per row, where known
-    second_half: bool = False  # the zero rows are exactly the last N (every segment ends at its pivot): not stored
+    reach: Tensor  # (2N,) the largest |offset| per row
+    second_half: bool  # every segment ends at its pivot: the zero rows, the last N, are not stored
 
 
 def _input_offsets(
@@ -782,7 +782,6 @@ def _input_offsets(
     if everywhere:  # end 1 is the pivot itself: offsets 0, neither computed nor stored (only end 0's N rows)
         o = ends[0].sub_(v_in).float()  # the offsets δ, rounded to nearest: off by u·|δ|, then by u32·|δ| more
         most = torch.cat([o.abs().flatten(1).amax(dim=1), o.new_zeros(n)])
-        zero_rows = torch.cat([torch.zeros_like(same), same])
     else:
         ends.sub_(v_in)
         if same is not None and bool(same.any()):
@@ -841,7 +840,7 @@ def _offset_affine(
     slack); the offsets ``W·o`` and radius ``|W|·r`` are float32 products with their rounding bounded.
     ``first``: from :func:`_input_offsets`, for the first product (rows known to be 0, a sparse radius)."""
     o, r, sl = state
-    reach = first.reach if first is not None and first.reach is not None else o.abs().flatten(1).amax(dim=1)
+    reach = first.reach if first is not None else o.abs().flatten(1).amax(dim=1)
     if not float(reach.max()) * float(op.row_abs.max()) < 1e30 or not _plain_float32(op, o):
         return None
     n = op.fan_in

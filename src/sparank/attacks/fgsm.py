@@ -769,9 +769,8 @@ def place_crossings(
     device = inputs.device
     lo = torch.full((n,), float(eps_max), dtype=torch.float64, device=device)
     hi = torch.full((n,), math.inf, dtype=torch.float64, device=device)
-    everyone = torch.arange(n, device=device)
     if margin0 is None:
-        margin0, _, wrong0 = _evaluate(model, inputs, labels, everyone, batch_size)
+        margin0, _, wrong0 = _evaluate(model, inputs, labels, torch.arange(n, device=device), batch_size)
         rows = n
     else:  # from the direction's forward pass (a tie at 0 counts as misclassified: that input is scanned)
         wrong0, rows = margin0 <= 0, 0
